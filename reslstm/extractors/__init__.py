@@ -1,0 +1,1 @@
+"""3D-CNN clip feature extractors behind one registry: ``create_extractor(name, stream, weights)``."""

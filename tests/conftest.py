@@ -1,0 +1,27 @@
+"""Shared fixtures: the real test videos, when this checkout sits beside them."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Real videos live beside the repository (../shared/videos); a plain clone has none, and
+# the tests that need them skip with this reason. RESLSTM_TEST_VIDEOS overrides the place.
+SHARED_VIDEOS = Path(os.environ.get("RESLSTM_TEST_VIDEOS", REPO.parent / "shared" / "videos"))
+
+# Exact frame counts, read by decoding every frame with PyAV.
+SHARED_VIDEO_FRAMES = {
+    "kinetics_demo_340x256.mp4": 280,
+    "short_32f_340x256.mp4": 32,
+    "xvid_mp3_320x240.avi": 164,
+    "activitynet_320x240_audio.mp4": 355,
+}
+
+
+@pytest.fixture(scope="session")
+def shared_videos() -> Path:
+    """Directory of the real test videos; skips the test when it is absent."""
+    if not all((SHARED_VIDEOS / name).is_file() for name in SHARED_VIDEO_FRAMES):
+        pytest.skip(f"real test videos not found at {SHARED_VIDEOS} (set RESLSTM_TEST_VIDEOS)")
+    return SHARED_VIDEOS
