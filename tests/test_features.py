@@ -1,0 +1,95 @@
+"""The feature store: schema, Arrow <-> NumPy, atomic parts, metadata, failures."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pytest
+
+from reslstm import features as fs
+
+
+def _rows(ids, dim, split="train", stream="rgb", clips=(3, 1, 5)):
+    arrays = [np.arange(k * dim, dtype=np.float32).reshape(k, dim) + i for i, k in zip(range(len(ids)), clips)]
+    table = pa.table({
+        "video_id": ids, "label": pa.array([0] * len(ids), pa.int32()),
+        "label_name": ["a"] * len(ids), "split": [split] * len(ids), "stream": [stream] * len(ids),
+        "num_frames": pa.array([16 + 8 * (k - 1) for k in clips[:len(ids)]], pa.int32()),
+        "fps": pa.array([25.0] * len(ids), pa.float32()),
+        "num_clips": pa.array([len(a) for a in arrays], pa.int32()),
+        "padded": [False] * len(ids), "warning": pa.array([None] * len(ids), pa.string()),
+        "features": fs.features_to_arrow(arrays, dim),
+    }, schema=fs.feature_schema(dim))
+    return table, arrays
+
+
+def test_features_round_trip_exact_and_typed():
+    table, arrays = _rows(["a", "b", "c"], 4)
+    assert table.schema.field("features").type == pa.list_(pa.list_(pa.float32(), 4))
+    back = fs.features_to_numpy(table.column("features"))
+    assert [b.shape for b in back] == [(3, 4), (1, 4), (5, 4)]
+    for a, b in zip(arrays, back):
+        np.testing.assert_array_equal(a, b)
+    # Slices (as pyarrow hands out after filtering or batching) keep the right rows.
+    sliced = fs.features_to_numpy(table.column("features").combine_chunks().slice(1, 2))
+    np.testing.assert_array_equal(sliced[0], arrays[1])
+    np.testing.assert_array_equal(sliced[1], arrays[2])
+
+
+def test_features_to_arrow_rejects_wrong_dim():
+    with pytest.raises(ValueError, match="feature_dim 4"):
+        fs.features_to_arrow([np.zeros((2, 3), np.float32)], 4)
+
+
+def test_write_part_is_atomic_and_readable_by_plain_pyarrow(tmp_path):
+    table, arrays = _rows(["a", "b", "c"], 4)
+    d = tmp_path / "store" / "rgb"
+    fs.write_part(d, table)
+    # A killed writer's leftover is hidden from every reader.
+    (d / ".part-dead.parquet.tmp").write_bytes(b"half a file")
+    plain = pads.dataset(str(d), format="parquet").to_table()
+    assert plain.num_rows == 3
+    assert fs.read_stream(tmp_path / "store", "rgb").num_rows == 3
+    assert fs.written_ids(tmp_path / "store", "rgb") == {"a", "b", "c"}
+    assert fs.remove_temporaries(d) == 1
+    only_val = fs.read_stream(tmp_path / "store", "rgb", splits=["val"])
+    assert only_val.num_rows == 0
+
+
+def test_read_stream_missing_says_what_to_run(tmp_path):
+    with pytest.raises(fs.StoreError, match="jobs/extract.py --streams flow"):
+        fs.read_stream(tmp_path, "flow")
+
+
+def test_metadata_round_trip_and_differences(tmp_path):
+    s = fs.StreamSettings("tiny3d", "random-init", 256, 16, 8, 1, 64, 72)
+    fs.write_metadata(tmp_path, {"rgb": s}, manifest="/data/m.parquet")
+    back = fs.read_metadata(tmp_path)["rgb"]
+    assert back == s
+    assert fs.read_metadata_extra(tmp_path)["manifest"] == "/data/m.parquet"
+    other = fs.StreamSettings("tiny3d", "random-init", 256, 16, 4, 10, 64, 72)
+    diffs = back.differences(other)
+    assert diffs == ["clip_stride: store has 8, requested 4", "crops: store has 1, requested 10"]
+    (tmp_path / fs.METADATA_FILE).write_text("{not json")
+    with pytest.raises(fs.StoreError, match="metadata.json"):
+        fs.read_metadata(tmp_path)
+
+
+def test_current_failures_drop_retried_successes(tmp_path):
+    def fail(vid, stream, msg):
+        return pa.table({"video_id": [vid], "stream": [stream], "path": [f"/v/{vid}.mp4"],
+                         "stage": ["decode"], "error_type": ["X"], "message": [msg],
+                         "run_id": ["r"]}, schema=fs.FAILURE_SCHEMA)
+
+    fs.write_part(tmp_path / fs.FAILURES_DIR, fail("a", "rgb", "first"))
+    fs.write_part(tmp_path / fs.FAILURES_DIR, fail("b", "rgb", "old"))
+    fs.write_part(tmp_path / fs.FAILURES_DIR, fail("b", "rgb", "new"))
+    assert fs.read_failures(tmp_path, current_only=False).num_rows == 3
+    table, _ = _rows(["a"], 4, clips=(2,))
+    fs.write_part(tmp_path / "rgb", table)  # "a" was retried and is now extracted
+    cur = fs.read_failures(tmp_path)
+    assert cur.column("video_id").to_pylist() == ["b"]
+    assert cur.column("message").to_pylist() == ["new"]
+    assert fs.failed_ids(tmp_path, "rgb") == {"b"}
+    assert fs.failed_ids(tmp_path, "flow") == set()
