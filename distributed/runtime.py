@@ -1,0 +1,41 @@
+"""Connecting to Ray: the one place that decides between a cluster and a local instance.
+
+A job started by ``ray job submit`` finds its cluster in ``RAY_ADDRESS``; ``--address`` names one
+explicitly (``auto``, ``HOST:6379`` or ``ray://HOST:10001``); with neither, a private local
+instance starts (``address="local"``, so an unrelated running cluster is never joined by
+accident) and stops when the process exits.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:
+    """Connect to (or start) Ray once; returns a one-line description of what it connected to."""
+    if ray.is_initialized():
+        return "already connected"
+    kwargs: dict = {"log_to_driver": True}
+    if quiet:
+        kwargs["logging_level"] = "WARNING"
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        ray.init(address=target, **kwargs)
+        where = f"cluster at {target}"
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        where = "a local Ray instance"
+    res = ray.cluster_resources()
+    return (f"{where}: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs, "
+            f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s)")
+
+
+def cluster_gpus() -> int:
+    """GPUs the connected cluster has (0 on a CPU-only cluster)."""
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def cluster_cpus() -> int:
+    return int(ray.cluster_resources().get("CPU", 0))
