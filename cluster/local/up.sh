@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Start a local Ray head for `ray job submit`: token authentication on, the dashboard (and so
+# the job API) bound to 127.0.0.1, started from the project's virtualenv so a job's `python`
+# is that interpreter. Everything it starts is recorded by PID in the state directory, which
+# cluster/local/down.sh uses to stop exactly this head (never `ray stop`).
+#
+#   cluster/local/up.sh                     # then, in the same shell:
+#   eval "$(cluster/local/up.sh --env)"     # prints the exports a client needs
+#
+# Environment: VENV (default .venv), RAY_HEAD_DIR (state dir, default .ray-head),
+# RAY_PORT (6379), RAY_DASHBOARD_PORT (8265), RAY_NUM_CPUS / RAY_NUM_GPUS (detected),
+# RAY_AUTH_TOKEN_PATH (default ~/.ray/auth_token; created if missing).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+VENV=${VENV:-$root/.venv}
+STATE=${RAY_HEAD_DIR:-$root/.ray-head}
+PORT=${RAY_PORT:-6379}
+DASH=${RAY_DASHBOARD_PORT:-8265}
+TOKEN=${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}
+mkdir -p "$STATE"
+STATE=$(cd "$STATE" && pwd)
+
+env_lines() {
+  echo "export RAY_AUTH_MODE=token"
+  echo "export RAY_AUTH_TOKEN_PATH=$TOKEN"
+  echo "export RAY_ADDRESS=http://127.0.0.1:$DASH"
+}
+if [ "${1:-}" = "--env" ]; then env_lines; exit 0; fi
+
+if [ ! -x "$VENV/bin/ray" ]; then
+  echo "up.sh: $VENV/bin/ray not found: create the virtualenv first (see README), or set VENV" >&2
+  exit 1
+fi
+if [ -s "$STATE/head.pids" ]; then
+  echo "up.sh: a head recorded in $STATE/head.pids may still run: run cluster/local/down.sh first" >&2
+  exit 1
+fi
+if [ ! -s "$TOKEN" ]; then
+  mkdir -p "$(dirname "$TOKEN")"
+  (umask 077; "$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(32), end="")' > "$TOKEN")
+  echo "up.sh: generated an authentication token in $TOKEN"
+fi
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$TOKEN
+
+# Ray's socket paths must stay short (Unix sockets: ~107 bytes): keep its temp dir under /tmp,
+# unique to this state dir, and remember it.
+tmp=$(mktemp -d /tmp/reslstm-ray-XXXXXX)
+echo "$tmp" > "$STATE/temp_dir"
+args=(--head --port="$PORT" --dashboard-host=127.0.0.1 --dashboard-port="$DASH"
+      --temp-dir="$tmp" --disable-usage-stats)
+[ -n "${RAY_NUM_CPUS:-}" ] && args+=(--num-cpus="$RAY_NUM_CPUS")
+[ -n "${RAY_NUM_GPUS:-}" ] && args+=(--num-gpus="$RAY_NUM_GPUS")
+PATH="$VENV/bin:$PATH" "$VENV/bin/ray" start "${args[@]}" > "$STATE/start.log" 2>&1 || {
+  cat "$STATE/start.log" >&2; echo "up.sh: ray start failed (log above)" >&2; exit 1; }
+
+# The head's own processes are the ones whose command line names its temp dir.
+: > "$STATE/head.pids"
+for p in /proc/[0-9]*; do
+  if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF "$tmp"; then echo "${p#/proc/}" >> "$STATE/head.pids"; fi
+done
+echo "up.sh: Ray head running (PIDs $(tr '\n' ' ' < "$STATE/head.pids")), dashboard http://127.0.0.1:$DASH"
+echo "up.sh: for clients in this shell: eval \"\$($0 --env)\""
+env_lines
