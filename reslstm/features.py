@@ -276,3 +276,84 @@ def failed_ids(store: str | os.PathLike, stream: str) -> set[str]:
     t = read_failures(store)
     return {v for v, s in zip(t.column("video_id").to_pylist(), t.column("stream").to_pylist())
             if s == stream}
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class VerifyReport:
+    """What ``verify_store`` found: counts per stream and every problem, one line each."""
+
+    rows: dict = dataclasses.field(default_factory=dict)        # stream -> rows checked
+    failures: dict = dataclasses.field(default_factory=dict)    # stream -> current failures
+    problems: list = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def text(self, limit: int = 50) -> str:
+        lines = [f"{s}: {n} rows, {self.failures.get(s, 0)} recorded failures"
+                 for s, n in sorted(self.rows.items())]
+        lines.append("OK: no problems found" if self.ok else f"{len(self.problems)} problem(s):")
+        lines += [f"  {p}" for p in self.problems[:limit]]
+        if len(self.problems) > limit:
+            lines.append(f"  ... and {len(self.problems) - limit} more")
+        return "\n".join(lines)
+
+
+def verify_store(store: str | os.PathLike, manifest: pa.Table | None = None) -> VerifyReport:
+    """Check every row of every stream: finite features of the recorded width, ``num_clips``
+    consistent with ``num_frames`` and the clip settings, one row per (video, stream), and, given
+    the manifest, that each of its videos is either extracted or recorded as a failure."""
+    from .sampling import num_clips as expected_clips
+
+    report = VerifyReport()
+    settings = read_metadata(store)
+    if not settings:
+        report.problems.append(f"{Path(store) / METADATA_FILE}: missing; not a feature store")
+        return report
+    failures = read_failures(store)
+    fail_pairs = set(zip(failures.column("video_id").to_pylist(), failures.column("stream").to_pylist()))
+    wanted = set(manifest.column("video_id").to_pylist()) if manifest is not None else None
+    for stream, s in sorted(settings.items()):
+        seen: set[str] = set()
+        n = 0
+        for path in _parquet_files(stream_dir(store, stream)):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+                ids = batch.column("video_id").to_pylist()
+                frames = batch.column("num_frames").to_pylist()
+                clips = batch.column("num_clips").to_pylist()
+                streams = batch.column("stream").to_pylist()
+                feats = features_to_numpy(batch.column("features"))
+                width = batch.schema.field("features").type.value_type.list_size
+                where = f"{Path(path).name}"
+                if width != s.feature_dim:
+                    report.problems.append(f"{where}: features are {width}-d, metadata says {s.feature_dim}")
+                for vid, nf, k, st, f in zip(ids, frames, clips, streams, feats):
+                    n += 1
+                    tag = f"{stream}/{vid} ({where})"
+                    if vid in seen:
+                        report.problems.append(f"{tag}: duplicate row")
+                    seen.add(vid)
+                    if st != stream:
+                        report.problems.append(f"{tag}: stream column says {st!r}")
+                    want = expected_clips(nf, s.clip_len, s.clip_stride) if nf and nf > 0 else None
+                    if want is None or k != want or len(f) != k:
+                        report.problems.append(f"{tag}: num_clips {k}, {len(f)} feature rows, "
+                                               f"expected {want} for {nf} frames")
+                    if not np.isfinite(f).all():
+                        report.problems.append(f"{tag}: non-finite features")
+                    if wanted is not None and vid not in wanted:
+                        report.problems.append(f"{tag}: not in the manifest")
+        report.rows[stream] = n
+        report.failures[stream] = sum(1 for _, st in fail_pairs if st == stream)
+        if wanted is not None:
+            missing = sorted(v for v in wanted - seen if (v, stream) not in fail_pairs)
+            for v in missing[:20]:
+                report.problems.append(f"{stream}/{v}: in the manifest but neither extracted nor failed")
+            if len(missing) > 20:
+                report.problems.append(f"{stream}: {len(missing) - 20} more manifest videos missing")
+    return report

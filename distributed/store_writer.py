@@ -1,0 +1,171 @@
+"""The single writer of a feature store: joins segment features into one row per video.
+
+The extraction driver feeds every output row of the pipeline to ``StoreWriter.consume``. For each
+(video, stream) it keeps the features of the segments that arrived (in any order, duplicates
+from retried tasks ignored) and, once the last segment and all before it are in, writes one row.
+Rows are flushed in Parquet part files that appear atomically (``features.write_part``), so a
+job killed at any moment leaves only complete files and a rerun extracts exactly what is
+missing. A failure row discards that video's partial segments and is recorded in the failures
+table. ``close`` reports anything still incomplete as a failure: nothing is silently skipped.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from reslstm import features as fs
+from reslstm.sampling import num_clips as expected_clips
+
+from .extract_stages import segment_features
+
+
+@dataclasses.dataclass
+class _Pending:
+    meta: dict
+    segments: dict = dataclasses.field(default_factory=dict)   # seg_index -> (K_j, d_f)
+    last_index: int | None = None
+    last_row: dict | None = None
+
+
+class Progress:
+    """One line every ``every_s`` seconds: done / total, failures, rate and ETA."""
+
+    def __init__(self, total: int, every_s: float = 10.0, out=sys.stdout):
+        self.total, self.every_s, self.out = total, every_s, out
+        self.start = self.last = time.monotonic()
+
+    def update(self, done: int, failed: int, clips: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every_s:
+            return
+        self.last = now
+        elapsed = now - self.start
+        rate = (done + failed) / elapsed if elapsed > 0 else 0.0
+        left = self.total - done - failed
+        eta = f"{left / rate:,.0f}s" if rate > 0 else "?"
+        print(f"[extract] {done + failed}/{self.total} (video, stream) pairs: {done} written, "
+              f"{failed} failed, {clips} clips, {rate:.2f}/s, ETA {eta}", file=self.out, flush=True)
+
+
+class StoreWriter:
+    def __init__(self, store: str | Path, settings: dict[str, fs.StreamSettings], run_id: str,
+                 rows_per_file: int = 256, flush_every_s: float = 60.0):
+        self.store = Path(store)
+        self.settings = settings
+        self.run_id = run_id
+        self.rows_per_file = rows_per_file
+        self.flush_every_s = flush_every_s
+        self.pending: dict[tuple[str, str], _Pending] = {}
+        self.finished: set[tuple[str, str]] = set()
+        self.rows: dict[str, list[dict]] = collections.defaultdict(list)
+        self.failures: list[dict] = []
+        self.last_flush = time.monotonic()
+        self.written = collections.Counter()        # stream -> rows
+        self.clips = 0
+        self.failed = collections.Counter()         # error_type -> count
+        self.warnings = 0
+        self.files: list[Path] = []
+
+    # -- input ----------------------------------------------------------------------------------
+    def consume(self, table: pa.Table) -> None:
+        for row in table.to_pylist():
+            key = (row["video_id"], row["stream"])
+            if key in self.finished:
+                continue  # a retried task's duplicate of something already complete or failed
+            if row["kind"] == "failure":
+                self._fail(key, row)
+                continue
+            pend = self.pending.get(key)
+            if pend is None:
+                pend = self.pending[key] = _Pending(meta=row)
+            pend.segments.setdefault(row["seg_index"], segment_features(row).copy())
+            if row["is_last"]:
+                pend.last_index, pend.last_row = row["seg_index"], row
+            if pend.last_index is not None and len(pend.segments) == pend.last_index + 1:
+                self._complete(key, pend)
+        if time.monotonic() - self.last_flush > self.flush_every_s:
+            self.flush()
+
+    def _fail(self, key, row: dict, stage: str | None = None, error_type: str | None = None,
+              message: str | None = None) -> None:
+        self.pending.pop(key, None)
+        self.finished.add(key)
+        rec = {"video_id": key[0], "stream": key[1], "path": row.get("path"),
+               "stage": stage or row.get("stage"), "error_type": error_type or row.get("error_type"),
+               "message": message or row.get("message"), "run_id": self.run_id}
+        self.failures.append(rec)
+        self.failed[rec["error_type"]] += 1
+
+    def _complete(self, key, pend: _Pending) -> None:
+        del self.pending[key]
+        s = self.settings[key[1]]
+        feats = np.concatenate([pend.segments[i] for i in range(pend.last_index + 1)], axis=0)
+        rgb_frames = pend.last_row["total_frames"]
+        num_frames = rgb_frames - 1 if key[1] == "flow" else rgb_frames
+        want = expected_clips(max(num_frames, 1), s.clip_len, s.clip_stride)
+        if len(feats) != want or feats.shape[1] != s.feature_dim:
+            self._fail(key, pend.meta, "assemble", "SegmentJoinError",
+                       f"{pend.meta['path']}: joined {feats.shape} features, expected "
+                       f"({want}, {s.feature_dim}) for {num_frames} frames")
+            return
+        if not np.isfinite(feats).all():
+            self._fail(key, pend.meta, "features", "NonFiniteFeatures",
+                       f"{pend.meta['path']}: the extractor produced NaN or inf features")
+            return
+        self.finished.add(key)
+        last = pend.last_row
+        self.rows[key[1]].append({
+            "video_id": key[0], "label": last["label"], "label_name": last["label_name"],
+            "split": last["split"], "stream": key[1], "num_frames": num_frames, "fps": last["fps"],
+            "num_clips": len(feats), "padded": bool(last["padded"]), "warning": last["warning"],
+            "features": feats})
+        self.clips += len(feats)
+        self.warnings += last["warning"] is not None
+        if len(self.rows[key[1]]) >= self.rows_per_file:
+            self._flush_stream(key[1])
+
+    # -- output ---------------------------------------------------------------------------------
+    def _flush_stream(self, stream: str) -> None:
+        rows = self.rows.pop(stream, [])
+        if not rows:
+            return
+        dim = self.settings[stream].feature_dim
+        schema = fs.feature_schema(dim)
+        feats = fs.features_to_arrow([r.pop("features") for r in rows], dim)
+        table = pa.Table.from_pylist(rows, schema=schema.remove(schema.get_field_index("features")))
+        table = table.append_column(schema.field("features"), feats)
+        self.files.append(fs.write_part(fs.stream_dir(self.store, stream), table))
+        self.written[stream] += len(rows)
+
+    def flush(self) -> None:
+        for stream in list(self.rows):
+            self._flush_stream(stream)
+        if self.failures:
+            table = pa.Table.from_pylist(self.failures, schema=fs.FAILURE_SCHEMA)
+            fs.write_part(self.store / fs.FAILURES_DIR, table)
+            self.failures = []
+        self.last_flush = time.monotonic()
+
+    def close(self) -> None:
+        """Flush everything; (video, stream) pairs still incomplete become failure rows."""
+        for key, pend in list(self.pending.items()):
+            have = sorted(pend.segments)
+            self._fail(key, pend.meta, "assemble", "IncompleteVideo",
+                       f"{pend.meta['path']}: the pipeline ended with segments {have} of "
+                       f"{'?' if pend.last_index is None else pend.last_index + 1}; rerun to retry")
+        self.flush()
+
+    @property
+    def num_done(self) -> int:
+        return sum(self.written.values()) + sum(len(r) for r in self.rows.values())
+
+    @property
+    def num_failed(self) -> int:
+        return sum(self.failed.values())
