@@ -1,0 +1,103 @@
+"""Clip counts K_v, clip starts and the temporal sampling sigma(t), against hand-computed values."""
+
+import numpy as np
+import pytest
+
+from reslstm.sampling import clip_starts, num_clips, temporal_sample
+
+
+@pytest.mark.parametrize(
+    "frames, expected",
+    [
+        (16, 1),   # exactly one clip
+        (17, 1),   # (17 - 16) // 8 + 1
+        (23, 1),   # one frame short of a second clip
+        (24, 2),   # frames 8..23 form the second clip
+        (32, 3),   # = 32 // 8 - 1 (s = 2r)
+        (100, 11), # (100 - 16) // 8 + 1 = 10 + 1
+    ],
+)
+def test_num_clips_paper_setting(frames, expected):
+    assert num_clips(frames, 16, 8) == expected
+    assert num_clips(frames) == expected  # defaults are s = 16, r = 8
+
+
+@pytest.mark.parametrize("frames, expected", [(10, 1), (12, 1), (13, 2), (15, 2), (24, 5), (25, 6)])
+def test_num_clips_other_window(frames, expected):
+    # s = 10, r = 3: K = (l - 10) // 3 + 1
+    assert num_clips(frames, clip_len=10, stride=3) == expected
+
+
+def test_clip_starts_are_multiples_of_the_stride_and_fit_in_the_video():
+    np.testing.assert_array_equal(clip_starts(100), np.arange(11) * 8)
+    starts = clip_starts(26, clip_len=10, stride=3)
+    np.testing.assert_array_equal(starts, [0, 3, 6, 9, 12, 15])
+    assert starts.dtype == np.int64
+    assert starts[-1] + 10 <= 26  # the last clip ends inside the video
+    assert starts[-1] + 3 + 10 > 26  # and one more would not fit
+
+
+@pytest.mark.parametrize("frames", [1, 5, 15])
+def test_short_video_gives_one_clip(frames):
+    assert num_clips(frames) == 1
+    np.testing.assert_array_equal(clip_starts(frames), [0])
+
+
+@pytest.mark.parametrize("frames", [0, -3])
+def test_no_frames_is_an_error_naming_the_count(frames):
+    with pytest.raises(ValueError, match=f"{frames} frames"):
+        num_clips(frames)
+    with pytest.raises(ValueError, match=f"{frames} frames"):
+        clip_starts(frames)
+
+
+def test_bad_window_arguments():
+    with pytest.raises(ValueError, match="stride"):
+        num_clips(32, 16, 0)
+    with pytest.raises(ValueError, match="clip_len"):
+        num_clips(32, 0, 8)
+    with pytest.raises(TypeError):
+        num_clips(32.0)
+    with pytest.raises(TypeError):
+        num_clips(True)
+
+
+@pytest.mark.parametrize(
+    "k, T, expected",
+    [
+        # K_v < T: sigma - 1 = floor((t-1) * 2 / 4) for t = 1..5 -> 0, 0, 1, 1, 2 (repeats)
+        (3, 5, [0, 0, 1, 1, 2]),
+        # floor((t-1) * 1 / 3): 0, 0, 0, 1
+        (2, 4, [0, 0, 0, 1]),
+        # K_v == T: identity
+        (4, 4, [0, 1, 2, 3]),
+        # K_v > T: floor((t-1) * 9 / 3) -> 0, 3, 6, 9
+        (10, 4, [0, 3, 6, 9]),
+        # floor((t-1) * 10 / 4): 0, 2 (2.5), 5, 7 (7.5), 10
+        (11, 5, [0, 2, 5, 7, 10]),
+        # a single clip repeated T times
+        (1, 3, [0, 0, 0]),
+        # T = 1 takes the first clip
+        (7, 1, [0]),
+        (1, 1, [0]),
+    ],
+)
+def test_temporal_sample_by_hand(k, T, expected):
+    got = temporal_sample(k, T)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_temporal_sample_paper_sizes_span_first_to_last_clip():
+    idx = temporal_sample(35, 25)  # UCF-101 T = 25 ... 35 clips
+    assert idx[0] == 0 and idx[-1] == 34
+    assert np.all(np.diff(idx) >= 1)  # K_v > T: no repeats, increasing
+    # 1-based sigma(t) of the paper, t = 1..T, written with floats, matches
+    t = np.arange(1, 26)
+    np.testing.assert_array_equal(idx + 1, 1 + np.floor((t - 1) * 34 / 24).astype(int))
+
+
+@pytest.mark.parametrize("k, T", [(0, 5), (3, 0), (-1, 2)])
+def test_temporal_sample_validates(k, T):
+    with pytest.raises(ValueError):
+        temporal_sample(k, T)
