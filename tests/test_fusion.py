@@ -1,0 +1,104 @@
+"""Mid and late fusion on tiny hand-computed tensors and arrays."""
+
+import numpy as np
+import pytest
+import torch
+
+from reslstm.fusion import FUSIONS, align_clips, late_fuse, make_fusion, mid_fuse
+
+XC = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+XF = torch.tensor([[0.5, -2.0], [2.0, 4.0]])
+P_RGB = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+P_FLOW = torch.tensor([[0.5, 0.4, 0.1], [0.1, 0.1, 0.8]])
+
+
+def test_mid_sum_and_product():
+    torch.testing.assert_close(mid_fuse(XC, XF, "sum"), torch.tensor([[1.5, 0.0], [5.0, 3.0]]))
+    torch.testing.assert_close(mid_fuse(XC, XF, "product"), torch.tensor([[0.5, -4.0], [6.0, -4.0]]))
+
+
+def test_mid_fuse_rejects_mismatched_shapes_and_ops():
+    with pytest.raises(ValueError, match="align_clips"):
+        mid_fuse(XC, XF[:1], "sum")
+    with pytest.raises(ValueError, match="sum, product"):
+        mid_fuse(XC, XF, "max")
+
+
+def test_late_product_is_the_normalised_product():
+    # row 0: 0.10, 0.12, 0.05 (sum 0.27); row 1: 0.06, 0.03, 0.08 (sum 0.17)
+    expected = torch.tensor([[0.10, 0.12, 0.05], [0.06, 0.03, 0.08]])
+    expected = expected / expected.sum(dim=1, keepdim=True)
+    got = late_fuse(P_RGB, P_FLOW, "product")
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got.sum(dim=1), torch.ones(2))
+    assert got.argmax(dim=1).tolist() == (P_RGB * P_FLOW).argmax(dim=1).tolist() == [1, 2]
+
+
+def test_late_product_survives_tiny_probabilities():
+    # 101 classes with probabilities ~1e-30: the raw float32 product underflows to 0.
+    p = torch.full((1, 101), 1e-30)
+    p[0, 7] = 1.0
+    q = torch.full((1, 101), 1e-30)
+    q[0, 7] = 1e-20
+    q[0, 3] = 1.0
+    got = late_fuse(p, q, "product")
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.sum(), torch.tensor(1.0))
+    assert got.argmax().item() == 7  # 1e-20 beats 1e-30
+
+
+def test_late_sum():
+    expected = torch.tensor([[0.35, 0.35, 0.30], [0.35, 0.20, 0.45]])
+    torch.testing.assert_close(late_fuse(P_RGB, P_FLOW, "sum"), expected)
+
+
+def test_late_weighted_uses_tsn_weights_by_default():
+    # (1.0 * rgb + 1.5 * flow) / 2.5
+    expected = torch.tensor([[(0.2 + 0.75) / 2.5, (0.3 + 0.6) / 2.5, (0.5 + 0.15) / 2.5],
+                             [(0.6 + 0.15) / 2.5, (0.3 + 0.15) / 2.5, (0.1 + 1.2) / 2.5]])
+    torch.testing.assert_close(late_fuse(P_RGB, P_FLOW, "weighted"), expected)
+    torch.testing.assert_close(make_fusion("late-weighted")(P_RGB, P_FLOW), expected)
+    # other weights are honoured: 3 * rgb + 1 * flow, over 4
+    torch.testing.assert_close(
+        late_fuse(P_RGB, P_FLOW, "weighted", w_rgb=3.0, w_flow=1.0), (3 * P_RGB + P_FLOW) / 4
+    )
+    with pytest.raises(ValueError, match="weights"):
+        late_fuse(P_RGB, P_FLOW, "weighted", w_rgb=0.0, w_flow=0.0)
+
+
+def test_late_fuse_on_numpy_arrays():
+    got = late_fuse(P_RGB.double().numpy(), P_FLOW.double().numpy(), "sum")
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_allclose(got, [[0.35, 0.35, 0.30], [0.35, 0.20, 0.45]])
+    with pytest.raises(TypeError):
+        late_fuse(P_RGB.numpy(), P_FLOW, "sum")
+
+
+def test_align_clips_truncates_to_the_shorter():
+    a = np.arange(10).reshape(5, 2)  # (K=5, d=2)
+    b = np.arange(8).reshape(4, 2)   # (K=4, d=2)
+    a2, b2 = align_clips(a, b)
+    np.testing.assert_array_equal(a2, a[:4])
+    np.testing.assert_array_equal(b2, b)
+    # batched (B, K, d): the clip axis is -2
+    ta, tb = torch.zeros(3, 6, 2), torch.ones(3, 7, 2)
+    ta2, tb2 = align_clips(ta, tb)
+    assert ta2.shape == tb2.shape == (3, 6, 2)
+    with pytest.raises(ValueError):
+        align_clips(np.zeros(3), np.zeros(3))
+
+
+def test_make_fusion_names():
+    torch.testing.assert_close(make_fusion("mid-sum")(XC, XF), XC + XF)
+    torch.testing.assert_close(make_fusion("mid-product")(XC, XF), XC * XF)
+    torch.testing.assert_close(make_fusion("late-sum")(P_RGB, P_FLOW), (P_RGB + P_FLOW) / 2)
+    torch.testing.assert_close(make_fusion("late-product")(P_RGB, P_FLOW),
+                               late_fuse(P_RGB, P_FLOW, "product"))
+    assert set(FUSIONS) == {"mid-sum", "mid-product", "late-product", "late-sum", "late-weighted"}
+
+
+def test_make_fusion_fails_loudly_listing_valid_names():
+    with pytest.raises(ValueError) as err:
+        make_fusion("late-max")
+    for name in FUSIONS:
+        assert name in str(err.value)
