@@ -1,0 +1,284 @@
+"""ResLSTM against a hand-written LSTM loop (eq. 1-2), the input projections, and ActionModel."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from reslstm.fusion import late_fuse, mid_fuse
+from reslstm.model import (
+    ActionModel,
+    InputProjection,
+    ModelConfig,
+    ResLSTM,
+    TemporalMeanPool,
+    build_model,
+)
+
+FUSIONS = ["rgb", "flow", "mid-sum", "mid-product", "late-product", "late-sum", "late-weighted"]
+
+
+def lstm_by_hand(lstm: torch.nn.LSTM, x: torch.Tensor) -> torch.Tensor:
+    """Step the LSTM cell equations t by t from the layer's own weights; (B, T, h) -> m (B, T, h).
+
+    Gate order in PyTorch's weights: input i, forget f, cell candidate g, output o.
+    """
+    w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
+    b = lstm.bias_ih_l0 + lstm.bias_hh_l0
+    B, T, _ = x.shape
+    h = lstm.hidden_size
+    m = torch.zeros(B, h, dtype=x.dtype)
+    c = torch.zeros(B, h, dtype=x.dtype)
+    outs = []
+    for t in range(T):
+        z = x[:, t] @ w_ih.T + m @ w_hh.T + b  # (B, 4h)
+        i, f, g, o = z[:, :h], z[:, h:2 * h], z[:, 2 * h:3 * h], z[:, 3 * h:]
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        m = torch.sigmoid(o) * torch.tanh(c)
+        outs.append(m)
+    return torch.stack(outs, dim=1)
+
+
+def reslstm_by_hand(model: ResLSTM, feats: torch.Tensor, residual: bool):
+    """x^0 -> (m^L (B, T, h), x^L (B, T, h)) following eq. (1) literally."""
+    lin = model.proj.linear
+    x = feats @ lin.weight.T + lin.bias  # x^0
+    for lstm in model.layers:
+        m = lstm_by_hand(lstm, x)
+        x = m + x if residual else m
+    return m, x
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_stack_equals_hand_written_loop(residual):
+    torch.manual_seed(0)
+    model = ResLSTM(5, 4, num_layers=3, num_classes=3, residual=residual).double()
+    feats = torch.randn(2, 6, 5, dtype=torch.float64)
+    m_L, _ = reslstm_by_hand(model, feats, residual)
+    expected = m_L[:, -1] @ model.classifier.weight.T  # W_y^T m_T^L, no bias
+    assert model.classifier.bias is None
+    torch.testing.assert_close(model(feats), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_residual_changes_the_output():
+    torch.manual_seed(0)
+    a = ResLSTM(4, 4, 2, 3, residual=True, input_proj="none").double()
+    b = ResLSTM(4, 4, 2, 3, residual=False, input_proj="none").double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    assert not torch.allclose(a(x), b(x))
+    # With one layer there is no skip between layers, and the classifier reads m, not x^1,
+    # so the residual flag must not matter.
+    c = ResLSTM(4, 4, 1, 3, residual=True, input_proj="none").double()
+    d = ResLSTM(4, 4, 1, 3, residual=False, input_proj="none").double()
+    d.load_state_dict(c.state_dict())
+    torch.testing.assert_close(c(x), d(x))
+
+
+def test_classifier_reads_m_T_L_not_x_T_L():
+    torch.manual_seed(1)
+    model = ResLSTM(3, 3, num_layers=2, num_classes=3, residual=True).double()
+    # Inputs far from zero make x_T^L = m_T^L + x_T^{L-1} clearly differ from m_T^L.
+    feats = 5 + torch.randn(2, 4, 3, dtype=torch.float64)
+    m_L, x_L = reslstm_by_hand(model, feats, residual=True)
+    assert (x_L[:, -1] - m_L[:, -1]).abs().min() > 0.1
+    w = model.classifier.weight
+    logits = model(feats)
+    torch.testing.assert_close(logits, m_L[:, -1] @ w.T)
+    assert (logits - x_L[:, -1] @ w.T).abs().max() > 0.1
+
+
+def test_each_layer_is_its_own_single_layer_lstm():
+    model = ResLSTM(8, 8, num_layers=3, num_classes=2, input_proj="none")
+    assert len(model.layers) == 3
+    for lstm in model.layers:
+        assert isinstance(lstm, torch.nn.LSTM)
+        assert lstm.num_layers == 1 and lstm.batch_first and lstm.input_size == lstm.hidden_size == 8
+
+
+def test_dropout_default_is_identity_and_off_in_eval():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 6)
+    model = ResLSTM(6, 6, 2, 4, input_proj="none").train()
+    torch.testing.assert_close(model(x), model(x))
+    dropped = ResLSTM(6, 6, 2, 4, input_proj="none", dropout=0.5)
+    dropped.load_state_dict(model.state_dict())
+    dropped.eval()
+    torch.testing.assert_close(dropped(x), model(x))
+    dropped.train()
+    assert not torch.allclose(dropped(x), model(x))
+
+
+# --- input projections -----------------------------------------------------------------------
+
+# Variances along x (18), y (2) and z (~0.008), no cross terms: components are e_x and e_y.
+PCA_DATA = np.array([[3, 0, 0], [-3, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 0.1]])
+
+
+def test_pca_projection_by_hand():
+    proj = InputProjection(3, 2, "pca").double()
+    proj.fit_pca(PCA_DATA)
+    np.testing.assert_allclose(proj.mean.numpy(), [0, 0, 0.02], atol=1e-12)
+    np.testing.assert_allclose(proj.components.numpy(), [[1, 0, 0], [0, 1, 0]], atol=1e-12)
+    x = torch.tensor([[[1.0, 2.0, 3.0], [-1.0, 0.5, 0.02]]], dtype=torch.float64)  # (1, 2, 3)
+    torch.testing.assert_close(proj(x), torch.tensor([[[1.0, 2.0], [-1.0, 0.5]]], dtype=torch.float64))
+    torch.testing.assert_close(proj(x), (x - proj.mean) @ proj.components.T)
+
+
+def test_pca_general_case_is_orthonormal_and_centres():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(40, 6)) @ rng.normal(size=(6, 6))
+    proj = InputProjection(6, 3, "pca").fit_pca(feats)
+    comps = proj.components.double().numpy()
+    np.testing.assert_allclose(comps @ comps.T, np.eye(3), atol=1e-5)
+    out = proj(torch.from_numpy(feats).float()[None]).double().numpy()[0]  # (40, 3)
+    np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-4)
+    var = out.var(axis=0)
+    assert var[0] >= var[1] >= var[2]  # sorted by explained variance
+
+
+def test_pca_survives_a_state_dict_round_trip():
+    model = ResLSTM(3, 2, 1, 4, input_proj="pca")
+    model.proj.fit_pca(PCA_DATA)
+    x = torch.randn(2, 3, 3)
+    fresh = ResLSTM(3, 2, 1, 4, input_proj="pca")
+    assert {"proj.mean", "proj.components"} <= set(model.state_dict())
+    with pytest.raises(RuntimeError, match="fit_pca"):
+        fresh(x)
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.proj.is_fitted
+    torch.testing.assert_close(fresh.proj.components, model.proj.components)
+    torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_pca_errors():
+    with pytest.raises(ValueError, match="hidden_size"):
+        InputProjection(3, 4, "pca")
+    proj = InputProjection(3, 2, "pca")
+    with pytest.raises(ValueError, match="more than 2"):
+        proj.fit_pca(PCA_DATA[:2])
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        proj.fit_pca(np.zeros((10, 4)))
+    with pytest.raises(RuntimeError, match="before fitting"):
+        proj(torch.zeros(1, 2, 3))
+
+
+def test_none_projection():
+    x = torch.randn(2, 3, 4)
+    assert InputProjection(4, 4, "none")(x) is x
+    with pytest.raises(ValueError, match="input_dim == hidden_size"):
+        InputProjection(5, 4, "none")
+    with pytest.raises(ValueError, match="input_dim == hidden_size"):
+        ResLSTM(5, 4, 2, 3, input_proj="none")
+    with pytest.raises(ValueError, match="valid"):
+        InputProjection(4, 4, "lda")
+
+
+def test_temporal_mean_pool():
+    torch.manual_seed(0)
+    pool = TemporalMeanPool(5, 3, 4, "linear")
+    x = torch.randn(2, 6, 5)
+    expected = pool.classifier(pool.proj(x).mean(dim=1))
+    torch.testing.assert_close(pool(x), expected)
+    assert pool(x).shape == (2, 3)
+
+
+# --- ModelConfig and ActionModel -------------------------------------------------------------
+
+def small_config(**kw) -> ModelConfig:
+    base = dict(input_dim=6, num_classes=5, hidden_size=4, num_layers=2)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def inputs(batch=3, T=4, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"rgb": torch.randn(batch, T, d, generator=g), "flow": torch.randn(batch, T, d, generator=g)}
+
+
+@pytest.mark.parametrize("arch", ["reslstm", "meanpool"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_action_model_heads_and_probabilities(fusion, arch):
+    torch.manual_seed(0)
+    cfg = small_config(fusion=fusion, arch=arch)
+    model = build_model(cfg)
+    logits = model(inputs())
+    expected_heads = {"rgb": ["rgb"], "flow": ["flow"]}.get(
+        fusion, ["mid"] if fusion.startswith("mid") else ["rgb", "flow"])
+    assert list(logits) == expected_heads == list(cfg.heads)
+    for value in logits.values():
+        assert value.shape == (3, 5)
+    probs = model.probabilities(logits)
+    assert probs.shape == (3, 5)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(3))
+    assert sorted(model.input_projections()) == sorted(cfg.streams)
+
+
+def test_streams():
+    assert small_config(fusion="rgb").streams == ("rgb",)
+    assert small_config(fusion="flow").streams == ("flow",)
+    assert small_config(fusion="mid-sum").streams == ("rgb", "flow")
+    assert small_config(fusion="late-product").streams == ("rgb", "flow")
+
+
+@pytest.mark.parametrize("fusion", ["mid-sum", "mid-product"])
+def test_mid_fusion_shares_one_stack(fusion):
+    torch.manual_seed(0)
+    model = build_model(small_config(fusion=fusion))
+    x = inputs()
+    projs = model.input_projections()
+    assert projs["rgb"] is not projs["flow"]
+    x0 = mid_fuse(projs["rgb"](x["rgb"]), projs["flow"](x["flow"]), fusion.split("-")[1])
+    torch.testing.assert_close(model(x)["mid"], model.core.forward_x0(x0))
+    n_lstms = sum(isinstance(m, torch.nn.LSTM) for m in model.modules())
+    assert n_lstms == 2  # one stack of L = 2 layers, shared by both streams
+
+
+@pytest.mark.parametrize("fusion", ["late-product", "late-sum", "late-weighted"])
+def test_late_fusion_has_independent_networks(fusion):
+    torch.manual_seed(0)
+    model = build_model(small_config(fusion=fusion))
+    x = inputs()
+    logits = model(x)
+    torch.testing.assert_close(logits["rgb"], model.nets["rgb"](x["rgb"]))
+    torch.testing.assert_close(logits["flow"], model.nets["flow"](x["flow"]))
+    rgb_params = {id(p) for p in model.nets["rgb"].parameters()}
+    assert rgb_params.isdisjoint(id(p) for p in model.nets["flow"].parameters())
+    expected = late_fuse(logits["rgb"].softmax(-1), logits["flow"].softmax(-1), fusion.split("-")[1])
+    torch.testing.assert_close(model.probabilities(logits), expected)
+
+
+def test_action_model_from_config_dict_round_trip():
+    torch.manual_seed(0)
+    cfg = small_config(fusion="late-weighted", input_proj="pca", residual=False, dropout=0.1)
+    model = ActionModel(cfg)
+    feats = np.random.default_rng(0).normal(size=(20, 6))
+    for proj in model.input_projections().values():
+        proj.fit_pca(feats)
+    stored = dataclasses.asdict(cfg)  # what a checkpoint holds
+    rebuilt = ActionModel(stored)
+    assert rebuilt.config == cfg
+    rebuilt.load_state_dict(model.state_dict())
+    model.eval()
+    rebuilt.eval()
+    x = inputs()
+    for head, value in model(x).items():
+        torch.testing.assert_close(rebuilt(x)[head], value)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown ModelConfig keys"):
+        ActionModel({**dataclasses.asdict(small_config()), "heads": 3})
+    with pytest.raises(ValueError, match="fusion"):
+        small_config(fusion="early-sum")
+    with pytest.raises(ValueError, match="arch"):
+        small_config(arch="transformer")
+    with pytest.raises(ValueError, match="hidden_size"):
+        build_model(small_config(input_proj="pca", hidden_size=8))  # PCA cannot go 6 -> 8
+
+
+def test_missing_stream_is_a_clear_error():
+    model = build_model(small_config(fusion="mid-sum"))
+    with pytest.raises(KeyError, match="flow"):
+        model({"rgb": torch.zeros(1, 2, 6)})
