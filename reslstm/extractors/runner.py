@@ -1,0 +1,102 @@
+"""``clip_features``: every clip of a frame sequence through an extractor, crops averaged (eq. 5).
+
+The uint8 frames go to the device once. Clips are a strided view of them there (clip k starts
+at frame k * stride, K = (n - clip_len) // stride + 1); crops are slices of that view; only one
+batch of clips is ever normalised to float, so memory is bounded by ``batch_size`` x crops
+model inputs, whatever the video length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from ..video import center_crop, ten_crop
+from .base import Extractor
+
+CROPS = (1, 10)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_for(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA (fp16 where bf16 is unsupported); nothing (fp32) elsewhere."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _check_frames(extractor: Extractor, frames, clip_len: int, stride: int, crops: int, batch_size: int) -> None:
+    if crops not in CROPS:
+        raise ValueError(f"crops must be one of {CROPS} (centre crop, or the 10 crops of eq. 5), got {crops}")
+    if stride < 1 or batch_size < 1:
+        raise ValueError(f"stride and batch_size must be >= 1, got stride={stride}, batch_size={batch_size}")
+    extractor.check_clip_len(clip_len)
+    if frames.ndim != 4 or frames.dtype not in (np.uint8, torch.uint8):
+        raise ValueError(f"frames must be uint8 (n, H, W, C), got {frames.dtype} {tuple(frames.shape)}")
+    n, height, width, channels = frames.shape
+    if n == 0:
+        raise ValueError("no frames: a video needs at least one frame to give a clip")
+    if channels != extractor.in_channels:
+        raise ValueError(
+            f"{extractor.name} ({extractor.stream}) wants {extractor.in_channels}-channel frames, got {channels}"
+        )
+    if min(height, width) < extractor.input_size:
+        raise ValueError(
+            f"frames of {height}x{width} are smaller than {extractor.name}'s {extractor.input_size} crop; "
+            f"decode them at short side {extractor.resize_short}"
+        )
+
+
+def clip_features(
+    extractor: Extractor,
+    frames,
+    clip_len: int | None = None,
+    stride: int | None = None,
+    crops: int = 1,
+    batch_size: int = 8,
+    device=None,
+    amp: bool = True,
+) -> np.ndarray:
+    """Features of every clip: uint8 frames (n, H, W, C) -> float32 (K, feature_dim).
+
+    frames: RGB (C=3) or quantised flow (C=2), numpy or torch, already decoded at the
+    extractor's ``resize_short``. A sequence shorter than one clip is padded by repeating its
+    last frame (one clip, as ``sampling.num_clips`` counts it). crops: 1 = centre crop of
+    ``input_size``, 10 = the 10 crops of eq. (5), whose features are averaged per clip.
+    batch_size: clips per forward pass (each with all its crops). The extractor is moved to
+    ``device`` (default: CUDA when present) and run under inference_mode, with bf16 autocast
+    on CUDA when ``amp``.
+    """
+    clip_len = extractor.clip_len if clip_len is None else int(clip_len)
+    stride = max(clip_len // 2, 1) if stride is None else int(stride)
+    _check_frames(extractor, frames, clip_len, stride, crops, batch_size)
+    device = default_device() if device is None else torch.device(device)
+    extractor.to(device).eval()
+
+    with torch.inference_mode():
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(np.ascontiguousarray(frames))
+        x = frames.to(device)  # (n, H, W, C) uint8, the only host -> device copy
+        if len(x) < clip_len:
+            x = torch.cat([x, x[-1:].expand(clip_len - len(x), *x.shape[1:])])
+        clips = x.unfold(0, clip_len, stride)  # (K, H, W, C, s) view
+        clips = clips.permute(0, 4, 3, 1, 2)  # (K, s, C, H, W) view: crop helpers cut (..., H, W)
+        num_clips = clips.shape[0]
+        out = torch.empty(num_clips, extractor.feature_dim, dtype=torch.float32, device=device)
+        size = extractor.input_size
+        for start in range(0, num_clips, batch_size):
+            chunk = clips[start:start + batch_size]  # (b, s, C, H, W) view
+            b = chunk.shape[0]
+            views = center_crop(chunk, size).unsqueeze(0) if crops == 1 else ten_crop(chunk, size)
+            views = views.flatten(0, 1).permute(0, 1, 3, 4, 2)  # (crops * b, s, size, size, C) uint8
+            inputs = extractor.normalize(views)  # (crops * b, C, s, size, size) float32
+            with autocast_for(device, amp):
+                feats = extractor(inputs)  # (crops * b, D)
+            out[start:start + b] = feats.float().view(crops, b, -1).mean(dim=0)  # eq. (5)
+        return out.cpu().numpy()
