@@ -1,1 +1,21 @@
-"""3D-CNN clip feature extractors behind one registry: ``create_extractor(name, stream, weights)``."""
+"""3D-CNN clip feature extractors behind one registry: ``create_extractor(name, stream, weights)``.
+
+Importing the package registers every model module (tiny3d, i3d, c3d, torchvision's video
+models); ``clip_features`` runs an extractor over every clip of a frame sequence.
+"""
+
+from . import c3d, i3d, tiny3d, tv_video  # noqa: F401  (register the models)
+from .base import RANDOM_INIT, Extractor, WeightsError
+from .registry import available_extractors, create_extractor, extractor_options, register
+from .runner import clip_features
+
+__all__ = [
+    "Extractor",
+    "RANDOM_INIT",
+    "WeightsError",
+    "available_extractors",
+    "clip_features",
+    "create_extractor",
+    "extractor_options",
+    "register",
+]

@@ -1,0 +1,86 @@
+"""``tiny3d``: a small, fast 3D CNN with fixed random weights, for the demo and the tests.
+
+It is not pretrained and never claims to be: unless a weights file is given its weights_id is
+"random-init", drawn from a fixed seed (option ``seed``, default 0) with Kaiming-normal kernels.
+
+Its features must keep the direction of motion inside a clip (a growing disc and a shrinking
+disc are the same frames in opposite order), so:
+- the clip is first normalised per channel over (s, H, W) (instance norm, no parameters): with
+  random kernels, the colours of object and background otherwise dominate every feature and
+  hide the motion (a linear probe separated growing from shrinking discs of random colours
+  at ~65 % without it and 100 % with it);
+- every stage has a temporal kernel of 3, whose random weights are not time-symmetric;
+- the head pools over space only and keeps 4 temporal bins of the last stage, so the
+  order of early and late activity survives pooling: feature = (64 channels x 4 bins) = 256.
+
+Input 64 x 64 crops from frames decoded at short side 72 (10-crop is possible), 16 frames,
+RGB scaled to [-1, 1]; flow (2 channels) in the I3D range [-1, 1]. About 0.25 GFLOP a clip.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Extractor, resolve_file_or_random, seeded_init
+from .registry import register
+
+# (out_channels, kernel, stride) per stage; padding keeps "same" size before striding.
+_STAGES = (
+    (16, (3, 3, 3), (1, 2, 2)),  # (16, 32, 32) at 16 x 64 x 64 input
+    (32, (3, 3, 3), (1, 2, 2)),  # (16, 16, 16)
+    (64, (3, 3, 3), (2, 2, 2)),  # (8, 8, 8)
+    (64, (3, 3, 3), (2, 2, 2)),  # (4, 4, 4)
+)
+_TIME_BINS = 4
+
+
+class Tiny3D(Extractor):
+    name = "tiny3d"
+    feature_dim = _STAGES[-1][0] * _TIME_BINS
+    input_size = 64
+    resize_short = 72
+    clip_len = 16
+    min_clip_len = 4
+    max_clip_len = None
+    pixel_scale = 1.0 / 255.0
+    rgb_mean = (0.5, 0.5, 0.5)
+    rgb_std = (0.5, 0.5, 0.5)  # RGB to [-1, 1]
+    flow_range = 1.0
+    first_conv_key = "conv1.weight"
+
+    def __init__(self, stream: str, seed: int = 0):
+        super().__init__(stream)
+        generator = torch.Generator().manual_seed(int(seed))
+        cin = self.in_channels
+        # nn.Conv3d draws its default init from the global RNG: build inside seeded_init so the
+        # caller's RNG state is untouched, then draw the real kernels from our own generator.
+        with seeded_init(seed):
+            for i, (cout, kernel, stride) in enumerate(_STAGES, start=1):
+                conv = nn.Conv3d(cin, cout, kernel, stride, padding=tuple(k // 2 for k in kernel))
+                # Kaiming (fan-in, ReLU) keeps activations O(1) through the stages without BN.
+                nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu", generator=generator)
+                nn.init.zeros_(conv.bias)
+                self.add_module(f"conv{i}", conv)
+                cin = cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, s, H, W) -> (B, 256)."""
+        x = F.instance_norm(x)  # per clip and channel over (s, H, W): colour-independent
+        for i in range(1, len(_STAGES) + 1):
+            x = F.relu(getattr(self, f"conv{i}")(x))
+        x = F.adaptive_avg_pool3d(x, (_TIME_BINS, 1, 1))  # (B, 64, 4, 1, 1): space pooled, time kept
+        return x.flatten(1)
+
+    def layout_hint(self) -> str:
+        return "tiny3d state_dict: conv1..conv4 .weight/.bias (Conv3d, kernel 3x3x3)"
+
+
+@register("tiny3d")
+def build_tiny3d(stream: str, weights=None, seed: int = 0) -> Tiny3D:
+    model = Tiny3D(stream, seed=seed)
+    path = resolve_file_or_random(weights, "tiny3d")
+    if path is not None:
+        model.load_weights_file(path)
+    return model
