@@ -9,6 +9,7 @@ model inputs, whatever the video length.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import torch
@@ -81,7 +82,10 @@ def clip_features(
 
     with torch.inference_mode():
         if isinstance(frames, np.ndarray):
-            frames = torch.from_numpy(np.ascontiguousarray(frames))
+            with warnings.catch_warnings():
+                # Frames that arrive zero-copy from Arrow are read-only; they are only read.
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                frames = torch.from_numpy(np.ascontiguousarray(frames))
         x = frames.to(device)  # (n, H, W, C) uint8, the only host -> device copy
         if len(x) < clip_len:
             x = torch.cat([x, x[-1:].expand(clip_len - len(x), *x.shape[1:])])

@@ -1,0 +1,362 @@
+"""Feature extraction on Ray Data: a manifest in, a Parquet feature store out.
+
+Python API::
+
+    from reslstm.distributed.extract import ExtractConfig, run_extraction
+    summary = run_extraction(ExtractConfig(manifest="m.parquet", out="features/",
+                                           extractor="i3d", weights="rgb_imagenet.pt",
+                                           flow_weights="flow_imagenet.pt"))
+
+The pipeline, one work item per (video, stream)::
+
+    from_items -> decode_segments (CPU tasks, PyAV)
+               -> compute_flow_stage (CPU tasks, flow stream only)
+               -> FeatureStage (actor pool: num_gpus=1 each on a GPU cluster, CPU otherwise)
+               -> the driver's StoreWriter (one row per video, atomic part files)
+
+Each stage declares the memory it holds (one segment of frames), which both tells the
+scheduler not to overpack a node and keeps Ray Data from fusing the stages into one task: the
+CPU stages then scale over every CPU of the cluster independently of the actor pool. Decoded
+frames do not pile up ahead of the actors: each task buffers at most two output blocks before
+it pauses, and ``object_store_limit_gb`` caps what the whole dataset may hold in the object store.
+
+Rerunning on the same ``out`` extracts only what is missing (failed videos again only with
+``retry_failed``); settings that differ from the store's are refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import shutil
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+
+from reslstm import __version__
+from reslstm import features as fs
+
+from .extract_stages import (StageConfig, FeatureStage, compute_flow_stage, decode_segments)
+from .store_writer import Progress, StoreWriter
+
+MAX_BLOCKS = 20_000
+
+
+class ExtractError(RuntimeError):
+    """Bad options or a store that does not match them; the message says what to do."""
+
+
+@dataclasses.dataclass
+class ExtractConfig:
+    manifest: str
+    out: str
+    streams: tuple[str, ...] = ("rgb", "flow")
+    extractor: str = "i3d"
+    weights: str | None = None          # RGB stream: a file, a torchvision enum name, or "none"
+    flow_weights: str | None = None     # flow stream, likewise
+    flow: str = "tvl1"
+    clip_len: int | None = None         # None: the extractor's clip length (16 for all models)
+    clip_stride: int = 8
+    crops: int = 10
+    size: int | None = None             # short side frames are decoded at; None: the model's
+    batch_size: int = 32
+    actors: int | None = None           # max actor-pool size; None: one per GPU, or CPUs // 2
+    clips_per_segment: int = 32
+    min_frame_ratio: float | None = 0.9
+    retry_failed: bool = False
+    overwrite: bool = False
+    allow_cpu_raft: bool = False
+    address: str | None = None
+    object_store_limit_gb: float | None = None
+    rows_per_file: int = 256
+    progress_every_s: float = 10.0
+    extractor_options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ExtractSummary:
+    store: str
+    written: dict            # stream -> rows written by this run
+    failed: dict             # error_type -> count (this run)
+    clips: int
+    warnings: int
+    skipped_done: int        # (video, stream) pairs already in the store
+    skipped_failed: int      # pairs that failed before (rerun with retry_failed)
+    seconds: float
+    failures_path: str
+
+    @property
+    def videos_per_s(self) -> float:
+        return sum(self.written.values()) / self.seconds if self.seconds > 0 else 0.0
+
+    def report(self) -> str:
+        lines = [f"feature store: {self.store}"]
+        for stream, n in sorted(self.written.items()):
+            lines.append(f"  {stream}: {n} videos written")
+        lines.append(f"  clips: {self.clips}, rows with warnings: {self.warnings}")
+        nfail = sum(self.failed.values())
+        lines.append(f"  failed: {nfail}" + (f" (failures table: {self.failures_path})" if nfail else ""))
+        for err, n in sorted(self.failed.items(), key=lambda kv: -kv[1]):
+            lines.append(f"    {n:6d}  {err}")
+        if self.skipped_done or self.skipped_failed:
+            lines.append(f"  skipped: {self.skipped_done} already extracted, {self.skipped_failed} "
+                         f"failed before (--retry-failed retries them)")
+        lines.append(f"  time: {self.seconds:.1f}s, {self.videos_per_s:.2f} videos/s, "
+                     f"{self.clips / max(self.seconds, 1e-9):.1f} clips/s")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+def _weights_arg(cfg: ExtractConfig, stream: str):
+    w = cfg.weights if stream == "rgb" else cfg.flow_weights
+    if w is None and cfg.extractor != "tiny3d":
+        flag = "--weights" if stream == "rgb" else "--flow-weights"
+        raise ExtractError(
+            f"{flag} is required for extractor {cfg.extractor!r} ({stream} stream): a checkpoint "
+            f"file, a torchvision weights name such as KINETICS400_V1, or 'none' for random "
+            f"initialisation (features recorded as random-init, for testing only)")
+    return None if (w is None or str(w).lower() == "none") else w
+
+
+def resolve_settings(cfg: ExtractConfig) -> tuple[StageConfig, dict[str, fs.StreamSettings]]:
+    """Instantiate each stream's extractor once (on CPU) to learn its sizes and weights id."""
+    from reslstm.extractors import create_extractor
+
+    if not cfg.streams or any(s not in fs.STREAMS for s in cfg.streams):
+        raise ExtractError(f"--streams must be a comma list of {fs.STREAMS}, got {cfg.streams}")
+    if cfg.crops not in (1, 10):
+        raise ExtractError(f"--crops must be 1 or 10, got {cfg.crops}")
+    weights, settings, resize = {}, {}, {}
+    for stream in cfg.streams:
+        weights[stream] = _weights_arg(cfg, stream)
+        ext = create_extractor(cfg.extractor, stream, weights[stream], **cfg.extractor_options)
+        clip_len = cfg.clip_len or ext.clip_len
+        lo, hi = getattr(ext, "min_clip_len", 1), getattr(ext, "max_clip_len", None)
+        if clip_len < lo or (hi is not None and clip_len > hi):
+            raise ExtractError(f"--clip-len {clip_len} is outside what {cfg.extractor} accepts "
+                               f"({lo}..{hi})")
+        resize[stream] = cfg.size or ext.resize_short
+        if resize[stream] < ext.input_size:
+            raise ExtractError(f"--size {resize[stream]} is smaller than {cfg.extractor}'s "
+                               f"{ext.input_size}-pixel input")
+        settings[stream] = fs.StreamSettings(
+            extractor=cfg.extractor, weights_id=ext.weights_id, feature_dim=ext.feature_dim,
+            clip_len=clip_len, clip_stride=cfg.clip_stride, crops=cfg.crops,
+            input_size=ext.input_size, resize_short=resize[stream],
+            flow_method=cfg.flow if stream == "flow" else None,
+            flow_pretrained=bool(getattr(ext, "flow_pretrained", True)) if stream == "flow" else True,
+            code_version=__version__)
+        del ext
+    clip_len = settings[cfg.streams[0]].clip_len
+    stage = StageConfig(
+        clip_len=clip_len, clip_stride=cfg.clip_stride, clips_per_segment=cfg.clips_per_segment,
+        resize_short=resize, flow_method=cfg.flow, min_frame_ratio=cfg.min_frame_ratio,
+        extractor=cfg.extractor, weights=weights, extractor_options=dict(cfg.extractor_options),
+        crops=cfg.crops, batch_size=cfg.batch_size, allow_cpu_raft=cfg.allow_cpu_raft)
+    return stage, settings
+
+
+def prepare_store(cfg: ExtractConfig, settings: dict[str, fs.StreamSettings]) -> None:
+    """Check the requested settings against the store's; reset streams on ``overwrite``."""
+    out = Path(cfg.out)
+    old = fs.read_metadata(out)
+    clashes = {s: old[s].differences(settings[s]) for s in settings if s in old}
+    clashes = {s: d for s, d in clashes.items() if d}
+    if clashes and not cfg.overwrite:
+        detail = "; ".join(f"{s}: " + ", ".join(d) for s, d in clashes.items())
+        raise ExtractError(f"{out} was extracted with other settings ({detail}). Use another "
+                           f"--out, the same settings, or --overwrite to discard those streams.")
+    if cfg.overwrite:
+        for s in settings:
+            shutil.rmtree(fs.stream_dir(out, s), ignore_errors=True)
+        _drop_failures(out, set(settings))
+    for d in [out / s for s in fs.STREAMS] + [out / fs.FAILURES_DIR]:
+        fs.remove_temporaries(d)
+    merged = {**{s: v for s, v in old.items() if s not in settings}, **settings}
+    fs.write_metadata(out, merged, manifest=str(Path(cfg.manifest).resolve()))
+
+
+def _drop_failures(out: Path, streams: set[str]) -> None:
+    old = fs.read_failures(out, current_only=False)
+    files = fs._parquet_files(out / fs.FAILURES_DIR)
+    keep = old.filter(pa.compute.invert(pa.compute.is_in(old.column("stream"),
+                                                         pa.array(sorted(streams)))))
+    if keep.num_rows:
+        fs.write_part(out / fs.FAILURES_DIR, keep)
+    for f in files:
+        Path(f).unlink()
+
+
+@contextlib.contextmanager
+def store_lock(out: str | Path):
+    """One writer per store: an advisory lock the OS releases when the process dies."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExtractError(f"{out} is being written by another extraction job; wait for it "
+                               f"or use another --out") from None
+        yield
+
+
+def plan_work(cfg: ExtractConfig, manifest: pa.Table) -> tuple[list[dict], int, int]:
+    """The (video, stream) pairs to extract, and how many were skipped as done / failed."""
+    items, done_n, failed_n = [], 0, 0
+    rows = manifest.select(["video_id", "path", "label", "label_name", "split"]).to_pylist()
+    for stream in cfg.streams:
+        done = fs.written_ids(cfg.out, stream)
+        failed = set() if cfg.retry_failed else fs.failed_ids(cfg.out, stream)
+        for r in rows:
+            if r["video_id"] in done:
+                done_n += 1
+            elif r["video_id"] in failed:
+                failed_n += 1
+            else:
+                items.append({**r, "stream": stream})
+    return items, done_n, failed_n
+
+
+def _read_manifest(path: str) -> pa.Table:
+    from reslstm.datasets.manifest import read_manifest
+
+    if not Path(path).exists():
+        raise ExtractError(f"--manifest {path}: no such file (make one with jobs/synth.py or "
+                           f"reslstm.datasets.manifest)")
+    return read_manifest(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Ray Data pipeline
+# ---------------------------------------------------------------------------------------------
+
+def _segment_bytes(stage: StageConfig, stream: str) -> int:
+    side = stage.resize_short[stream]
+    frames = (stage.clips_per_segment - 1) * stage.clip_stride + stage.clip_len + 1 + stage.clip_stride
+    return frames * side * (side * 16 // 9) * 3  # widest common aspect ratio
+
+
+def build_pipeline(items: list[dict], stage: StageConfig, streams: tuple[str, ...],
+                   actors: int | None, gpus: int, cpus: int):
+    """The lazy Ray Dataset of feature-stage output rows (segments and failures)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    seg = max(_segment_bytes(stage, s) for s in streams)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_BLOCKS)))
+    ds = ds.map_batches(decode_segments, fn_kwargs={"cfg": stage}, batch_size=1,
+                        batch_format="pyarrow", num_cpus=1, memory=2 * seg)
+    if "flow" in streams and stage.flow_method != "raft":
+        ds = ds.map_batches(compute_flow_stage, fn_kwargs={"cfg": stage}, batch_size=1,
+                            batch_format="pyarrow", num_cpus=1, memory=4 * seg)
+    if gpus:
+        pool = ActorPoolStrategy(min_size=1, max_size=actors or gpus)
+        resources = {"num_gpus": 1, "num_cpus": 1}
+    else:
+        pool = ActorPoolStrategy(min_size=1, max_size=actors or max(1, cpus // 2))
+        resources = {"num_cpus": 1}
+    return ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": stage, "streams": streams},
+                          compute=pool, batch_size=1, batch_format="pyarrow",
+                          memory=3 * seg, **resources)
+
+
+def run_extraction(cfg: ExtractConfig, out=None) -> ExtractSummary:
+    """Extract every (video, stream) of the manifest not yet in ``cfg.out``; print a summary."""
+    out = out or sys.stdout
+    import ray
+
+    from .runtime import cluster_cpus, cluster_gpus, init_ray
+
+    manifest = _read_manifest(cfg.manifest)
+    stage, settings = resolve_settings(cfg)
+    with store_lock(cfg.out):
+        prepare_store(cfg, settings)
+        items, skipped_done, skipped_failed = plan_work(cfg, manifest)
+        where = init_ray(cfg.address)
+        gpus, cpus = cluster_gpus(), cluster_cpus()
+        if cfg.flow == "raft" and "flow" in cfg.streams and not gpus and not cfg.allow_cpu_raft:
+            raise ExtractError("--flow raft needs a GPU and the cluster has none: pick tvl1, "
+                               "farneback or dis, or pass --allow-cpu-raft (very slow)")
+        ctx = ray.data.DataContext.get_current()
+        if cfg.object_store_limit_gb:
+            ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+                object_store_memory=cfg.object_store_limit_gb * 1024 ** 3)
+        print(f"[extract] {where}", file=out, flush=True)
+        print(f"[extract] {len(items)} (video, stream) pairs to extract with {cfg.extractor} "
+              f"(weights {', '.join(f'{s}={v.weights_id}' for s, v in settings.items())}), "
+              f"crops={cfg.crops}, clips of {stage.clip_len} every {stage.clip_stride} frames"
+              + (f", flow={cfg.flow}" if "flow" in cfg.streams else ""), file=out, flush=True)
+        return _drive(cfg, settings, items, skipped_done, skipped_failed, out,
+                      lambda: build_pipeline(items, stage, cfg.streams, cfg.actors, gpus, cpus)
+                      .iter_batches(batch_size=None, batch_format="pyarrow"))
+
+
+def run_local(cfg: ExtractConfig, out=None) -> ExtractSummary:
+    """The same stages in one plain Python loop in this process (no Ray): a baseline."""
+    out = out or sys.stdout
+    manifest = _read_manifest(cfg.manifest)
+    stage, settings = resolve_settings(cfg)
+
+    def batches():
+        features = FeatureStage(stage, cfg.streams)
+        for item in items:
+            for seg in decode_segments(pa.Table.from_pylist([item]), stage):
+                yield features(compute_flow_stage(seg, stage))
+
+    with store_lock(cfg.out):
+        prepare_store(cfg, settings)
+        items, skipped_done, skipped_failed = plan_work(cfg, manifest)
+        return _drive(cfg, settings, items, skipped_done, skipped_failed, out, batches)
+
+
+def _drive(cfg, settings, items, skipped_done, skipped_failed, out, batches) -> ExtractSummary:
+    start = time.monotonic()
+    writer = StoreWriter(cfg.out, settings, run_id=uuid.uuid4().hex[:12],
+                         rows_per_file=cfg.rows_per_file)
+    progress = Progress(len(items), every_s=cfg.progress_every_s, out=out)
+    if items:
+        try:
+            for batch in batches():
+                writer.consume(batch)
+                progress.update(writer.num_done, writer.num_failed, writer.clips)
+        finally:
+            # Interrupted or not, what is complete is committed; the rest is redone on rerun.
+            writer.flush()
+        writer.close()
+        progress.update(writer.num_done, writer.num_failed, writer.clips, force=True)
+    summary = ExtractSummary(
+        store=str(Path(cfg.out).resolve()), written=dict(writer.written), failed=dict(writer.failed),
+        clips=writer.clips, warnings=writer.warnings, skipped_done=skipped_done,
+        skipped_failed=skipped_failed, seconds=time.monotonic() - start,
+        failures_path=str((Path(cfg.out) / fs.FAILURES_DIR).resolve()))
+    print(summary.report(), file=out, flush=True)
+    return summary
+
+
+def failure_counts(store: str | Path) -> Counter:
+    """Current failures of a store by error type."""
+    return Counter(fs.read_failures(store).column("error_type").to_pylist())
+
+
+def verify(out: str, manifest: str | None = None, stream=None) -> bool:
+    """Check a feature store row by row (``features.verify_store``) against its manifest
+    (the one recorded in its metadata unless given); print the report; True when all is well."""
+    if not (Path(out) / fs.METADATA_FILE).exists():
+        raise ExtractError(f"{out}: no {fs.METADATA_FILE}; not a feature store")
+    manifest = manifest or fs.read_metadata_extra(out).get("manifest")
+    table = _read_manifest(manifest) if manifest else None
+    report = fs.verify_store(out, table)
+    stream = stream or sys.stdout
+    print(f"[verify] {out}" + (f" against {manifest}" if manifest else " (no manifest to check coverage)"),
+          file=stream)
+    print(report.text(), file=stream, flush=True)
+    return report.ok

@@ -1,0 +1,156 @@
+"""Feature extraction end to end on a local Ray: synthetic videos, the real test videos and
+broken files in one manifest; the store's schema, counts, resume and settings checks; and the
+Ray pipeline against the same stages run in one plain loop."""
+
+import io
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from reslstm import features as fs
+from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest
+from reslstm.datasets.synthetic import generate_synthetic
+from reslstm.sampling import num_clips
+
+from conftest import SHARED_VIDEO_FRAMES, SHARED_VIDEOS
+
+ray = pytest.importorskip("ray")
+from reslstm.distributed.extract import ExtractConfig, ExtractError, run_extraction, run_local  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A manifest of tiny synthetic videos, the real test videos (when present), a garbage file
+    named .mp4 and a path that does not exist."""
+    root = tmp_path_factory.mktemp("data")
+    synth = pq.read_table(generate_synthetic(root / "synth", videos_per_class=1, seed=3))
+    rows = synth.select(MANIFEST_SCHEMA.names).to_pylist()
+    (root / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    rows.append({"video_id": "broken/garbage", "path": str(root / "garbage.mp4"), "label": 0,
+                 "label_name": rows[0]["label_name"], "split": "train"})
+    rows.append({"video_id": "broken/missing", "path": str(root / "missing.mp4"), "label": 0,
+                 "label_name": rows[0]["label_name"], "split": "train"})
+    real = all((SHARED_VIDEOS / n).is_file() for n in SHARED_VIDEO_FRAMES)
+    if real:
+        for name in SHARED_VIDEO_FRAMES:
+            rows.append({"video_id": f"real/{Path(name).stem}", "path": str(SHARED_VIDEOS / name),
+                         "label": 1, "label_name": rows[1]["label_name"], "split": "test"})
+    manifest = write_manifest(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), root / "manifest.parquet")
+    return {"manifest": manifest, "rows": rows, "root": root, "real": real}
+
+
+def _cfg(dataset, out, **kw):
+    base = dict(manifest=str(dataset["manifest"]), out=str(out), extractor="tiny3d", flow="dis",
+                crops=1, clips_per_segment=4, progress_every_s=1.0)
+    return ExtractConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def extracted(ray_local, dataset):
+    out = dataset["root"] / "store"
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        summary = run_extraction(_cfg(dataset, out))
+    return out, summary, buf.getvalue()
+
+
+def test_every_good_video_written_and_broken_ones_recorded(dataset, extracted):
+    out, summary, printed = extracted
+    good = [r["video_id"] for r in dataset["rows"] if not r["video_id"].startswith("broken/")]
+    for stream in ("rgb", "flow"):
+        assert fs.written_ids(out, stream) == set(good)
+    fails = fs.read_failures(out).to_pylist()
+    kinds = {(f["video_id"], f["stream"]): (f["stage"], f["error_type"]) for f in fails}
+    assert kinds == {
+        ("broken/garbage", "rgb"): ("decode", "VideoDecodeError:not_a_video"),
+        ("broken/garbage", "flow"): ("decode", "VideoDecodeError:not_a_video"),
+        ("broken/missing", "rgb"): ("decode", "VideoDecodeError:missing"),
+        ("broken/missing", "flow"): ("decode", "VideoDecodeError:missing"),
+    }
+    assert all("garbage.mp4" in f["message"] or "missing.mp4" in f["message"] for f in fails)
+    assert summary.written == {"rgb": len(good), "flow": len(good)}
+    assert summary.failed == {"VideoDecodeError:not_a_video": 2, "VideoDecodeError:missing": 2}
+    assert "failed: 4 (failures table:" in printed and "videos/s" in printed
+
+
+def test_store_schema_and_counts_readable_by_plain_pyarrow(dataset, extracted):
+    out, _, _ = extracted
+    for stream in ("rgb", "flow"):
+        table = pads.dataset(str(out / stream), format="parquet").to_table()
+        assert table.schema.equals(fs.feature_schema(256))
+        for row, feats in zip(table.drop(["features"]).to_pylist(),
+                              fs.features_to_numpy(table.column("features"))):
+            assert row["num_clips"] == num_clips(row["num_frames"], 16, 8) == len(feats)
+            assert feats.shape[1] == 256 and np.isfinite(feats).all()
+
+
+def test_real_videos_have_their_exact_frame_counts(dataset, extracted):
+    if not dataset["real"]:
+        pytest.skip(f"real test videos not found at {SHARED_VIDEOS}")
+    out, _, _ = extracted
+    for stream, minus in (("rgb", 0), ("flow", 1)):
+        rows = {r["video_id"]: r for r in fs.read_stream(out, stream, columns=["video_id", "num_frames", "num_clips"]).to_pylist()}
+        for name, frames in SHARED_VIDEO_FRAMES.items():
+            row = rows[f"real/{Path(name).stem}"]
+            assert row["num_frames"] == frames - minus, (stream, name)
+            assert row["num_clips"] == num_clips(frames - minus, 16, 8)
+
+
+def test_verify_passes_on_the_extracted_store(dataset, extracted):
+    out, _, _ = extracted
+    report = fs.verify_store(out, pq.read_table(dataset["manifest"]))
+    assert report.ok, report.text()
+
+
+def test_rerun_extracts_nothing_and_retry_failed_retries_only_failures(dataset, extracted):
+    out, _, _ = extracted
+    before = sorted(fs.stream_files(out, "rgb"))
+    with redirect_stdout(io.StringIO()):
+        again = run_extraction(_cfg(dataset, out))
+    assert again.written == {} and again.skipped_done == 2 * (len(dataset["rows"]) - 2)
+    assert again.skipped_failed == 4
+    assert sorted(fs.stream_files(out, "rgb")) == before
+    with redirect_stdout(io.StringIO()):
+        retry = run_extraction(_cfg(dataset, out, retry_failed=True))
+    assert retry.written == {} and sum(retry.failed.values()) == 4
+    assert fs.read_failures(out).num_rows == 4  # the latest failure per pair, not 8 rows
+
+
+def test_other_settings_are_refused_naming_the_differences(dataset, extracted):
+    out, _, _ = extracted
+    with pytest.raises(ExtractError, match=r"crops: store has 1, requested 10.*--overwrite"):
+        run_extraction(_cfg(dataset, out, crops=10))
+    with pytest.raises(ExtractError, match=r"flow_method: store has 'dis', requested 'farneback'"):
+        run_extraction(_cfg(dataset, out, flow="farneback"))
+
+
+def test_ray_pipeline_equals_plain_loop_and_segments_join_exactly(dataset, extracted, tmp_path):
+    """The same features, row for row, from the Ray pipeline (segments of 4 clips) and from one
+    plain loop that extracts every video in a single segment."""
+    out, _, _ = extracted
+    with redirect_stdout(io.StringIO()):
+        run_local(_cfg(dataset, tmp_path / "local", clips_per_segment=10_000))
+    for stream in ("rgb", "flow"):
+        a = fs.read_stream(out, stream).sort_by("video_id")
+        b = fs.read_stream(tmp_path / "local", stream).sort_by("video_id")
+        assert a.column("video_id").to_pylist() == b.column("video_id").to_pylist()
+        assert a.drop(["features"]).equals(b.drop(["features"]))
+        for fa, fb in zip(fs.features_to_numpy(a.column("features")), fs.features_to_numpy(b.column("features"))):
+            np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-6)
+    # The longest real video spans several 4-clip segments, so the join was exercised.
+    if dataset["real"]:
+        assert max(r["num_clips"] for r in fs.read_stream(out, "rgb", columns=["num_clips"]).to_pylist()) > 8
