@@ -8,7 +8,8 @@
 #   eval "$(cluster/local/up.sh --env)"     # prints the exports a client needs
 #
 # Environment: VENV (default .venv), RAY_HEAD_DIR (state dir, default .ray-head),
-# RAY_PORT (6379), RAY_DASHBOARD_PORT (8265), RAY_NUM_CPUS / RAY_NUM_GPUS (detected),
+# RAY_PORT (6379), RAY_DASHBOARD_PORT (8265), RAY_AGENT_PORT (the dashboard agent's HTTP port,
+# which runs the job API: 52365), RAY_CLIENT_PORT (10001), RAY_NUM_CPUS / RAY_NUM_GPUS (detected),
 # RAY_AUTH_TOKEN_PATH (default ~/.ray/auth_token; created if missing).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -16,6 +17,8 @@ VENV=${VENV:-$root/.venv}
 STATE=${RAY_HEAD_DIR:-$root/.ray-head}
 PORT=${RAY_PORT:-6379}
 DASH=${RAY_DASHBOARD_PORT:-8265}
+AGENT=${RAY_AGENT_PORT:-52365}
+CLIENT=${RAY_CLIENT_PORT:-10001}
 TOKEN=${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}
 mkdir -p "$STATE"
 STATE=$(cd "$STATE" && pwd)
@@ -47,6 +50,7 @@ export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$TOKEN
 tmp=$(mktemp -d /tmp/reslstm-ray-XXXXXX)
 echo "$tmp" > "$STATE/temp_dir"
 args=(--head --port="$PORT" --dashboard-host=127.0.0.1 --dashboard-port="$DASH"
+      --dashboard-agent-listen-port="$AGENT" --ray-client-server-port="$CLIENT"
       --temp-dir="$tmp" --disable-usage-stats)
 [ -n "${RAY_NUM_CPUS:-}" ] && args+=(--num-cpus="$RAY_NUM_CPUS")
 [ -n "${RAY_NUM_GPUS:-}" ] && args+=(--num-gpus="$RAY_NUM_GPUS")
@@ -58,6 +62,21 @@ PATH="$VENV/bin:$PATH" "$VENV/bin/ray" start "${args[@]}" > "$STATE/start.log" 2
 for p in /proc/[0-9]*; do
   if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF "$tmp"; then echo "${p#/proc/}" >> "$STATE/head.pids"; fi
 done
+# `ray start` returns before the head's job agent is up, and a submission then fails with "No
+# available agent". Wait until the job API runs a no-op job.
+ok=0
+for _ in $(seq 1 60); do
+  if "$VENV/bin/ray" job submit --address "http://127.0.0.1:$DASH" \
+       --submission-id "ready-check-$(date +%s%N)" -- python -c pass > "$STATE/ready.log" 2>&1; then
+    ok=1; break
+  fi
+  sleep 2
+done
+if [ $ok != 1 ]; then
+  cat "$STATE/ready.log" >&2
+  echo "up.sh: the head started but its job API never accepted a job (log above); run down.sh" >&2
+  exit 1
+fi
 echo "up.sh: Ray head running (PIDs $(tr '\n' ' ' < "$STATE/head.pids")), dashboard http://127.0.0.1:$DASH"
 echo "up.sh: for clients in this shell: eval \"\$($0 --env)\""
 env_lines
