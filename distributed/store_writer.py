@@ -37,8 +37,8 @@ class _Pending:
 class Progress:
     """One line every ``every_s`` seconds: done / total, failures, rate and ETA."""
 
-    def __init__(self, total: int, every_s: float = 10.0, out=sys.stdout):
-        self.total, self.every_s, self.out = total, every_s, out
+    def __init__(self, total: int, every_s: float = 10.0, out=None):
+        self.total, self.every_s, self.out = total, every_s, out or sys.stdout
         self.start = self.last = time.monotonic()
 
     def update(self, done: int, failed: int, clips: int, force: bool = False) -> None:
