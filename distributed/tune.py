@@ -1,0 +1,315 @@
+"""Ray Tune sweeps over hidden size, depth, T and fusion, with ASHA and MLflow.
+
+Python API (``reslstm.distributed.tune``):
+
+- ``SweepConfig(base: TrainConfig, hidden, depth, T, fusion, search="grid", num_samples=1,
+  grace_period=1, max_concurrent=None, mlflow_uri=None, experiment=None)``
+- ``sweep(scfg, address=None) -> SweepResult``: runs the sweep, evaluates the best trial once
+  on test, logs everything to MLflow and prints the trials table.
+- ``SweepResult``: ``trials`` (list of ``TrialRow``: trial_id, hidden, depth, T, fusion,
+  val_top1 (best epoch), epochs, stopped_early, status, checkpoint, mlflow_run_id) and
+  ``table()``; ``best_config`` (TrainConfig), ``best_trial_id``, ``best_checkpoint``,
+  ``best_val_top1``, ``test_metrics`` (test_top1/test_top5/test_mean_class_acc of the fused
+  output, plus ``test_top1_rgb``/``test_top1_flow``... per stream for late fusion),
+  ``predictions`` ({split: Parquet}), ``report_files``, ``mlflow_uri``, ``experiment``,
+  ``experiment_id``, ``best_run_id``, ``storage_path``.
+
+The sweep's driver builds and materializes the datasets of every (streams, T) the sweep
+needs, once, before any trial starts (they stay in the object store for the sweep: one copy
+per distinct stream set and T). Ray Data inside concurrent trials competes for CPUs that
+trial drivers and workers hold, and on a small cluster a trial's read can wait forever; a
+trial only iterates data that is already materialized. Each trial is a function trainable
+that fits PCA (if asked) and builds its ``TorchTrainer`` through ``train.prepare`` /
+``train.build_trainer`` (the same ``train_loop`` as ``jobs/train.py``), with
+``TuneReportCallback`` forwarding every epoch's metrics to Tune. A
+late-fusion trial trains both streams and reports the fused ``val_top1``. ASHA
+(``time_attr=training_iteration`` = epochs, ``max_t = epochs``) stops weak trials.
+
+CPU accounting: a trial's driver holds ``TRIAL_CPUS`` (1) CPU while its workers train; each
+worker gets ``min(1, (CPUs - 1) / workers)`` CPUs unless ``--cpus-per-worker`` says otherwise,
+so a trial needs ``1 + workers * cpus_per_worker`` CPUs and by default
+``max_concurrent_trials = max(1, floor(CPUs / that))`` (and at most GPUs // workers trials on
+GPUs). On 2 cores with 2 workers: 1 + 2 x 0.5 = 2 CPUs, one trial at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray._raylet import PlacementGroupID
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+from reslstm.distributed import tracking
+from reslstm.distributed.evaluate import FUSED, evaluate_run
+from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
+from reslstm.distributed.train import (
+    CHECKPOINT_FILE, METRIC, PLACEMENT_GROUP_KEY, StreamData, TrainConfig, build_trainer, cpus_per_worker,
+    load_checkpoint, load_data, predict, prepare, streams_of, wants_gpu)
+
+TRIAL_CPUS = 1.0
+SEARCHED = ("hidden", "depth", "T", "fusion")
+
+
+@dataclass
+class SweepConfig:
+    base: TrainConfig
+    hidden: Sequence[int] = (1024,)
+    depth: Sequence[int] = (2,)
+    T: Sequence[int] = (25,)
+    fusion: Sequence[str] = ("late-product",)
+    search: str = "grid"  # grid: every combination (x num_samples); random: num_samples draws
+    num_samples: int = 1
+    grace_period: int = 1
+    max_concurrent: int | None = None
+    mlflow_uri: str | None = None  # default: sqlite:///<cwd>/mlflow.db
+    experiment: str | None = None  # default: reslstm-sweep-<timestamp>
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    hidden: int
+    depth: int
+    T: int
+    fusion: str
+    val_top1: float
+    epochs: int
+    stopped_early: bool
+    status: str
+    checkpoint: str | None
+    mlflow_run_id: str | None
+
+
+@dataclass
+class SweepResult:
+    trials: list[TrialRow]
+    best_config: TrainConfig
+    best_trial_id: str
+    best_checkpoint: str
+    best_val_top1: float
+    test_metrics: dict[str, float]
+    predictions: dict[str, str]
+    report_files: dict[str, str]
+    mlflow_uri: str
+    experiment: str
+    experiment_id: str | None
+    best_run_id: str | None
+    storage_path: str
+    scores: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        lines = [f"{'trial':<12} {'fusion':<14} {'h':>5} {'L':>2} {'T':>3} {'val top-1':>9} "
+                 f"{'epochs':>6}  stopped early"]
+        for r in sorted(self.trials, key=lambda r: -r.val_top1):
+            mark = " *" if r.trial_id == self.best_trial_id else ""
+            lines.append(f"{r.trial_id:<12} {r.fusion:<14} {r.hidden:>5} {r.depth:>2} {r.T:>3} "
+                         f"{100 * r.val_top1:>8.2f}% {r.epochs:>6}  "
+                         f"{'yes' if r.stopped_early else 'no'}"
+                         f"{'' if r.status == 'ok' else ' (' + r.status + ')'}{mark}")
+        return "\n".join(lines)
+
+
+def parse_list(text: str, kind=str) -> list:
+    """``"512,1024"`` -> [512, 1024] (blank items dropped; a clear error for bad items)."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        return [kind(t) for t in items]
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as a comma list of {kind.__name__}") from None
+
+
+def param_space(scfg: SweepConfig) -> dict:
+    pick = tune.grid_search if scfg.search == "grid" else tune.choice
+    if scfg.search not in ("grid", "random"):
+        raise ValueError(f"search must be grid or random, got {scfg.search!r}")
+    return {k: pick(list(getattr(scfg, k))) for k in SEARCHED}
+
+
+def trial_config(base: TrainConfig, params: dict) -> TrainConfig:
+    """The TrainConfig of one trial: the base with the searched values."""
+    return dataclasses.replace(base, **{k: params[k] for k in SEARCHED if k in params})
+
+
+def plan_concurrency(cpus: float, gpus: int, workers: int, cpw: float, use_gpu: bool,
+                     requested: int | None = None) -> int:
+    """Trials that fit at once: each needs TRIAL_CPUS + workers * cpw CPUs (and workers GPUs)."""
+    if requested:
+        return int(requested)
+    fit = math.floor((cpus + 1e-9) / (TRIAL_CPUS + workers * cpw))
+    if use_gpu:
+        fit = min(fit, gpus // workers)
+    return max(1, fit)
+
+
+def data_key(fusion: str, T: int) -> str:
+    return f"{'+'.join(streams_of(fusion))}/T{int(T)}"
+
+
+def run_trial(config: dict, base: TrainConfig, sweep_name: str,
+              data: dict[str, StreamData]) -> None:
+    """One Tune trial: the shared builder and train_loop, reporting through Tune. Its datasets
+    were built by the sweep's driver (``data``, keyed by ``data_key``)."""
+    cfg = trial_config(base, config)
+    trial_id = tune.get_context().get_trial_id()
+    prepared = prepare(cfg, data=data[data_key(cfg.fusion, cfg.T)])
+    prepared.spec.report_placement_group = True
+    trainer = build_trainer(cfg, prepared, name=f"{sweep_name}-{trial_id}",
+                            callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+class ReleaseTrainResources(tune.Callback):
+    """Removes the Ray Train worker placement group of a trial that Tune stopped.
+
+    ASHA (also at max_t) stops a trial by ending its actor while the Train controller it
+    started is still running; that controller then dies without removing its workers'
+    placement group. Ray Train's own cleaner actor finds such groups through the state API,
+    which needs the dashboard; without it (``include_dashboard=False``) the group's CPUs stay
+    reserved and the next trial waits forever for its workers. Rank 0 reports its group id
+    (``PLACEMENT_GROUP_KEY``), so only groups of this sweep's own trials are touched.
+    """
+
+    def __init__(self):
+        self.groups: dict[str, str] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result.get(PLACEMENT_GROUP_KEY):
+            self.groups[trial.trial_id] = result[PLACEMENT_GROUP_KEY]
+
+    def _release(self, trial) -> None:
+        pg_hex = self.groups.pop(trial.trial_id, None)
+        if not pg_hex:
+            return
+        pg = PlacementGroup(PlacementGroupID(bytes.fromhex(pg_hex)))
+        try:
+            if placement_group_table(pg).get("state") != "REMOVED":
+                remove_placement_group(pg)
+        except Exception as exc:  # already gone, or the cluster is shutting down
+            print(f"note: could not release placement group {pg_hex} of trial "
+                  f"{trial.trial_id}: {exc}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._release(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._release(trial)
+
+
+def _rows(grid, cb: tracking.MLflowTrialCallback) -> list[TrialRow]:
+    rows = []
+    for res in grid:
+        df = res.metrics_dataframe
+        trial_id = (res.metrics or {}).get("trial_id") or Path(res.path).name
+        cfg = res.config or {}
+        if df is not None and METRIC in df and df[METRIC].notna().any():
+            df = df[df[METRIC].notna()]
+            best = df.sort_values([METRIC, "epoch"]).iloc[-1]  # ties: the later epoch
+            val, ckpt = float(best[METRIC]), best.get("checkpoint_path")
+            epochs = int(df["epoch"].max())
+        else:
+            val, ckpt, epochs = float("nan"), None, 0
+        rows.append(TrialRow(
+            trial_id=trial_id, hidden=cfg.get("hidden"), depth=cfg.get("depth"), T=cfg.get("T"),
+            fusion=cfg.get("fusion"), val_top1=val, epochs=epochs,
+            stopped_early=res.error is None and epochs < cb.epochs,
+            status="ok" if res.error is None else f"error: {type(res.error).__name__}",
+            checkpoint=None if ckpt is None or ckpt != ckpt else str(ckpt),
+            mlflow_run_id=cb.run_ids.get(trial_id)))
+    return rows
+
+
+def evaluate_best(checkpoint: str, data: StreamData, out_dir: Path
+                  ) -> tuple[dict, dict, dict, dict]:
+    """Predict val and test with a checkpoint into ``out_dir``; returns (test metrics,
+    {split: predictions path}, {name: report file}, {split: {head: scores}})."""
+    model, payload = load_checkpoint(checkpoint)
+    splits = {s: d for s, d in data.datasets.items() if s in ("val", "test")}
+    paths, scores = predict(model, splits, payload["label_names"], out_dir / "predictions")
+    report = evaluate_run(out_dir, "test", out_dir=out_dir / "report")
+    test = {f"test_{k}": v for k, v in scores["test"][FUSED].items()}
+    for head in ("rgb", "flow"):
+        if head in scores["test"]:
+            test.update({f"test_{k}_{head}": v for k, v in scores["test"][head].items()})
+    files = dict(report.files)
+    files["model"] = str(out_dir / CHECKPOINT_FILE)  # a local copy, also of a remote checkpoint
+    torch.save(payload, files["model"])
+    return test, paths, files, scores
+
+
+def sweep(scfg: SweepConfig, address: str | None = None, log=print) -> SweepResult:
+    """Run the sweep (see the module docstring)."""
+    base = scfg.base
+    out = Path(base.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"ray: {init_ray(address)}")
+    cpus, gpus = cluster_cpus(), cluster_gpus()
+    use_gpu = wants_gpu(base.use_gpu, gpus)
+    cpw = base.cpus_per_worker or cpus_per_worker(cpus, base.workers, reserved=TRIAL_CPUS)
+    base = dataclasses.replace(base, out=str(out), cpus_per_worker=cpw)
+    concurrent = plan_concurrency(cpus, gpus, base.workers, cpw, use_gpu, scfg.max_concurrent)
+    uri = scfg.mlflow_uri or tracking.default_tracking_uri(".")
+    experiment = scfg.experiment or tracking.default_experiment_name()
+    name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage = base.resolved_storage()
+    params = {k: v for k, v in base.to_dict().items() if k not in SEARCHED}
+    cb = tracking.MLflowTrialCallback(uri, experiment, params, base.epochs,
+                                      tags={"sweep": name})
+    log(f"sweep {name}: {base.workers} worker(s) x {cpw} CPU per trial + {TRIAL_CPUS} for its "
+        f"driver; up to {concurrent} trial(s) at once; MLflow {uri} experiment {experiment!r}")
+    data = {}
+    for fusion in scfg.fusion:
+        for T in scfg.T:
+            key = data_key(fusion, T)
+            if key not in data:
+                data[key] = load_data(base.features, streams_of(fusion), T, log=log)
+                log(f"data {key}: videos " + str({s: d.count() for s, d in
+                                                  data[key].datasets.items()}))
+    trial_data = {k: StreamData(d.index, {s: d.datasets[s] for s in ("train", "val")})
+                  for k, d in data.items()}
+    tuner = tune.Tuner(
+        tune.with_resources(
+            tune.with_parameters(run_trial, base=base, sweep_name=name, data=trial_data),
+            {"CPU": TRIAL_CPUS}),
+        param_space=param_space(scfg),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode="max", num_samples=scfg.num_samples,
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
+                                    grace_period=min(scfg.grace_period, base.epochs)),
+            max_concurrent_trials=concurrent, reuse_actors=False),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
+                                  callbacks=[cb, ReleaseTrainResources()]),
+    )
+    grid = tuner.fit()
+    rows = _rows(grid, cb)
+    done = [r for r in rows if r.checkpoint and r.val_top1 == r.val_top1]
+    if not done:
+        raise RuntimeError(f"no trial of sweep {name} reported a checkpoint; see {storage}/{name}")
+    best = max(done, key=lambda r: r.val_top1)
+    best_cfg = trial_config(base, {k: getattr(best, k) for k in SEARCHED})
+    test, paths, files, scores = evaluate_best(
+        best.checkpoint, data[data_key(best.fusion, best.T)], out / "best")
+    if best.mlflow_run_id:
+        tracking.log_evaluation(uri, best.mlflow_run_id, test, files,
+                                tags={"best_trial": "true", "ray.checkpoint_path": best.checkpoint})
+    result = SweepResult(
+        trials=rows, best_config=best_cfg, best_trial_id=best.trial_id,
+        best_checkpoint=best.checkpoint, best_val_top1=best.val_top1, test_metrics=test,
+        predictions=paths, report_files=files, mlflow_uri=uri, experiment=experiment,
+        experiment_id=cb.experiment_id, best_run_id=best.mlflow_run_id,
+        storage_path=f"{storage}/{name}", scores=scores)
+    log(result.table())
+    log("best: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in test.items()))
+    log(f"best checkpoint: {best.checkpoint}")
+    log(f"predictions: {', '.join(paths.values())}")
+    log(f"compare the trials: mlflow ui --backend-store-uri {uri}")
+    return result
