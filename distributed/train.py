@@ -276,7 +276,7 @@ def torch_batches(it, batch_size: int, streams: Sequence[str], shuffle_seed: int
         kwargs = {"local_shuffle_buffer_size": max(4 * batch_size, 256),
                   "local_shuffle_seed": shuffle_seed}
     for b in it.iter_batches(batch_size=batch_size, batch_format="numpy", **kwargs):
-        out = {s: torch.from_numpy(np.ascontiguousarray(b[s], np.float32)) for s in streams}
+        out = {s: torch.tensor(b[s], dtype=torch.float32) for s in streams}
         out["label"] = torch.from_numpy(b["label"].astype(np.int64))
         yield out
 
@@ -410,7 +410,7 @@ def predict(model: ActionModel, datasets: dict[str, "ray.data.Dataset"],
         per_head: dict[str, list[np.ndarray]] = {}
         labels_all = []
         for b in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            inputs = {s: torch.from_numpy(np.ascontiguousarray(b[s], np.float32)) for s in streams}
+            inputs = {s: torch.tensor(b[s], dtype=torch.float32) for s in streams}
             logits = model(inputs)
             out = {FUSED: model.probabilities(logits)}
             if late:

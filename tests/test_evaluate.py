@@ -1,0 +1,147 @@
+"""distributed.evaluate: scores and late fusion of stored predictions, and their reports."""
+
+import csv
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from featurestore_fixture import make_feature_store, start_local_ray
+from reslstm import metrics
+from reslstm.distributed import evaluate as ev
+from reslstm.fusion import late_fuse
+
+NAMES = ["a", "b", "c"]
+
+
+def write_preds(path, rows, split="test"):
+    """rows: [(video_id, label, head, probs)] -> a predictions Parquet file."""
+    table = pa.Table.from_pydict({
+        "video_id": [r[0] for r in rows], "label": [r[1] for r in rows],
+        "label_name": [NAMES[r[1]] for r in rows], "split": [split] * len(rows),
+        "head": [r[2] for r in rows], "probs": [list(map(float, r[3])) for r in rows],
+    }, schema=ev.PREDICTION_SCHEMA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+# Four videos; rgb is right on v0, v1; flow on v1, v2, v3 (v2 only narrowly wrong for rgb).
+LABELS = {"v0": 0, "v1": 1, "v2": 2, "v3": 0}
+RGB = {"v0": [0.6, 0.3, 0.1], "v1": [0.2, 0.7, 0.1], "v2": [0.1, 0.5, 0.4], "v3": [0.2, 0.5, 0.3]}
+FLOW = {"v0": [0.3, 0.4, 0.3], "v1": [0.1, 0.8, 0.1], "v2": [0.2, 0.1, 0.7], "v3": [0.5, 0.4, 0.1]}
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    # Rows in different orders in the two files: the join is on video_id, not position.
+    rgb = write_preds(tmp_path / "rgb" / "predictions" / "test.parquet",
+                      [(v, LABELS[v], "fused", RGB[v]) for v in ["v3", "v0", "v2", "v1"]])
+    flow = write_preds(tmp_path / "flow.parquet",
+                       [(v, LABELS[v], "fused", FLOW[v]) for v in sorted(LABELS)])
+    return tmp_path / "rgb", flow
+
+
+@pytest.mark.parametrize("op", ["product", "sum", "weighted"])
+def test_fused_scores_equal_a_hand_computation(two_runs, tmp_path, op):
+    ids = sorted(LABELS)
+    y = np.array([LABELS[v] for v in ids])
+    pr = np.array([RGB[v] for v in ids], np.float32)
+    pf = np.array([FLOW[v] for v in ids], np.float32)
+    fused = late_fuse(pr, pf, op)
+    report = ev.evaluate_fusion(*two_runs, op=op, out_dir=tmp_path / "out")
+    assert report.rows["rgb"]["top1"] == 0.5
+    assert report.rows["flow"]["top1"] == 0.75
+    conf = metrics.confusion_matrix(fused.argmax(1), y, 3)
+    assert report.rows[f"fused-{op}"] == pytest.approx({
+        "top1": metrics.topk_accuracy(fused, y, 1), "top5": 1.0,
+        "mean_class_acc": metrics.mean_class_accuracy(conf), "n": 4})
+    np.testing.assert_array_equal(report.confusion, conf)
+    png = tmp_path / "out" / f"confusion_fused-{op}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(tmp_path / "out" / f"per_class_fused-{op}.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows] == NAMES
+    assert [int(r["support"]) for r in rows] == [2, 1, 1]
+    assert [int(r["correct"]) for r in rows] == [int(conf[i, i]) for i in range(3)]
+
+
+def test_product_fusion_by_hand():
+    # v2: rgb (.1 .5 .4) x flow (.2 .1 .7) = (.02 .05 .28) -> class 2, right where rgb is wrong.
+    fused = late_fuse(np.array([RGB["v2"]], np.float32), np.array([FLOW["v2"]], np.float32))
+    np.testing.assert_allclose(fused[0], np.array([0.02, 0.05, 0.28]) / 0.35, rtol=1e-5)
+
+
+def test_different_video_sets_are_a_clear_error(two_runs, tmp_path):
+    rgb, _ = two_runs
+    other = write_preds(tmp_path / "other.parquet",
+                        [(v, LABELS.get(v, 0), "fused", FLOW.get(v, FLOW["v0"]))
+                         for v in ["v0", "v1", "v2", "v9"]])
+    with pytest.raises(ev.PredictionError, match=r"other\.parquet cover different test videos.*"
+                                                 r"'v3'.*'v9'"):
+        ev.evaluate_fusion(rgb, other)
+
+
+def test_different_labels_are_a_clear_error(two_runs, tmp_path):
+    rgb, _ = two_runs
+    bad = write_preds(tmp_path / "bad.parquet",
+                      [(v, (LABELS[v] + 1) % 3, "fused", FLOW[v]) for v in sorted(LABELS)])
+    with pytest.raises(ev.PredictionError, match="disagree on the labels"):
+        ev.evaluate_fusion(rgb, bad)
+
+
+def test_missing_split_names_the_place(two_runs):
+    with pytest.raises(ev.PredictionError, match="no val.parquet"):
+        ev.evaluate_fusion(*two_runs, split="val")
+
+
+def test_single_run_scores_every_head(tmp_path):
+    rows = [(v, LABELS[v], h, p[v]) for v in LABELS for h, p in
+            (("rgb", RGB), ("flow", FLOW), ("fused", RGB))]
+    path = write_preds(tmp_path / "run" / "predictions" / "test.parquet", rows)
+    report = ev.evaluate_run(tmp_path / "run", out_dir=tmp_path / "out")
+    assert list(report.rows) == ["fused", "flow", "rgb"]
+    assert report.rows["flow"]["top1"] == 0.75 and report.rows["rgb"]["top1"] == 0.5
+    assert (tmp_path / "out" / "confusion_fused.png").is_file()
+    # A late-fusion run's own heads, given as both sides.
+    fused = ev.evaluate_fusion(path, path, op="sum")
+    assert fused.rows["rgb"]["top1"] == 0.5 and fused.rows["flow"]["top1"] == 0.75
+
+
+# ---------------------------------------------------------------------------------------------
+# A late-fusion training run's two heads
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    start_local_ray()
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.integration
+def test_late_fusion_run_heads_fuse_to_its_own_fused_output(ray_local, tmp_path):
+    from reslstm.distributed.train import TrainConfig, fit
+
+    store = make_feature_store(tmp_path / "store", seed=11)
+    cfg = TrainConfig(features=str(store.root), out=str(tmp_path / "late"), fusion="late-product",
+                      hidden=8, depth=1, T=5, epochs=2, batch_size=8, lr=1e-2, workers=2)
+    res = fit(cfg, log=lambda *_: None)
+    # The train log: the fused val top-1 is the late product of the two networks.
+    table = ev.load_predictions(res.run_dir, "test")
+    heads = {h: table.filter(pa.compute.equal(table.column("head"), h)) for h in ev.heads_of(table)}
+    assert set(heads) == {"fused", "rgb", "flow"}
+    p = {h: np.asarray(t.column("probs").to_pylist(), np.float32) for h, t in heads.items()}
+    y = np.asarray(heads["fused"].column("label").to_pylist())
+    by_hand = late_fuse(p["rgb"], p["flow"], "product")
+    np.testing.assert_allclose(p["fused"], by_hand, rtol=1e-4, atol=1e-6)
+    report = ev.evaluate_fusion(res.run_dir, res.run_dir, "product", out_dir=tmp_path / "rep",
+                                categories=None)
+    assert report.rows["fused-product"]["top1"] == metrics.topk_accuracy(by_hand, y, 1)
+    assert report.rows["rgb"]["top1"] == metrics.topk_accuracy(p["rgb"], y, 1)
+    assert report.rows["fused-product"]["top1"] == pytest.approx(res.scores["test"]["fused"]["top1"])
+    assert (tmp_path / "rep" / "confusion_fused-product.png").is_file()
+    assert (tmp_path / "rep" / "per_class_fused-product.csv").is_file()
