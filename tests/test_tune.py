@@ -1,0 +1,155 @@
+"""distributed.tune and distributed.tracking: search space, concurrency, MLflow runs, a sweep."""
+
+import math
+
+import pytest
+from mlflow import MlflowClient
+
+from featurestore_fixture import make_feature_store, start_local_ray
+from reslstm.distributed import tracking
+from reslstm.distributed import tune as rtune
+from reslstm.distributed.train import TrainConfig
+
+
+def test_parse_list():
+    assert rtune.parse_list("512, 1024,", int) == [512, 1024]
+    assert rtune.parse_list("late-product,mid-sum") == ["late-product", "mid-sum"]
+    with pytest.raises(ValueError, match="comma list of int"):
+        rtune.parse_list("512,big", int)
+
+
+def test_param_space_grid_and_random():
+    base = TrainConfig(features="f")
+    grid = rtune.param_space(rtune.SweepConfig(base, hidden=[8, 16], depth=[1], T=[5],
+                                               fusion=["rgb"]))
+    assert grid["hidden"] == {"grid_search": [8, 16]}
+    rnd = rtune.param_space(rtune.SweepConfig(base, hidden=[8, 16], search="random"))
+    assert sorted(rnd["hidden"].categories) == [8, 16]
+    with pytest.raises(ValueError, match="grid or random"):
+        rtune.param_space(rtune.SweepConfig(base, search="bayes"))
+
+
+def test_trial_config_overrides_only_the_searched_values():
+    base = TrainConfig(features="f", lr=0.5, hidden=4)
+    cfg = rtune.trial_config(base, {"hidden": 8, "depth": 3, "T": 7, "fusion": "mid-sum",
+                                    "ignored": 1})
+    assert (cfg.hidden, cfg.depth, cfg.T, cfg.fusion, cfg.lr) == (8, 3, 7, "mid-sum", 0.5)
+
+
+def test_concurrency_counts_each_trial_driver_cpu():
+    # 2 cores, 2 workers: each worker gets (2 - 1) / 2 CPUs, one trial at a time.
+    assert rtune.plan_concurrency(2, 0, 2, 0.5, use_gpu=False) == 1
+    # 16 cores: 1 + 2 x 1 = 3 CPUs per trial -> 5 trials.
+    assert rtune.plan_concurrency(16, 0, 2, 1.0, use_gpu=False) == 5
+    # GPUs bound it too: 4 GPUs / 2 workers.
+    assert rtune.plan_concurrency(64, 4, 2, 1.0, use_gpu=True) == 2
+    assert rtune.plan_concurrency(2, 0, 2, 0.5, use_gpu=False, requested=3) == 3
+
+
+def test_default_tracking_uri_is_an_absolute_sqlite_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tracking.default_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+class FakeTrial:
+    def __init__(self, trial_id, config):
+        self.trial_id, self.config = trial_id, config
+
+    def __str__(self):
+        return f"trial_{self.trial_id}"
+
+
+def test_callback_runs_finish_also_when_stopped_early_and_fail_on_errors(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    cb = tracking.MLflowTrialCallback(uri, "exp", {"lr": 0.001, "features": "/s"}, epochs=3)
+    cb.setup()
+    trials = [FakeTrial(t, {"hidden": h, "depth": 1, "T": 5, "fusion": "rgb"})
+              for t, h in (("full", 8), ("early", 16), ("broken", 32))]
+    for t in trials:
+        cb.on_trial_start(0, trials, t)
+    for epoch in (1, 2, 3):
+        cb.on_trial_result(0, trials, trials[0], {"epoch": epoch, "val_top1": 0.1 * epoch,
+                                                  "train_loss": 1.0 / epoch, "time": "x",
+                                                  "checkpoint_path": f"/c/e{epoch}"})
+    cb.on_trial_result(0, trials, trials[1], {"epoch": 1, "val_top1": 0.05})
+    cb.on_trial_complete(0, trials, trials[0])
+    cb.on_trial_complete(0, trials, trials[1])  # ASHA stopped it after epoch 1
+    cb.on_trial_error(0, trials, trials[2])
+    client = MlflowClient(uri)
+    runs = {r.data.tags["ray.trial_id"]: r for r in client.search_runs([cb.experiment_id])}
+    assert {t: r.info.status for t, r in runs.items()} == {
+        "full": "FINISHED", "early": "FINISHED", "broken": "FAILED"}
+    assert runs["early"].data.tags["stopped_early"] == "true"
+    assert runs["full"].data.tags["stopped_early"] == "false"
+    assert runs["full"].data.tags["ray.checkpoint_path"] == "/c/e3"
+    assert runs["full"].data.params == {"lr": "0.001", "features": "/s", "hidden": "8",
+                                        "depth": "1", "T": "5", "fusion": "rgb"}
+    history = client.get_metric_history(runs["full"].info.run_id, "val_top1")
+    assert [(m.step, round(m.value, 6)) for m in history] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert "time" not in runs["full"].data.metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# A 2-trial sweep
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    start_local_ray()
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.integration
+def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(ray_local, tmp_path):
+    store = make_feature_store(tmp_path / "store", seed=2)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    base = TrainConfig(features=str(store.root), out=str(tmp_path / "sweep"), hidden=8, T=5,
+                       epochs=2, batch_size=8, lr=1e-2, workers=2)
+    scfg = rtune.SweepConfig(base, hidden=[8], depth=[1, 2], T=[5], fusion=["late-product"],
+                             mlflow_uri=uri, experiment="sweep-test")
+    res = rtune.sweep(scfg, log=lambda *_: None)
+
+    assert len(res.trials) == 2 and {t.depth for t in res.trials} == {1, 2}
+    best = max(res.trials, key=lambda t: t.val_top1)
+    assert res.best_val_top1 == best.val_top1
+    assert res.best_config.depth in (1, 2) and res.best_config.fusion == "late-product"
+    assert "late-product" in res.table() and "stopped early" in res.table()
+    for key in ("test_top1", "test_top5", "test_mean_class_acc", "test_top1_rgb",
+                "test_top1_flow"):
+        assert 0.0 <= res.test_metrics[key] <= 1.0
+    assert set(res.predictions) == {"val", "test"}
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("sweep-test")
+    runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])}
+    assert len(runs) == 2
+    for t in res.trials:
+        run = runs[t.mlflow_run_id]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["ray.trial_id"] == t.trial_id
+        assert run.data.tags["ray.checkpoint_path"]
+        params = run.data.params
+        assert (params["hidden"], params["depth"], params["T"], params["fusion"]) == (
+            "8", str(t.depth), "5", "late-product")
+        for key in ("input_proj", "lr", "batch_size", "epochs", "residual", "arch", "features"):
+            assert key in params
+        for name in ("train_loss", "val_top1", "val_top5", "val_mean_class_acc",
+                     "val_top1_rgb", "val_top1_flow"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
+            assert steps == list(range(1, t.epochs + 1)), name
+        assert math.isclose(max(m.value for m in client.get_metric_history(
+            run.info.run_id, "val_top1")), t.val_top1)
+
+    best_run = runs[res.best_run_id]
+    assert best_run.data.tags["ray.trial_id"] == res.best_trial_id
+    assert best_run.data.metrics["test_top1"] == pytest.approx(res.test_metrics["test_top1"])
+    assert best_run.data.metrics["test_top1_flow"] == pytest.approx(
+        res.test_metrics["test_top1_flow"])
+    artifacts = {a.path for a in client.list_artifacts(res.best_run_id)}
+    assert {"confusion_fused.png", "per_class_fused.csv", "model"} <= artifacts
+    assert [a.path for a in client.list_artifacts(res.best_run_id, "model")] == ["model/model.pt"]
+    other = next(r for r in runs.values() if r.info.run_id != res.best_run_id)
+    assert "test_top1" not in other.data.metrics
