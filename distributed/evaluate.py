@@ -7,6 +7,8 @@ with head ``fused`` (the model's combined output) and, for late fusion, ``rgb`` 
 
 Python API (``reslstm.distributed.evaluate``):
 
+- ``predict(model, datasets, label_names, out_dir) -> ({split: path}, {split: {head: scores}})``:
+  write the prediction tables of a model (e.g. ``train.load_checkpoint``) on built datasets.
 - ``load_predictions(path, split, head=None) -> pa.Table``: a run directory, its
   ``predictions/`` folder or one Parquet file; ``head`` keeps one head.
 - ``score(probs (N, C), labels (N,), num_classes) -> dict``: top1, top5, mean_class_acc.
@@ -29,14 +31,18 @@ import csv
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 
+from reslstm import features as fs
 from reslstm import metrics
 from reslstm.fusion import LATE_OPS, late_fuse
+from reslstm.model import ActionModel
 
 PREDICTION_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -59,6 +65,55 @@ def score(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, 
     return {"top1": metrics.topk_accuracy(probs, labels, 1),
             "top5": metrics.topk_accuracy(probs, labels, 5),
             "mean_class_acc": metrics.mean_class_accuracy(conf)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing predictions
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model: ActionModel, datasets: dict[str, "ray.data.Dataset"],
+            label_names: Sequence[str], out_dir, batch_size: int = 64
+            ) -> tuple[dict[str, str], dict[str, dict[str, dict[str, float]]]]:
+    """Write ``out_dir/<split>.parquet`` (PREDICTION_SCHEMA) for each dataset and score it.
+
+    Heads: ``fused`` = ``model.probabilities`` (the only head of single-stream and mid
+    models; the late fusion of the two softmaxes otherwise), plus ``rgb`` and ``flow`` (each
+    network's softmax) for late fusion. Returns ({split: path}, {split: {head: scores}}).
+    """
+    model.eval()
+    streams, heads = model.streams, model.heads
+    late = model.late is not None
+    paths, scores = {}, {}
+    for split, ds in datasets.items():
+        cols: dict[str, list] = {n: [] for n in PREDICTION_SCHEMA.names}
+        per_head: dict[str, list[np.ndarray]] = {}
+        labels_all = []
+        for b in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            inputs = {s: torch.tensor(b[s], dtype=torch.float32) for s in streams}
+            logits = model(inputs)
+            out = {FUSED: model.probabilities(logits)}
+            if late:
+                out.update({h: torch.softmax(logits[h], dim=-1) for h in heads})
+            labels = b["label"].astype(np.int64)
+            labels_all.append(labels)
+            for head, p in out.items():
+                p = p.float().numpy()
+                per_head.setdefault(head, []).append(p)
+                cols["video_id"] += list(b["video_id"])
+                cols["label"] += labels.tolist()
+                cols["label_name"] += [label_names[i] for i in labels]
+                cols["split"] += [split] * len(labels)
+                cols["head"] += [head] * len(labels)
+                cols["probs"] += list(p)
+        table = pa.Table.from_pydict(
+            {n: pa.array(cols[n], PREDICTION_SCHEMA.field(n).type) for n in cols},
+            schema=PREDICTION_SCHEMA)
+        paths[split] = str(fs.write_part(out_dir, table, name=f"{split}.parquet"))
+        y = np.concatenate(labels_all)
+        scores[split] = {h: score(np.concatenate(ps), y, len(label_names))
+                         for h, ps in per_head.items()}
+    return paths, scores
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ Python API (``reslstm.distributed.train``):
   the two steps ``fit`` and the Tune trial (``distributed.tune``) share.
 - ``train_loop(config)``: the per-worker loop (``config = {"train_config": TrainConfig,
   "run": RunSpec}``); Tune reuses it through ``build_trainer``.
-- ``load_checkpoint(path) -> (ActionModel, payload)`` and ``predict(model, datasets,
-  label_names, out_dir)``: reload a checkpoint and write prediction tables.
+- ``load_checkpoint(path) -> (ActionModel, payload)``: reload a checkpoint (then
+  ``evaluate.predict`` writes its prediction tables).
 
 Data: datasets are built and materialized in the driver (``distributed.data``). The train split
 is sharded across workers (``streaming_split(equal=True)``: every worker gets the same number of
@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
 import ray
 import ray.train
 import ray.train.torch
@@ -54,7 +53,7 @@ from reslstm import features as fs
 from reslstm.model import ActionModel, InputProjection, ModelConfig, build_model
 from reslstm.training import default_optimizer, evaluate, train_one_epoch, unwrap
 from reslstm.distributed import data as rdata
-from reslstm.distributed.evaluate import FUSED, PREDICTION_SCHEMA, score
+from reslstm.distributed.evaluate import predict, score
 from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
 
 CHECKPOINT_FILE = "model.pt"
@@ -167,9 +166,11 @@ def cpus_per_worker(cpus: float, workers: int, reserved: float = 0.0) -> float:
     return float(min(1.0, share))
 
 
-def scaling_config(cfg: TrainConfig, reserved_cpus: float = 0.0) -> ray.train.ScalingConfig:
+def scaling_config(cfg: TrainConfig) -> ray.train.ScalingConfig:
+    """``cfg.workers`` workers with ``cfg.cpus_per_worker`` CPUs (default: min(1, CPUs /
+    workers)) and one GPU each when ``--use-gpu`` says so (NCCL; Gloo on CPU)."""
     gpu = wants_gpu(cfg.use_gpu, cluster_gpus())
-    cpu = cfg.cpus_per_worker or cpus_per_worker(cluster_cpus(), cfg.workers, reserved_cpus)
+    cpu = cfg.cpus_per_worker or cpus_per_worker(cluster_cpus(), cfg.workers)
     res = {"CPU": cpu, **({"GPU": 1} if gpu else {})}
     return ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=gpu, resources_per_worker=res)
 
@@ -243,8 +244,8 @@ def run_name(cfg: TrainConfig) -> str:
     return f"{cfg.fusion}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def build_trainer(cfg: TrainConfig, prepared: Prepared, name: str, callbacks: Sequence = (),
-                  reserved_cpus: float = 0.0) -> ray.train.torch.TorchTrainer:
+def build_trainer(cfg: TrainConfig, prepared: Prepared, name: str,
+                  callbacks: Sequence = ()) -> ray.train.torch.TorchTrainer:
     """The TorchTrainer of a run; ``fit`` and every Tune trial build it here."""
     run_config = ray.train.RunConfig(
         name=name,
@@ -256,7 +257,7 @@ def build_trainer(cfg: TrainConfig, prepared: Prepared, name: str, callbacks: Se
     return ray.train.torch.TorchTrainer(
         train_loop,
         train_loop_config={"train_config": cfg, "run": prepared.spec},
-        scaling_config=scaling_config(cfg, reserved_cpus),
+        scaling_config=scaling_config(cfg),
         run_config=run_config,
         datasets={s: prepared.datasets[s] for s in ("train", "val")},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -389,51 +390,6 @@ def best_checkpoint(result) -> tuple[ray.train.Checkpoint, dict]:
     if not kept:
         raise RuntimeError(f"{result.path}: the run reported no checkpoint with {METRIC}")
     return max(kept, key=lambda cm: (cm[1][METRIC], cm[1].get("epoch", 0)))
-
-
-@torch.no_grad()
-def predict(model: ActionModel, datasets: dict[str, "ray.data.Dataset"],
-            label_names: Sequence[str], out_dir, batch_size: int = 64
-            ) -> tuple[dict[str, str], dict[str, dict[str, dict[str, float]]]]:
-    """Write ``out_dir/<split>.parquet`` (PREDICTION_SCHEMA) for each dataset and score it.
-
-    Heads: ``fused`` = ``model.probabilities`` (the only head of single-stream and mid
-    models; the late fusion of the two softmaxes otherwise), plus ``rgb`` and ``flow`` (each
-    network's softmax) for late fusion. Returns ({split: path}, {split: {head: scores}}).
-    """
-    model.eval()
-    streams, heads = model.streams, model.heads
-    late = model.late is not None
-    paths, scores = {}, {}
-    for split, ds in datasets.items():
-        cols: dict[str, list] = {n: [] for n in PREDICTION_SCHEMA.names}
-        per_head: dict[str, list[np.ndarray]] = {}
-        labels_all = []
-        for b in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            inputs = {s: torch.tensor(b[s], dtype=torch.float32) for s in streams}
-            logits = model(inputs)
-            out = {FUSED: model.probabilities(logits)}
-            if late:
-                out.update({h: torch.softmax(logits[h], dim=-1) for h in heads})
-            labels = b["label"].astype(np.int64)
-            labels_all.append(labels)
-            for head, p in out.items():
-                p = p.float().numpy()
-                per_head.setdefault(head, []).append(p)
-                cols["video_id"] += list(b["video_id"])
-                cols["label"] += labels.tolist()
-                cols["label_name"] += [label_names[i] for i in labels]
-                cols["split"] += [split] * len(labels)
-                cols["head"] += [head] * len(labels)
-                cols["probs"] += list(p)
-        table = pa.Table.from_pydict(
-            {n: pa.array(cols[n], PREDICTION_SCHEMA.field(n).type) for n in cols},
-            schema=PREDICTION_SCHEMA)
-        paths[split] = str(fs.write_part(out_dir, table, name=f"{split}.parquet"))
-        y = np.concatenate(labels_all)
-        scores[split] = {h: score(np.concatenate(ps), y, len(label_names))
-                         for h, ps in per_head.items()}
-    return paths, scores
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,11 +50,11 @@ from ray._raylet import PlacementGroupID
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from reslstm.distributed import tracking
-from reslstm.distributed.evaluate import FUSED, evaluate_run
+from reslstm.distributed.evaluate import FUSED, evaluate_run, predict
 from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
 from reslstm.distributed.train import (
     CHECKPOINT_FILE, METRIC, PLACEMENT_GROUP_KEY, StreamData, TrainConfig, build_trainer, cpus_per_worker,
-    load_checkpoint, load_data, predict, prepare, streams_of, wants_gpu)
+    load_checkpoint, load_data, prepare, streams_of, wants_gpu)
 
 TRIAL_CPUS = 1.0
 SEARCHED = ("hidden", "depth", "T", "fusion")
