@@ -15,6 +15,7 @@ import pytest
 from reslstm import features as fs
 from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest
 from reslstm.datasets.synthetic import generate_synthetic
+from reslstm.extractors import create_extractor
 from reslstm.sampling import num_clips
 
 from conftest import SHARED_VIDEO_FRAMES, SHARED_VIDEOS
@@ -23,6 +24,7 @@ ray = pytest.importorskip("ray")
 from reslstm.distributed.extract import ExtractConfig, ExtractError, run_extraction, run_local  # noqa: E402
 
 pytestmark = pytest.mark.integration
+TINY3D_DIM = create_extractor("tiny3d", "rgb").feature_dim
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +93,11 @@ def test_store_schema_and_counts_readable_by_plain_pyarrow(dataset, extracted):
     out, _, _ = extracted
     for stream in ("rgb", "flow"):
         table = pads.dataset(str(out / stream), format="parquet").to_table()
-        assert table.schema.equals(fs.feature_schema(256))
+        assert table.schema.equals(fs.feature_schema(TINY3D_DIM))
         for row, feats in zip(table.drop(["features"]).to_pylist(),
                               fs.features_to_numpy(table.column("features"))):
             assert row["num_clips"] == num_clips(row["num_frames"], 16, 8) == len(feats)
-            assert feats.shape[1] == 256 and np.isfinite(feats).all()
+            assert feats.shape[1] == TINY3D_DIM and np.isfinite(feats).all()
 
 
 def test_real_videos_have_their_exact_frame_counts(dataset, extracted):

@@ -498,7 +498,10 @@ def _manual_features(ext, frames, clip_len, stride, corners, size, flip):
             crop = crop[:, :, ::-1]
         batch = torch.from_numpy(np.ascontiguousarray(crop))[None]
         with torch.inference_mode():
-            feats.append(ext(ext.normalize(batch))[0])
+            x = ext.normalize(batch)
+            if flip and ext.stream == "flow":
+                x[:, 0] = -x[:, 0]  # a mirrored flow field moves the other way in x
+            feats.append(ext(x)[0])
     return torch.stack(feats).numpy()
 
 
@@ -506,7 +509,7 @@ def test_clip_count_and_centre_crop():
     ext = create_extractor("tiny3d", "rgb")
     frames = _frames(44)  # K = (44 - 16) // 8 + 1 = 4
     out = clip_features(ext, frames, clip_len=16, stride=8, crops=1, batch_size=3, device="cpu")
-    assert out.shape == (4, 256) and out.dtype == np.float32
+    assert out.shape == (4, ext.feature_dim) and out.dtype == np.float32
     # Centre of a 72 x 90 frame for a 64 crop: y = round(4) = 4, x = round(13) = 13.
     expected = _manual_features(ext, frames, 16, 8, (4, 13), 64, flip=False)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
@@ -516,7 +519,7 @@ def test_ten_crop_is_the_mean_of_the_ten_single_crops():
     ext = create_extractor("tiny3d", "flow")
     frames = _frames(30, h=72, w=80, c=2, seed=1)  # K = (30 - 16) // 7 + 1 = 3
     out = clip_features(ext, frames, clip_len=16, stride=7, crops=10, batch_size=2, device="cpu")
-    assert out.shape == (3, 256)
+    assert out.shape == (3, ext.feature_dim)
     corners = [(0, 0), (0, 16), (8, 0), (8, 16), (4, 8)]  # TL, TR, BL, BR, centre of 72x80 for 64
     singles = [_manual_features(ext, frames, 16, 7, c, 64, flip) for flip in (False, True) for c in corners]
     np.testing.assert_allclose(out, np.mean(singles, axis=0), rtol=1e-5, atol=1e-6)
@@ -527,7 +530,7 @@ def test_batch_size_does_not_change_features():
     ext = create_extractor("tiny3d", "rgb")
     frames = _frames(44, seed=2)
     ref = clip_features(ext, frames, 16, 4, crops=10, batch_size=1, device="cpu")
-    assert ref.shape == ((44 - 16) // 4 + 1, 256)
+    assert ref.shape == ((44 - 16) // 4 + 1, ext.feature_dim)
     for bs in (3, 64):
         np.testing.assert_allclose(clip_features(ext, frames, 16, 4, 10, bs, "cpu"), ref, rtol=1e-5, atol=1e-6)
 
@@ -538,7 +541,7 @@ def test_short_sequences_are_padded_to_one_clip():
     padded = np.concatenate([frames, np.repeat(frames[-1:], 11, axis=0)])
     out = clip_features(ext, frames, 16, 8, 1, 4, "cpu")
     np.testing.assert_allclose(out, clip_features(ext, padded, 16, 8, 1, 4, "cpu"), rtol=0, atol=0)
-    assert out.shape == (1, 256)
+    assert out.shape == (1, ext.feature_dim)
 
 
 def test_clip_features_accepts_torch_frames_and_defaults():

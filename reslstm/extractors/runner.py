@@ -100,6 +100,10 @@ def clip_features(
             views = center_crop(chunk, size).unsqueeze(0) if crops == 1 else ten_crop(chunk, size)
             views = views.flatten(0, 1).permute(0, 1, 3, 4, 2)  # (crops * b, s, size, size, C) uint8
             inputs = extractor.normalize(views)  # (crops * b, C, s, size, size) float32
+            if crops == 10 and extractor.stream == "flow":
+                # A mirrored flow field points the other way in x: negate dx of the 5 mirrors
+                # (as TSN and I3D do), or their features would average left and right motion.
+                inputs.view(crops, b, *inputs.shape[1:])[5:, :, 0].neg_()
             with autocast_for(device, amp):
                 feats = extractor(inputs)  # (crops * b, D)
             out[start:start + b] = feats.float().view(crops, b, -1).mean(dim=0)  # eq. (5)

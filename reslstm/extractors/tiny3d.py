@@ -9,9 +9,16 @@ disc are the same frames in opposite order), so:
   random kernels, the colours of object and background otherwise dominate every feature and
   hide the motion (a linear probe separated growing from shrinking discs of random colours
   at ~65 % without it and 100 % with it);
-- every stage has a temporal kernel of 3, whose random weights are not time-symmetric;
-- the head pools over space only and keeps 4 temporal bins of the last stage, so the
-  order of early and late activity survives pooling: feature = (64 channels x 4 bins) = 256.
+- every stage has a temporal kernel of 3, whose random weights are not time-symmetric, so the
+  units are direction selective; on the RGB stream the first kernels are made zero-mean along
+  time, so they respond to change rather than to static texture and colour;
+- the head averages over a 2 x 2 grid of space and 2 halves of the clip: averaging the whole
+  frame would cancel the outward motion of an expanding shape against itself (and a
+  rotation's), while a grid keeps where each direction of motion happens, and the two time
+  bins keep what changed from the first half of the clip to the second:
+  feature = 64 channels x 2 x 2 x 2 cells = 512.
+On the synthetic demo set these choices took the RGB stream of a late-fusion Res-LSTM from
+~0.4 to ~0.7 test top-1 (flow ~0.85).
 
 Input 64 x 64 crops from frames decoded at short side 72 (10-crop is possible), 16 frames,
 RGB scaled to [-1, 1]; flow (2 channels) in the I3D range [-1, 1]. About 0.25 GFLOP a clip.
@@ -33,12 +40,12 @@ _STAGES = (
     (64, (3, 3, 3), (2, 2, 2)),  # (8, 8, 8)
     (64, (3, 3, 3), (2, 2, 2)),  # (4, 4, 4)
 )
-_TIME_BINS = 4
+_POOL = (2, 2, 2)  # (time, height, width) cells of the head
 
 
 class Tiny3D(Extractor):
     name = "tiny3d"
-    feature_dim = _STAGES[-1][0] * _TIME_BINS
+    feature_dim = _STAGES[-1][0] * _POOL[0] * _POOL[1] * _POOL[2]
     input_size = 64
     resize_short = 72
     clip_len = 16
@@ -62,15 +69,18 @@ class Tiny3D(Extractor):
                 # Kaiming (fan-in, ReLU) keeps activations O(1) through the stages without BN.
                 nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu", generator=generator)
                 nn.init.zeros_(conv.bias)
+                if i == 1 and stream == "rgb":
+                    with torch.no_grad():  # zero-mean along time: respond to change, not colour
+                        conv.weight -= conv.weight.mean(dim=2, keepdim=True)
                 self.add_module(f"conv{i}", conv)
                 cin = cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, s, H, W) -> (B, 256)."""
+        """x (B, C, s, H, W) -> (B, 512)."""
         x = F.instance_norm(x)  # per clip and channel over (s, H, W): colour-independent
         for i in range(1, len(_STAGES) + 1):
             x = F.relu(getattr(self, f"conv{i}")(x))
-        x = F.adaptive_avg_pool3d(x, (_TIME_BINS, 1, 1))  # (B, 64, 4, 1, 1): space pooled, time kept
+        x = F.adaptive_avg_pool3d(x, _POOL)  # (B, 64, 2, 2, 2): 2 time bins x a 2 x 2 grid
         return x.flatten(1)
 
     def layout_hint(self) -> str:
