@@ -12,6 +12,8 @@ from reslstm.datasets.manifest import MANIFEST_SCHEMA, read_manifest
 from reslstm.datasets.synthetic import (
     CLASS_PHASES,
     ORDER_PAIRS,
+    PHASE_FRAMES,
+    REST_FRAMES,
     SYNTHETIC_CLASSES,
     generate_synthetic,
     parse_size,
@@ -60,8 +62,16 @@ def test_phase_lengths_and_frame_counts(name):
     for index, size in [(i, s) for i in range(12) for s in ((96, 128), (112, 112), SMALL, (128, 96))]:
         p = sample_video_params(name, index, 0, *size)
         assert p.phases == CLASS_PHASES[name]
-        assert sum(p.phase_frames) == p.num_frames and 48 <= p.num_frames <= 96
-        assert min(p.phase_frames) >= 24  # a 16-frame clip every 8 frames sees each phase whole
+        assert sum(p.phase_frames) == p.num_frames
+        lo, hi = PHASE_FRAMES
+        if len(p.phases) == 1:
+            assert 2 * lo <= p.num_frames <= 2 * hi
+        else:
+            a, m1, mid, m2, b = p.phase_frames
+            assert REST_FRAMES[0] <= a <= REST_FRAMES[1] and REST_FRAMES[0] <= b <= REST_FRAMES[1]
+            assert mid == a + b  # each end state is held a + b frames in both classes of a pair
+            # a 16-frame clip every 8 frames sees each phase whole, and no clip holds both
+            assert lo <= min(m1, m2) and max(m1, m2) <= hi and mid > 16
         for track in (p.x, p.y, p.scale, p.angle):
             assert track.shape == (p.num_frames,)
         # the shape stays inside the frame
@@ -90,6 +100,34 @@ def test_order_pair_has_same_per_frame_statistics(a, b):
     # ...and yet the order is what separates them: the class that rises first always starts low
     assert stats[a]["starts_low"] == float(CLASS_PHASES[a][0] == rising)
     assert stats[b]["starts_low"] == float(CLASS_PHASES[b][0] == rising)
+
+
+def _clip_kinds(p, state: str, clip_len=16, stride=8):
+    """What each 16-frame clip shows of the pair's state: the signs of its frame-to-frame
+    changes in order, collapsed (e.g. (0, 1) = rest then rising)."""
+    track = getattr(p, state)
+    sign = np.sign(np.round(np.diff(track), 9)).astype(int)
+    kinds = []
+    for start in range(0, len(track) - clip_len + 1, stride):
+        seq = sign[start:start + clip_len - 1]
+        kinds.append(tuple(int(v) for i, v in enumerate(seq) if i == 0 or v != seq[i - 1]))
+    return kinds
+
+
+@pytest.mark.parametrize("a, b", ORDER_PAIRS)
+def test_order_pair_clips_show_the_same_kinds_of_motion(a, b):
+    """No clip holds both motions, and the kinds of clips (rest, motion, rest to motion, motion
+    to rest) come with the same frequencies in both classes: only their order differs."""
+    state, _ = PAIR_STATE[a]
+    counts = {}
+    for name in (a, b):
+        kinds = [k for i in range(300) for k in _clip_kinds(sample_video_params(name, i), state)]
+        assert not any(1 in k and -1 in k for k in kinds), "a clip shows both motions"
+        values, n = np.unique(np.array([str(k) for k in kinds]), return_counts=True)
+        counts[name] = dict(zip(values, n / n.sum()))
+    assert set(counts[a]) == set(counts[b])
+    for kind in counts[a]:
+        assert counts[a][kind] == pytest.approx(counts[b][kind], abs=0.02), kind
 
 
 def test_render_is_pure_and_seeded():

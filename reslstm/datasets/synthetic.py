@@ -10,11 +10,16 @@ grow/shrink, rotate clockwise/anticlockwise, move right/left. A phase ramps one 
 angle or x) between lo and lo + span in d frames; lo, span and the two phase lengths are drawn
 by the same code for both classes and the class that starts with the falling phase starts at
 lo + span, so every (state, velocity) a frame of one class shows, the other class shows with
-the same probability. Per-frame appearance (RGB) and per-frame motion (flow) have the same
-distribution in both classes; only the order tells them apart, which is what a temporal model
-must learn and an order-blind pooling cannot. (A clip straddling the turn still differs: a
-peak against a trough; that is inherent to two-phase sequences.) Each phase lasts
-24-48 frames, so 16-frame clips taken every 8 frames see it whole.
+the same probability. The shape also rests (holds still) before, between and after the two
+phases: a rests, phase 1, a + b rests, phase 2, b rests, with a and b in 16..23 frames. So no
+16-frame clip holds both motions (a clip straddling a direct turn would show a peak in one
+class and a trough in the other, which order-blind pooling can pick up), each end state is
+held equally long in both classes, and every transition a clip can show (rest to motion,
+motion to rest, at either end of the range) occurs once in each class, at offsets spread
+evenly over the 8-frame clip grid. Per-clip appearance (RGB) and motion (flow) then have the
+same distribution in both classes; only the order tells them apart, which is what a temporal
+model must learn and an order-blind pooling cannot. Each phase lasts 24-40 frames, so 16-frame
+clips taken every 8 frames see it whole.
 
 The other classes (slide up, slide down, diagonal, zig-zag, bounce) are told apart by motion.
 
@@ -73,7 +78,8 @@ SHAPES = ("disc", "square", "triangle", "star")
 TEXTURES = ("stripes", "checker", "wedges")
 BACKGROUNDS = ("noise", "gradient", "stripes")
 FPS = 25
-PHASE_FRAMES = (24, 48)  # inclusive range of one phase's length; single-phase videos get twice
+PHASE_FRAMES = (24, 40)  # inclusive range of one phase's length; single-phase videos get twice
+REST_FRAMES = (16, 23)   # inclusive range of the first and last rests of an order-pair video
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ class VideoParams:
     height: int
     width: int
     phases: tuple[str, ...]
-    phase_frames: tuple[int, ...]
+    phase_frames: tuple[int, ...]  # single motion: (n,); order pair: (rest, phase 1, rest, phase 2, rest)
     shape: str
     texture: str
     texture_freq: float
@@ -172,11 +178,15 @@ def sample_video_params(class_name: str, index: int, seed: int = 0,
         if var == "x":
             lo = cx
         signs = [_RAMPS[p][1] for p in phases]
-        track = np.concatenate([_ramp(lo, span, sg, frames_of[sg]) for sg in signs])
+        # Rests a (first), a + b (between) and b (last): both end states are held a + b frames.
+        a, b = (int(rng.integers(REST_FRAMES[0], REST_FRAMES[1] + 1)) for _ in range(2))
+        ramp1, ramp2 = (_ramp(lo, span, sg, frames_of[sg]) for sg in signs)
+        track = np.concatenate([np.full(a, ramp1[0]), ramp1, np.full(a + b, ramp2[0]), ramp2,
+                                np.full(b, ramp2[-1])])
         n = len(track)
         state = {"x": np.full(n, cx), "y": np.full(n, cy), "scale": np.full(n, r), "angle": np.full(n, angle0)}
         state[var] = track
-        phase_frames = tuple(frames_of[sg] for sg in signs)
+        phase_frames = (a, frames_of[signs[0]], a + b, frames_of[signs[1]], b)
     else:
         n = int(rng.integers(2 * lo_f, 2 * hi_f + 1))
         r = rng.uniform(8, 15) * s
