@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import pyarrow.fs
+import ray.train
 import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -228,7 +230,16 @@ def _rows(grid, cb: tracking.MLflowTrialCallback) -> list[TrialRow]:
     return rows
 
 
-def evaluate_best(checkpoint: str, data: StreamData, out_dir: Path
+def checkpoint_at(path: str, storage: str):
+    """A checkpoint path as Tune reports it (no URI scheme) -> something ``load_checkpoint``
+    reads: the path itself on local storage, a ``Checkpoint`` on the storage's filesystem."""
+    if "://" not in storage:
+        return path
+    filesystem, _ = pyarrow.fs.FileSystem.from_uri(storage)
+    return ray.train.Checkpoint(path, filesystem=filesystem)
+
+
+def evaluate_best(checkpoint, data: StreamData, out_dir: Path
                   ) -> tuple[dict, dict, dict, dict]:
     """Predict val and test with a checkpoint into ``out_dir``; returns (test metrics,
     {split: predictions path}, {name: report file}, {split: {head: scores}})."""
@@ -297,7 +308,8 @@ def sweep(scfg: SweepConfig, address: str | None = None, log=print) -> SweepResu
     best = max(done, key=lambda r: r.val_top1)
     best_cfg = trial_config(base, {k: getattr(best, k) for k in SEARCHED})
     test, paths, files, scores = evaluate_best(
-        best.checkpoint, data[data_key(best.fusion, best.T)], out / "best")
+        checkpoint_at(best.checkpoint, storage), data[data_key(best.fusion, best.T)],
+        out / "best")
     if best.mlflow_run_id:
         tracking.log_evaluation(uri, best.mlflow_run_id, test, files,
                                 tags={"best_trial": "true", "ray.checkpoint_path": best.checkpoint})
