@@ -33,6 +33,7 @@ Multi-node runs need a shared ``storage_path`` (``s3://...`` or an NFS path on e
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -86,6 +87,7 @@ class TrainConfig:
     storage_path: str | None = None  # default: RUN_DIR/ray_results (absolute)
     pca_max_vectors: int = 50_000
     cpus_per_worker: float | None = None  # default: min(1, cluster CPUs / workers)
+    cache_data: bool = True  # workers keep their shard in memory after the first epoch
 
     def model_config(self, input_dim: int, num_classes: int) -> ModelConfig:
         return ModelConfig(input_dim=input_dim, num_classes=num_classes, hidden_size=self.hidden,
@@ -102,6 +104,70 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+FUSIONS = ("rgb", "flow", "mid-sum", "mid-product", "late-product", "late-sum", "late-weighted")
+
+
+def add_train_arguments(p, sweep: bool = False) -> None:
+    """The command-line options of TrainConfig, shared by jobs/train.py and jobs/tune.py. With
+    ``sweep`` the searched options (hidden, depth, T, fusion) are comma lists."""
+    p.add_argument("--features", required=True, help="feature store directory (jobs/extract.py --out)")
+    many = " (comma list)" if sweep else ""
+    kind = str if sweep else int
+    p.add_argument("--hidden", type=kind, default="1024" if sweep else 1024,
+                   help=f"hidden size h{many} (default 1024)")
+    p.add_argument("--depth", type=kind, default="2" if sweep else 2,
+                   help=f"stacked LSTM layers L{many} (default 2)")
+    p.add_argument("--T", type=kind, default="25" if sweep else 25,
+                   help=f"clips sampled per video{many} (default 25)")
+    if sweep:
+        p.add_argument("--fusion", default="late-product",
+                       help=f"comma list of {', '.join(FUSIONS)} (default late-product)")
+    else:
+        p.add_argument("--stream", default="rgb", choices=FUSIONS,
+                       help="one stream, mid fusion (one Res-LSTM on fused inputs) or late fusion "
+                            "(one Res-LSTM per stream, softmaxes fused) (default rgb)")
+    p.add_argument("--input-proj", default="pca", choices=["pca", "linear", "none"],
+                   help="d_f -> h: PCA fitted on training clips (default, as the paper), a "
+                        "learned linear map, or none (needs d_f == h)")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
+                   help="residual connections between layers (default on)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout on x^0 and m_T^L (default 0)")
+    p.add_argument("--arch", default="reslstm", choices=["reslstm", "meanpool"],
+                   help="reslstm, or meanpool (mean over t + linear: the order-blind baseline)")
+    p.add_argument("--epochs", type=int, default=20,
+                   help="epochs" + (" per trial, ASHA's max_t" if sweep else "") + " (default 20)")
+    p.add_argument("--batch-size", type=int, default=32, help="videos per batch and worker (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="RMSProp learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="initial weights, shuffling and PCA sample")
+    p.add_argument("--workers", type=int, default=2,
+                   help="data-parallel workers" + (" per trial" if sweep else "") + " (default 2)")
+    p.add_argument("--cpus-per-worker", type=float,
+                   help="CPUs each worker reserves (default: min(1, cluster CPUs / workers))")
+    p.add_argument("--use-gpu", default="auto", choices=["auto", "yes", "no"],
+                   help="one GPU per worker, NCCL (auto: when the cluster has GPUs)")
+    p.add_argument("--pca-max-vectors", type=int, default=50_000,
+                   help="training clip vectors PCA is fitted on, at most (default 50000)")
+    p.add_argument("--cache-data", action=argparse.BooleanOptionalAction, default=True,
+                   help="workers keep their data shard in memory after the first epoch "
+                        "(default on; --no-cache-data streams it from Ray Data every epoch)")
+    p.add_argument("--storage-path", help="Ray Train storage for checkpoints (default "
+                   "OUT/ray_results; use s3://... or NFS on a multi-node cluster)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+
+
+def train_config_from_args(a) -> TrainConfig:
+    """TrainConfig from options added by ``add_train_arguments`` (searched ones left default
+    in a sweep: the sweep sets them per trial)."""
+    single = {} if isinstance(a.hidden, str) else {
+        "hidden": a.hidden, "depth": a.depth, "T": a.T, "fusion": a.stream}
+    return TrainConfig(
+        features=a.features, out=a.out, input_proj=a.input_proj, residual=a.residual,
+        dropout=a.dropout, arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+        seed=a.seed, workers=a.workers, use_gpu=a.use_gpu, storage_path=a.storage_path,
+        pca_max_vectors=a.pca_max_vectors, cpus_per_worker=a.cpus_per_worker,
+        cache_data=a.cache_data, **single)
 
 
 @dataclass
@@ -244,9 +310,16 @@ def run_name(cfg: TrainConfig) -> str:
     return f"{cfg.fusion}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
+# Ray Train's controller drains each worker's one-slot report queue once per health check
+# (default every 2 s), so ray.train.report blocks up to 2 s: with a small Res-LSTM that is most
+# of an epoch. The controller reads this from the driver's environment; a user's value wins.
+REPORT_POLL_S = "0.2"
+
+
 def build_trainer(cfg: TrainConfig, prepared: Prepared, name: str,
                   callbacks: Sequence = ()) -> ray.train.torch.TorchTrainer:
     """The TorchTrainer of a run; ``fit`` and every Tune trial build it here."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
     run_config = ray.train.RunConfig(
         name=name,
         storage_path=cfg.resolved_storage(),
@@ -280,6 +353,40 @@ def torch_batches(it, batch_size: int, streams: Sequence[str], shuffle_seed: int
         out = {s: torch.tensor(b[s], dtype=torch.float32) for s in streams}
         out["label"] = torch.from_numpy(b["label"].astype(np.int64))
         yield out
+
+
+class ShardCache:
+    """A worker's dataset shard: streamed from Ray Data on the first epoch and, when
+    ``enabled``, kept in memory as tensors for the later ones.
+
+    Each pass over a Ray Data shard starts a new streaming execution (about half a second even
+    for a few hundred videos), which dominates an epoch of a small Res-LSTM. The shard holds
+    T x d_f floats per video and stream (25 x 1024 x 4 B = 100 kB), so UCF-101's training
+    split is ~1 GB per stream over all workers; ``cache_data=False`` streams every epoch.
+    """
+
+    def __init__(self, it, streams: Sequence[str], enabled: bool = True):
+        self.it, self.streams, self.enabled = it, tuple(streams), enabled
+        self.tensors: dict[str, torch.Tensor] | None = None
+
+    def batches(self, batch_size: int, shuffle_seed: int | None = None
+                ) -> Iterator[dict[str, torch.Tensor]]:
+        if self.tensors is None:
+            parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*self.streams, "label")}
+            for batch in torch_batches(self.it, batch_size, self.streams, shuffle_seed):
+                if self.enabled:
+                    for k, v in batch.items():
+                        parts[k].append(v)
+                yield batch
+            if self.enabled:  # only a complete pass becomes the cache
+                self.tensors = {k: torch.cat(v) if v else torch.empty(0) for k, v in parts.items()}
+            return
+        n = len(self.tensors["label"])
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+                 if shuffle_seed is not None else torch.arange(n))
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            yield {k: v[idx] for k, v in self.tensors.items()}
 
 
 def epoch_metrics(result, train_loss: float, num_classes: int, heads: Sequence[str]) -> dict:
@@ -334,17 +441,17 @@ def train_loop(config: dict) -> None:
     inner = unwrap(model)
     optimizer = default_optimizer(model.parameters(), lr=cfg.lr)
     streams, heads = mcfg.streams, mcfg.heads
-    train_it = ray.train.get_dataset_shard("train")
-    val_it = ray.train.get_dataset_shard("val")
+    train_data = ShardCache(ray.train.get_dataset_shard("train"), mcfg.streams, cfg.cache_data)
+    val_data = ShardCache(ray.train.get_dataset_shard("val"), mcfg.streams, cfg.cache_data)
     rank = ray.train.get_context().get_world_rank()
     history: list[dict] = []
     for epoch in range(1, cfg.epochs + 1):
         seed = cfg.seed * 100_003 + epoch * 1_009 + rank
-        loss = train_one_epoch(model, torch_batches(train_it, cfg.batch_size, streams, seed),
+        loss = train_one_epoch(model, train_data.batches(cfg.batch_size, seed),
                                optimizer, device, streams)
         loss = _mean_over_ranks(loss, device)
         # The unwrapped model: evaluation must not run DDP collectives.
-        result = evaluate(inner, torch_batches(val_it, cfg.batch_size, streams), device, streams)
+        result = evaluate(inner, val_data.batches(cfg.batch_size), device, streams)
         metrics = {"epoch": epoch, **epoch_metrics(result, loss, mcfg.num_classes, heads)}
         history.append(metrics)
         if spec.report_placement_group and rank == 0:
