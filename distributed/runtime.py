@@ -25,8 +25,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         ray.init(address=target, **kwargs)
         where = f"cluster at {target}"
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
-        where = "a local Ray instance"
+        # The dashboard (on 127.0.0.1 only) also serves the State API that Ray Train uses to
+        # clean up after trials Tune stopped early; without it those warn and leak CPUs.
+        ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+                       dashboard_host="127.0.0.1", **kwargs)
+        where = "a local Ray instance" + (f" (dashboard http://{ctx.dashboard_url})"
+                                          if ctx.dashboard_url else "")
     res = ray.cluster_resources()
     return (f"{where}: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs, "
             f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s)")

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import time
@@ -320,6 +321,9 @@ def build_trainer(cfg: TrainConfig, prepared: Prepared, name: str,
                   callbacks: Sequence = ()) -> ray.train.torch.TorchTrainer:
     """The TorchTrainer of a run; ``fit`` and every Tune trial build it here."""
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+    # Ray Train's print patch sends a worker's print both to its log and to stdout, so every
+    # epoch line reached the driver twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     run_config = ray.train.RunConfig(
         name=name,
         storage_path=cfg.resolved_storage(),
@@ -422,11 +426,24 @@ def _mean_over_ranks(value: float, device) -> float:
     return float(t.item()) / torch.distributed.get_world_size()
 
 
+def _quiet_report_logs() -> None:
+    """Ray Train logs two INFO lines per report ("Reporting training result ...", "Checkpoint
+    successfully created ..."); the epoch line says the same in one. The first comes from a
+    logger named after its file, hence the lookup."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray version: its logs stay
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop(config: dict) -> None:
     """Per-worker loop: build the model (with the driver's PCA buffers), DDP, RMSProp; each
     epoch trains on this worker's shard, evaluates all of val and reports."""
     cfg: TrainConfig = config["train_config"]
     spec: RunSpec = config["run"]
+    _quiet_report_logs()
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     mcfg = ModelConfig.from_dict(spec.model_config)
     model = build_model(mcfg)

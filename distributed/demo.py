@@ -1,0 +1,174 @@
+"""The demo: the whole pipeline on the built-in synthetic data set, on one machine or a cluster.
+
+    synthetic videos (jobs/synth.py, if absent)
+      -> RGB + optical-flow features with tiny3d (Ray Data; random-init weights, so the
+         features are NOT pretrained ones; DIS flow, which is fast on a CPU, where pretrained
+         flow models would want the default TV-L1; centre crop)
+      -> a Ray Tune sweep of late-product Res-LSTMs (>= 4 trials, ASHA, MLflow)
+      -> the best trial on test, per stream and fused
+      -> the order-blind TemporalMeanPool baseline on the same features
+      -> accuracy on the order pairs (classes made of the same two motions in opposite order)
+
+Python API: ``run_demo(DemoConfig(...)) -> DemoResult``. Every step reuses what a previous run
+left in ``out`` (videos, features); the sweep and the baseline train anew each time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from mlflow import MlflowClient
+
+from reslstm.datasets.synthetic import ORDER_PAIRS, generate_synthetic
+
+from . import tracking
+from .evaluate import FUSED, load_predictions
+from .extract import ExtractConfig, run_extraction
+from .train import TrainConfig, fit
+from .tune import SweepConfig, sweep
+
+# What the demo is meant to show on a 2-core CPU machine (README, issue targets).
+TARGET_MINUTES = 10.0
+TARGET_FUSED_TOP1 = 0.8
+TARGET_PAIR_MARGIN = 0.2
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    out: str = "demo_output"
+    videos_per_class: int = 40
+    seed: int = 0
+    flow: str = "dis"
+    hidden: Sequence[int] = (64, 128)
+    depth: Sequence[int] = (1, 2)
+    T: Sequence[int] = (8,)
+    fusion: Sequence[str] = ("late-product",)
+    epochs: int = 30
+    grace_period: int = 10            # ASHA compares trials only after this many epochs
+    batch_size: int = 16
+    workers: int = 1
+    address: str | None = None
+    mlflow_uri: str | None = None     # default: sqlite:///<out>/mlflow.db
+    synth_workers: int = 2
+
+
+@dataclasses.dataclass
+class DemoResult:
+    seconds: float
+    trials: list                 # tune.TrialRow
+    best: dict                   # hidden, depth, T, fusion, val_top1
+    test: dict                   # Res-LSTM: {rgb, flow, fused} test top-1
+    baseline: dict               # TemporalMeanPool: {rgb, flow, fused} test top-1
+    pairs: dict                  # {"reslstm": acc, "baseline": acc, "videos": n}
+    mlflow_uri: str
+    experiment: str
+
+    def targets(self) -> list[tuple[str, bool]]:
+        margin = self.pairs["reslstm"] - self.pairs["baseline"]
+        return [(f"finishes in <= {TARGET_MINUTES:.0f} min ({self.seconds / 60:.1f} min)",
+                 self.seconds <= 60 * TARGET_MINUTES),
+                (f"fused test top-1 >= {TARGET_FUSED_TOP1} ({self.test['fused']:.3f})",
+                 self.test["fused"] >= TARGET_FUSED_TOP1),
+                (f"order pairs: Res-LSTM beats the baseline by >= {TARGET_PAIR_MARGIN} "
+                 f"({margin:+.3f})", margin >= TARGET_PAIR_MARGIN)]
+
+
+def pair_accuracy(predictions, split: str = "test", pairs=ORDER_PAIRS) -> tuple[float, int]:
+    """Top-1 of the fused head over the videos whose class belongs to an order pair."""
+    table = load_predictions(predictions, split, head=FUSED)
+    names = {c for pair in pairs for c in pair}
+    keep = [i for i, n in enumerate(table.column("label_name").to_pylist()) if n in names]
+    if not keep:
+        raise ValueError(f"{predictions}: no {split} video of an order-pair class")
+    probs = np.stack([np.asarray(p, np.float32) for p in table.column("probs").to_pylist()])[keep]
+    labels = table.column("label").to_numpy()[keep]
+    return float((probs.argmax(1) == labels).mean()), len(keep)
+
+
+def _log(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _log_baseline(uri: str, experiment: str, cfg: TrainConfig, test: dict, pairs: float) -> None:
+    """The baseline as one more run of the demo's MLflow experiment, to compare in the UI."""
+    client = MlflowClient(uri)
+    run = client.create_run(tracking.ensure_experiment(client, experiment),
+                            run_name=f"baseline-meanpool-{cfg.fusion}")
+    for k, v in cfg.to_dict().items():
+        client.log_param(run.info.run_id, k, "" if v is None else str(v))
+    for head, acc in test.items():
+        name = "test_top1" if head == "fused" else f"test_top1_{head}"
+        client.log_metric(run.info.run_id, name, acc)
+    client.log_metric(run.info.run_id, "test_top1_order_pairs", pairs)
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def run_demo(cfg: DemoConfig) -> DemoResult:
+    start = time.monotonic()
+    out = Path(cfg.out).resolve()
+    data_dir, store = out / "synthetic", out / "features"
+    manifest = data_dir / "manifest.parquet"
+    if manifest.exists():
+        _log(f"synthetic set: reusing {manifest}")
+    else:
+        _log(f"synthetic set: generating {cfg.videos_per_class} videos per class in {data_dir}")
+        generate_synthetic(data_dir, videos_per_class=cfg.videos_per_class, seed=cfg.seed,
+                           workers=cfg.synth_workers, log=lambda m: _log(m.removeprefix("[synth] ")))
+    _log("features: tiny3d, random-init weights (a stand-in for a pretrained 3D CNN: these are "
+         f"not pretrained features), {cfg.flow} optical flow, centre crop")
+    run_extraction(ExtractConfig(manifest=str(manifest), out=str(store), extractor="tiny3d",
+                                 flow=cfg.flow, crops=1, address=cfg.address))
+
+    uri = cfg.mlflow_uri or tracking.default_tracking_uri(out)
+    experiment = tracking.default_experiment_name("reslstm-demo")
+    base = TrainConfig(features=str(store), out=str(out / "sweep"), input_proj="linear",
+                       epochs=cfg.epochs, batch_size=cfg.batch_size, workers=cfg.workers,
+                       seed=cfg.seed)
+    _log(f"sweep: h {list(cfg.hidden)} x L {list(cfg.depth)} x T {list(cfg.T)} x "
+         f"{list(cfg.fusion)}, {cfg.epochs} epochs each")
+    res = sweep(SweepConfig(base=base, hidden=cfg.hidden, depth=cfg.depth, T=cfg.T,
+                            fusion=cfg.fusion, grace_period=cfg.grace_period, mlflow_uri=uri,
+                            experiment=experiment),
+                address=cfg.address, log=_log)
+    best = res.best_config
+    test = {h: res.scores["test"][h]["top1"] for h in res.scores["test"]}
+
+    _log(f"baseline: TemporalMeanPool ({best.fusion}, h {best.hidden}, T {best.T}) on the same features")
+    base_cfg = dataclasses.replace(best, arch="meanpool", out=str(out / "baseline"))
+    base_res = fit(base_cfg, address=cfg.address, log=_log)
+    baseline = {h: base_res.scores["test"][h]["top1"] for h in base_res.scores["test"]}
+
+    ours, n_pairs = pair_accuracy(res.predictions["test"])
+    theirs, _ = pair_accuracy(base_res.predictions["test"])
+    _log_baseline(uri, experiment, base_cfg, baseline, theirs)
+    result = DemoResult(
+        seconds=time.monotonic() - start, trials=res.trials,
+        best={"hidden": best.hidden, "depth": best.depth, "T": best.T, "fusion": best.fusion,
+              "val_top1": res.best_val_top1},
+        test=test, baseline=baseline, pairs={"reslstm": ours, "baseline": theirs, "videos": n_pairs},
+        mlflow_uri=uri, experiment=experiment)
+    print(report(result, res.table()), flush=True)
+    return result
+
+
+def report(r: DemoResult, trials_table: str) -> str:
+    lines = ["", "=" * 78, "Res-LSTM demo on the synthetic set (tiny3d random-init features)", "=" * 78,
+             "Sweep (val top-1; * = best):", trials_table, "",
+             f"Test top-1 of the best trial (h {r.best['hidden']}, L {r.best['depth']}, "
+             f"T {r.best['T']}, {r.best['fusion']}) and of the mean-pool baseline:",
+             f"  {'':<8} {'Res-LSTM':>9} {'baseline':>9}"]
+    for head in ("rgb", "flow", "fused"):
+        if head in r.test:
+            lines.append(f"  {head:<8} {r.test[head]:>9.3f} {r.baseline.get(head, float('nan')):>9.3f}")
+    lines += ["", f"Order pairs ({r.pairs['videos']} test videos of "
+              + ", ".join(f"{a}/{b}" for a, b in ORDER_PAIRS) + "):",
+              f"  Res-LSTM {r.pairs['reslstm']:.3f}   baseline {r.pairs['baseline']:.3f}   "
+              f"difference {r.pairs['reslstm'] - r.pairs['baseline']:+.3f}", "", "Targets:"]
+    lines += [f"  [{'x' if ok else ' '}] {text}" for text, ok in r.targets()]
+    lines += ["", "Compare the runs:", f"  mlflow ui --backend-store-uri {r.mlflow_uri}",
+              f"  (experiment {r.experiment})"]
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""The demo end to end at toy size: synthetic set, extraction, a 2-trial sweep, the baseline,
+order-pair accuracy, the printed table and the MLflow runs; plus pair_accuracy by hand."""
+
+import io
+from contextlib import redirect_stdout
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from reslstm.datasets.synthetic import ORDER_PAIRS
+
+ray = pytest.importorskip("ray")
+from reslstm.distributed.demo import DemoConfig, pair_accuracy, run_demo  # noqa: E402
+from reslstm.distributed.evaluate import PREDICTION_SCHEMA  # noqa: E402
+
+
+def test_pair_accuracy_counts_only_order_pair_classes(tmp_path):
+    pair_class, other = ORDER_PAIRS[0][0], "slide_up"
+    rows = [  # (label_name, label, probs): right, wrong, and a non-pair video that is wrong
+        (pair_class, 0, [0.9, 0.1]), (pair_class, 0, [0.2, 0.8]), (other, 1, [0.9, 0.1])]
+    table = pa.Table.from_pylist([
+        {"video_id": f"v{i}", "label": lab, "label_name": name, "split": "test", "head": "fused",
+         "probs": probs} for i, (name, lab, probs) in enumerate(rows)], schema=PREDICTION_SCHEMA)
+    pq.write_table(table, tmp_path / "test.parquet")
+    acc, n = pair_accuracy(tmp_path / "test.parquet")
+    assert (acc, n) == (0.5, 2)
+
+
+@pytest.mark.integration
+def test_demo_runs_end_to_end_at_toy_size(tmp_path):
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            r = run_demo(DemoConfig(out=str(tmp_path / "demo"), videos_per_class=4, hidden=(8, 16),
+                                    depth=(1,), T=(4,), epochs=2, grace_period=1, batch_size=8))
+    finally:
+        ray.shutdown()
+    printed = buf.getvalue()
+    assert len(r.trials) == 2 and {(t.hidden, t.depth) for t in r.trials} == {(8, 1), (16, 1)}
+    assert set(r.test) == set(r.baseline) == {"rgb", "flow", "fused"}
+    assert all(0.0 <= v <= 1.0 for v in [*r.test.values(), *r.baseline.values()])
+    pairs_in_test = 4 * 2 * len(ORDER_PAIRS) * 0.25  # 4 per class, a quarter of them test
+    assert r.pairs["videos"] >= pairs_in_test - len(ORDER_PAIRS) * 2
+    for text in ("Sweep (val top-1", "Test top-1 of the best trial", "Order pairs", "Targets:",
+                 "mlflow ui --backend-store-uri sqlite:///"):
+        assert text in printed
+    from mlflow import MlflowClient
+
+    client = MlflowClient(r.mlflow_uri)
+    exp = client.get_experiment_by_name(r.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 3 and all(run.info.status == "FINISHED" for run in runs)
+    baseline = [run for run in runs if run.info.run_name.startswith("baseline-meanpool")]
+    assert len(baseline) == 1 and "test_top1_order_pairs" in baseline[0].data.metrics
+    assert np.isfinite(baseline[0].data.metrics["test_top1"])
