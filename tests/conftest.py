@@ -25,3 +25,16 @@ def shared_videos() -> Path:
     if not all((SHARED_VIDEOS / name).is_file() for name in SHARED_VIDEO_FRAMES):
         pytest.skip(f"real test videos not found at {SHARED_VIDEOS} (set RESLSTM_TEST_VIDEOS)")
     return SHARED_VIDEOS
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local Ray with 2 CPUs for one test module (never a running cluster)."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()

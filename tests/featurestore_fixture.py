@@ -105,15 +105,3 @@ def make_feature_store(root: str | Path, *, num_classes: int = 4, feature_dim: i
             fs.write_part(root / s, _table([rows[s][j] for j in chunk], feature_dim))
     fs.write_metadata(root, {s: _settings(s, feature_dim) for s in streams})
     return store
-
-
-def start_local_ray(num_cpus: int = 2) -> None:
-    """A private local Ray for a test module (never a running cluster); pair with
-    ``ray.shutdown()``."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             logging_level="WARNING", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from featurestore_fixture import make_feature_store, start_local_ray
+from featurestore_fixture import make_feature_store
 from reslstm import features as fs
 from reslstm.distributed import data
 from reslstm.sampling import temporal_sample
@@ -76,15 +76,6 @@ def test_duplicate_rows_are_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Ray datasets
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    start_local_ray()
-    yield
-    ray.shutdown()
-
 
 def _rows(ds):
     return {r["video_id"]: r for r in ds.take_all()}

@@ -29,15 +29,11 @@ def test_pair_accuracy_counts_only_order_pair_classes(tmp_path):
 
 
 @pytest.mark.integration
-def test_demo_runs_end_to_end_at_toy_size(tmp_path):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        buf = io.StringIO()
-        with redirect_stdout(buf):
-            r = run_demo(DemoConfig(out=str(tmp_path / "demo"), videos_per_class=4, hidden=(8, 16),
-                                    depth=(1,), T=(4,), epochs=2, grace_period=1, batch_size=8))
-    finally:
-        ray.shutdown()
+def test_demo_runs_end_to_end_at_toy_size(ray_local, tmp_path):
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        r = run_demo(DemoConfig(out=str(tmp_path / "demo"), videos_per_class=4, hidden=(8, 16),
+                                depth=(1,), T=(4,), epochs=2, grace_period=1, batch_size=8))
     printed = buf.getvalue()
     assert len(r.trials) == 2 and {(t.hidden, t.depth) for t in r.trials} == {(8, 1), (16, 1)}
     assert set(r.test) == set(r.baseline) == {"rgb", "flow", "fused"}

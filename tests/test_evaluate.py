@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurestore_fixture import make_feature_store, start_local_ray
+from featurestore_fixture import make_feature_store
 from reslstm import metrics
 from reslstm.distributed import evaluate as ev
 from reslstm.fusion import late_fuse
@@ -112,15 +112,6 @@ def test_single_run_scores_every_head(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # A late-fusion training run's two heads
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    start_local_ray()
-    yield
-    ray.shutdown()
-
 
 @pytest.mark.integration
 def test_late_fusion_run_heads_fuse_to_its_own_fused_output(ray_local, tmp_path):

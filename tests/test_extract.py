@@ -28,13 +28,6 @@ TINY3D_DIM = create_extractor("tiny3d", "rgb").feature_dim
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A manifest of tiny synthetic videos, the real test videos (when present), a garbage file
     named .mp4 and a path that does not exist."""

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from featurestore_fixture import make_feature_store, start_local_ray
+from featurestore_fixture import make_feature_store
 from reslstm.distributed import train as rtrain
 from reslstm.model import build_model
 from reslstm.training import EvalResult
@@ -54,15 +54,6 @@ def test_epoch_metrics_names_and_values():
 # ---------------------------------------------------------------------------------------------
 # Training runs (2 workers, 2 epochs, tiny model)
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    start_local_ray()
-    yield
-    ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):

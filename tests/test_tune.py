@@ -5,7 +5,7 @@ import math
 import pytest
 from mlflow import MlflowClient
 
-from featurestore_fixture import make_feature_store, start_local_ray
+from featurestore_fixture import make_feature_store
 from reslstm.distributed import tracking
 from reslstm.distributed import tune as rtune
 from reslstm.distributed.train import TrainConfig
@@ -92,15 +92,6 @@ def test_callback_runs_finish_also_when_stopped_early_and_fail_on_errors(tmp_pat
 # ---------------------------------------------------------------------------------------------
 # A 2-trial sweep
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    start_local_ray()
-    yield
-    ray.shutdown()
-
 
 @pytest.mark.integration
 def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(ray_local, tmp_path):
