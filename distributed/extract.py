@@ -11,14 +11,39 @@ The pipeline, one work item per (video, stream)::
 
     from_items -> decode_segments (CPU tasks, PyAV)
                -> compute_flow_stage (CPU tasks, flow stream only)
-               -> FeatureStage (actor pool: num_gpus=1 each on a GPU cluster, CPU otherwise)
+               -> FeatureStage (autoscaling actor pool: num_gpus=1 each on a GPU cluster)
                -> the driver's StoreWriter (one row per video, atomic part files)
 
-Each stage declares the memory it holds (one segment of frames), which both tells the
-scheduler not to overpack a node and keeps Ray Data from fusing the stages into one task: the
-CPU stages then scale over every CPU of the cluster independently of the actor pool. Decoded
-frames do not pile up ahead of the actors: each task buffers at most two output blocks before
-it pauses, and ``object_store_limit_gb`` caps what the whole dataset may hold in the object store.
+Resources: only the flow tasks reserve a CPU (one each, one thread); decode tasks (at most one
+per CPU) and, on a CPU-only cluster, the feature actors reserve none: decoding is cheap, the
+actors mostly wait for flow, and a CPU they held would idle while flow tasks queue. This also
+keeps the pipeline from deadlocking: a decode task paused by backpressure holds no CPU the flow
+tasks need (``extract_stages.build_pipeline``). Stages differ in resources, so Ray Data never fuses them: the
+CPU stages scale over every CPU of the cluster independently of the actor pool.
+
+Memory does not grow with the length of a video:
+
+- Every task holds one segment at a time: a long video is decoded and extracted in segments of
+  ``clips_per_segment`` clips (consecutive segments overlap by clip_len - stride frames, so no
+  clip is lost) and the driver joins the clip features back in order.
+- Every row a stage emits (one segment, or a failure) leaves it as a block of its own: the
+  block target (``DataContext.target_max_block_size``) is set below one segment, where Ray
+  Data's default packs up to 128 MiB of a long video's segments into one block, held by the
+  decode task and then by the feature actor (measured at 72x96: the actor's peak RSS was
+  1.4 GB for a 1-minute video and 3.0 GB for 20 minutes).
+- A task pauses once two of its blocks are waiting to be taken
+  (``DataContext._max_num_blocks_in_streaming_gen_buffer``, 2), and Ray Data takes blocks only
+  while the dataset's object-store budget allows: ``object_store_limit_gb``, by default
+  ``extract_stages.SEGMENTS_IN_FLIGHT`` (8) segments per worker and at most half the cluster's object store.
+  Decoded frames waiting for flow or for the actors never exceed that budget, however long the
+  video. ``benchmarks/memory.py`` measures it (workers' peak memory for 1, 5 and 20 minutes).
+
+Fault tolerance: Ray Data retries the tasks of a lost node and restarts lost actors (it runs
+them with ``max_restarts=-1, max_task_retries=-1``); lost blocks are rebuilt from their
+lineage; the driver's ``StoreWriter`` ignores segments that arrive twice. Should the pipeline
+still fail with a cluster error (an object or actor lost for good), the driver runs it again on
+the pairs not finished (``pipeline_retries``). Killing the driver loses only what was not yet
+committed: part files appear atomically, and a rerun extracts exactly what is missing.
 
 Rerunning on the same ``out`` extracts only what is missing (failed videos again only with
 ``retry_failed``); settings that differ from the store's are refused unless ``overwrite``.
@@ -41,10 +66,9 @@ import pyarrow as pa
 from reslstm import __version__
 from reslstm import features as fs
 
-from .extract_stages import (StageConfig, FeatureStage, compute_flow_stage, decode_segments)
+from .extract_stages import (StageConfig, FeatureStage, build_pipeline, compute_flow_stage,
+                             decode_segments, max_actors, object_store_budget)
 from .store_writer import Progress, StoreWriter
-
-MAX_BLOCKS = 20_000
 
 
 class ExtractError(RuntimeError):
@@ -66,6 +90,7 @@ class ExtractConfig:
     size: int | None = None             # short side frames are decoded at; None: the model's
     batch_size: int = 32
     actors: int | None = None           # max actor-pool size; None: one per GPU, or CPUs // 2
+    actor_cpus: float | None = None     # CPUs each feature actor reserves; None: 1 with GPUs, else 0
     clips_per_segment: int = 32
     min_frame_ratio: float | None = 0.9
     retry_failed: bool = False
@@ -75,6 +100,7 @@ class ExtractConfig:
     object_store_limit_gb: float | None = None
     rows_per_file: int = 256
     progress_every_s: float = 10.0
+    pipeline_retries: int = 2           # reruns of the unfinished pairs after a cluster failure
     extractor_options: dict = dataclasses.field(default_factory=dict)
 
 
@@ -236,38 +262,8 @@ def _read_manifest(path: str) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------------------
-# The Ray Data pipeline
+# Running it
 # ---------------------------------------------------------------------------------------------
-
-def _segment_bytes(stage: StageConfig, stream: str) -> int:
-    side = stage.resize_short[stream]
-    frames = (stage.clips_per_segment - 1) * stage.clip_stride + stage.clip_len + 1 + stage.clip_stride
-    return frames * side * (side * 16 // 9) * 3  # widest common aspect ratio
-
-
-def build_pipeline(items: list[dict], stage: StageConfig, streams: tuple[str, ...],
-                   actors: int | None, gpus: int, cpus: int):
-    """The lazy Ray Dataset of feature-stage output rows (segments and failures)."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    seg = max(_segment_bytes(stage, s) for s in streams)
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_BLOCKS)))
-    ds = ds.map_batches(decode_segments, fn_kwargs={"cfg": stage}, batch_size=1,
-                        batch_format="pyarrow", num_cpus=1, memory=2 * seg)
-    if "flow" in streams and stage.flow_method != "raft":
-        ds = ds.map_batches(compute_flow_stage, fn_kwargs={"cfg": stage}, batch_size=1,
-                            batch_format="pyarrow", num_cpus=1, memory=4 * seg)
-    if gpus:
-        pool = ActorPoolStrategy(min_size=1, max_size=actors or gpus)
-        resources = {"num_gpus": 1, "num_cpus": 1}
-    else:
-        pool = ActorPoolStrategy(min_size=1, max_size=actors or max(1, cpus // 2))
-        resources = {"num_cpus": 1}
-    return ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": stage, "streams": streams},
-                          compute=pool, batch_size=1, batch_format="pyarrow",
-                          memory=3 * seg, **resources)
-
 
 def run_extraction(cfg: ExtractConfig, out=None) -> ExtractSummary:
     """Extract every (video, stream) of the manifest not yet in ``cfg.out``; print a summary."""
@@ -283,21 +279,25 @@ def run_extraction(cfg: ExtractConfig, out=None) -> ExtractSummary:
         items, skipped_done, skipped_failed = plan_work(cfg, manifest)
         where = init_ray(cfg.address)
         gpus, cpus = cluster_gpus(), cluster_cpus()
+        store_bytes = object_store_budget(
+            stage, cfg.streams, cpus + max_actors(cfg.actors, gpus, cpus),
+            ray.cluster_resources().get("object_store_memory", 0), cfg.object_store_limit_gb)
         if cfg.flow == "raft" and "flow" in cfg.streams and not gpus and not cfg.allow_cpu_raft:
             raise ExtractError("--flow raft needs a GPU and the cluster has none: pick tvl1, "
                                "farneback or dis, or pass --allow-cpu-raft (very slow)")
-        ctx = ray.data.DataContext.get_current()
-        if cfg.object_store_limit_gb:
-            ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-                object_store_memory=cfg.object_store_limit_gb * 1024 ** 3)
         print(f"[extract] {where}", file=out, flush=True)
         print(f"[extract] {len(items)} (video, stream) pairs to extract with {cfg.extractor} "
               f"(weights {', '.join(f'{s}={v.weights_id}' for s, v in settings.items())}), "
               f"crops={cfg.crops}, clips of {stage.clip_len} every {stage.clip_stride} frames"
               + (f", flow={cfg.flow}" if "flow" in cfg.streams else ""), file=out, flush=True)
+        print(f"[extract] segments in the object store: at most {store_bytes / 2 ** 20:,.0f} MiB"
+              + ("" if cfg.object_store_limit_gb else " (--object-store-limit-gb to change)"),
+              file=out, flush=True)
         return _drive(cfg, settings, items, skipped_done, skipped_failed, out,
-                      lambda: build_pipeline(items, stage, cfg.streams, cfg.actors, gpus, cpus)
-                      .iter_batches(batch_size=None, batch_format="pyarrow"))
+                      lambda todo: build_pipeline(todo, stage, cfg.streams, cfg.actors, gpus, cpus,
+                                                  store_bytes, cfg.actor_cpus)
+                      .iter_batches(batch_size=None, batch_format="pyarrow"),
+                      retry_if=_cluster_failure)
 
 
 def run_local(cfg: ExtractConfig, out=None) -> ExtractSummary:
@@ -306,9 +306,9 @@ def run_local(cfg: ExtractConfig, out=None) -> ExtractSummary:
     manifest = _read_manifest(cfg.manifest)
     stage, settings = resolve_settings(cfg)
 
-    def batches():
+    def batches(todo):
         features = FeatureStage(stage, cfg.streams)
-        for item in items:
+        for item in todo:
             for seg in decode_segments(pa.Table.from_pylist([item]), stage):
                 yield features(compute_flow_stage(seg, stage))
 
@@ -318,20 +318,48 @@ def run_local(cfg: ExtractConfig, out=None) -> ExtractSummary:
         return _drive(cfg, settings, items, skipped_done, skipped_failed, out, batches)
 
 
-def _drive(cfg, settings, items, skipped_done, skipped_failed, out, batches) -> ExtractSummary:
+def _cluster_failure(exc: BaseException) -> bool:
+    """A failure of the cluster (a node, a worker or an object lost), not of our code: the
+    stages turn every error of theirs into a failure row, so nothing else reaches the driver."""
+    import ray.exceptions as rex
+
+    if isinstance(exc, rex.RayTaskError):
+        return isinstance(exc.cause, rex.RayError) and _cluster_failure(exc.cause)
+    return isinstance(exc, (rex.ObjectLostError, rex.RayActorError, rex.NodeDiedError,
+                            rex.WorkerCrashedError, rex.LocalRayletDiedError, rex.RaySystemError))
+
+
+def _drive(cfg, settings, items, skipped_done, skipped_failed, out, batches,
+           retry_if=lambda exc: False) -> ExtractSummary:
+    """Feed ``batches(items)`` to one StoreWriter. When the pipeline fails and ``retry_if``
+    says the failure was the cluster's, it runs again on the pairs not finished yet (at most
+    ``cfg.pipeline_retries`` times): what is written stays written, once."""
     start = time.monotonic()
     writer = StoreWriter(cfg.out, settings, run_id=uuid.uuid4().hex[:12],
                          rows_per_file=cfg.rows_per_file)
     progress = Progress(len(items), every_s=cfg.progress_every_s, out=out)
     if items:
+        todo = items
         try:
-            for batch in batches():
-                writer.consume(batch)
-                progress.update(writer.num_done, writer.num_failed, writer.clips)
+            for attempt in range(cfg.pipeline_retries + 1):
+                try:
+                    for batch in batches(todo):
+                        writer.consume(batch)
+                        progress.update(writer.num_done, writer.num_failed, writer.clips)
+                    break
+                except Exception as exc:
+                    if attempt == cfg.pipeline_retries or not retry_if(exc):
+                        raise
+                    writer.flush()
+                    todo = writer.unfinished(items)
+                    first = (str(exc).strip().splitlines() or [""])[0][:200]
+                    print(f"[extract] the pipeline failed ({type(exc).__name__}: {first}); running "
+                          f"it again on the {len(todo)} unfinished (video, stream) pairs (retry "
+                          f"{attempt + 1} of {cfg.pipeline_retries})", file=out, flush=True)
         finally:
             # Interrupted or not, what is complete is committed; the rest is redone on rerun.
             writer.flush()
-        writer.close()
+        writer.close(expected=items)
         progress.update(writer.num_done, writer.num_failed, writer.clips, force=True)
     summary = ExtractSummary(
         store=str(Path(cfg.out).resolve()), written=dict(writer.written), failed=dict(writer.failed),

@@ -15,12 +15,16 @@ frame i is the motion between RGB frames i and i + 1: its K clips are exactly th
 Any error becomes a failure row naming the stage; nothing raises out of a stage, so one bad
 file never takes a block (and the other videos in it) down with it.
 
-The same callables run without Ray in ``run_local`` (the single-process baseline of
+``build_pipeline`` assembles them into the Ray Data pipeline with their resources, block size
+and object-store budget (why each is what it is: ``distributed.extract``). The same callables
+run without Ray in ``run_local`` (the single-process baseline of
 ``benchmarks/extract_scaling.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import traceback
 from typing import Iterator
@@ -53,6 +57,11 @@ SEGMENT_SCHEMA = pa.schema([
 
 _KEY_FIELDS = ("video_id", "stream", "path", "label", "label_name", "split")
 
+MAX_BLOCKS = 20_000
+TASK_BASE_BYTES = 256 * 1024 ** 2    # a Ray worker with PyAV, NumPy, Arrow and OpenCV loaded
+ACTOR_BASE_BYTES = 1024 ** 3         # ... with torch and an extractor
+SEGMENTS_IN_FLIGHT = 8               # object-store budget per worker, in segments
+
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
@@ -71,6 +80,22 @@ class StageConfig:
     batch_size: int
     device: str | None = None      # None: CUDA when the worker has a GPU, else CPU
     allow_cpu_raft: bool = False
+    task_threads: int | None = None   # torch/OpenCV threads in the CPU tasks (None: as is)
+    actor_threads: int | None = None  # torch threads of a CPU feature actor (None: as is)
+
+
+def limit_threads(n: int | None) -> None:
+    """Use ``n`` threads in torch and OpenCV in this process: a Ray worker that reserved n CPUs
+    should not spread over every core of the node (None: leave the libraries' defaults)."""
+    if not n:
+        return
+    import sys
+
+    import cv2
+
+    cv2.setNumThreads(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def _row(item: dict, **fields) -> pa.Table:
@@ -106,6 +131,7 @@ def decode_segments(batch: pa.Table, cfg: StageConfig) -> Iterator[pa.Table]:
     """Manifest rows (with a ``stream`` column) -> one table per frame segment, or a failure."""
     from reslstm.video import VideoReader, iter_segments
 
+    limit_threads(cfg.task_threads)
     for item in batch.to_pylist():
         stream = item["stream"]
         seg_clip = cfg.clip_len + 1 if stream == "flow" else cfg.clip_len
@@ -154,6 +180,7 @@ def flow_segment(rgb: np.ndarray, num_real: int, clip_len: int, method: str) -> 
 
 
 def compute_flow_stage(batch: pa.Table, cfg: StageConfig) -> pa.Table:
+    limit_threads(cfg.task_threads)
     out = []
     for row in batch.to_pylist():
         if row["kind"] != "segment" or row["stream"] != "flow" or cfg.flow_method == "raft":
@@ -185,6 +212,8 @@ class FeatureStage:
 
         self.cfg = cfg
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cpu":
+            limit_threads(cfg.actor_threads)
         self.extractors = {}
         for s in streams:
             ext = create_extractor(cfg.extractor, s, cfg.weights.get(s), **cfg.extractor_options)
@@ -232,3 +261,109 @@ class FeatureStage:
 def segment_features(row: dict) -> np.ndarray:
     """The (num_clips, d_f) features carried by a feature-stage output row."""
     return np.frombuffer(row["data"], dtype=np.float32).reshape(row["shape"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The Ray Data pipeline: the stages, their resources and the budget of segments in flight
+# ---------------------------------------------------------------------------------------------
+
+def _segment_bytes(stage: StageConfig, stream: str) -> int:
+    """Bytes of one full segment of decoded frames (the largest row a stage emits)."""
+    side = stage.resize_short[stream]
+    frames = (stage.clips_per_segment - 1) * stage.clip_stride + stage.clip_len + 1 + stage.clip_stride
+    return frames * side * (side * 16 // 9) * 3  # widest common aspect ratio
+
+
+def _block_target_bytes(stage: StageConfig, streams: tuple[str, ...]) -> int:
+    """A Ray Data block target below the size of any frame segment (one clip of flow at the
+    smallest side): every segment then leaves its task as a block of its own."""
+    return min(stage.clip_len * stage.resize_short[s] ** 2 * 2 for s in streams)
+
+
+def object_store_budget(stage: StageConfig, streams: tuple[str, ...], workers: int,
+                        cluster_store_bytes: float, limit_gb: float | None = None) -> int:
+    """Object-store bytes the pipeline may hold at once: ``limit_gb`` when given, else
+    ``SEGMENTS_IN_FLIGHT`` full segments per worker (CPU tasks and actors), and never more than
+    Ray Data's own default (half the cluster's object store)."""
+    if limit_gb:
+        return int(limit_gb * 1024 ** 3)
+    seg = max(_segment_bytes(stage, s) for s in streams)
+    return int(min(SEGMENTS_IN_FLIGHT * seg * max(workers, 1), 0.5 * cluster_store_bytes))
+
+
+@contextlib.contextmanager
+def _pipeline_context(stage: StageConfig, streams: tuple[str, ...], object_store_bytes: int | None):
+    """Set the DataContext fields the pipeline needs while its source is created (a Dataset
+    copies the current context then, and every stage after it keeps that copy); the caller's
+    context is restored afterwards."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.target_max_block_size, ctx.execution_options
+    try:
+        # Ray Data packs the rows a task emits into blocks of up to target_max_block_size
+        # (128 MiB by default) before yielding them: a decode task would hold 128 MiB of a long
+        # video's segments in its output buffer, and the feature actor receive them as one block.
+        ctx.target_max_block_size = _block_target_bytes(stage, streams)
+        ctx.execution_options = copy.deepcopy(saved[1])
+        if object_store_bytes:
+            # Ray Data stops reading task outputs and starting tasks when the dataset holds this
+            # much: decoded frames wait in the object store for at most this many bytes.
+            ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+                object_store_memory=object_store_bytes)
+        yield
+    finally:
+        ctx.target_max_block_size, ctx.execution_options = saved
+
+
+def max_actors(actors: int | None, gpus: int, cpus: int) -> int:
+    return actors or gpus or max(1, cpus // 2)
+
+
+def actor_resources(gpus: int, actor_cpus: float | None) -> dict:
+    """Ray resources of one feature actor: with GPUs one GPU and (by default) one CPU to feed
+    it; on a CPU-only cluster no reserved CPU by default (see ``build_pipeline``)."""
+    if gpus:
+        return {"num_gpus": 1, "num_cpus": 1 if actor_cpus is None else actor_cpus}
+    return {"num_cpus": 0 if actor_cpus is None else actor_cpus}
+
+
+def build_pipeline(items: list[dict], stage: StageConfig, streams: tuple[str, ...],
+                   actors: int | None, gpus: int, cpus: int, object_store_bytes: int | None = None,
+                   actor_cpus: float | None = None):
+    """The lazy Ray Dataset of feature-stage output rows (segments and failures).
+
+    CPUs: only the flow tasks reserve one each. Decoding is cheap next to optical flow (under
+    1 % of TV-L1's time), and the feature actor on a CPU-only cluster is idle most of the time:
+    a CPU reserved for either sat unused while flow tasks queued for the others (on 2 CPUs the
+    pipeline ran at the speed of one). Decode tasks are capped at one per CPU instead and share
+    the cores. It also makes the pipeline deadlock-free: a decode task paused by backpressure
+    (its segments not yet taken) holds no CPU, so the flow tasks that drain it can always start,
+    also after a node is lost; with decode and the actor each holding one of two CPUs, a long
+    video hung. ``actor_cpus`` reserves CPUs (and torch threads) per actor when the model is the
+    slow stage (I3D on CPU).
+    """
+    import ray
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    resources = actor_resources(gpus, actor_cpus)
+    # A task that reserved one CPU (or none) runs torch and OpenCV on one thread.
+    stage = dataclasses.replace(stage, task_threads=1,
+                                actor_threads=max(1, int(round(resources["num_cpus"]))))
+    seg = max(_segment_bytes(stage, s) for s in streams)
+    with _pipeline_context(stage, streams, object_store_bytes):
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_BLOCKS)))
+    # `memory` is what a worker holds at most: the process itself plus the segments in hand
+    # (decode: the segment being filled, the next one, and the one being sent; flow: the RGB
+    # segment in and the flow segment out, with their copies; features: two queued inputs).
+    ds = ds.map_batches(decode_segments, fn_kwargs={"cfg": stage}, batch_size=1,
+                        batch_format="pyarrow", num_cpus=0,
+                        compute=TaskPoolStrategy(size=max(1, cpus)),
+                        memory=TASK_BASE_BYTES + 3 * seg)
+    if "flow" in streams and stage.flow_method != "raft":
+        ds = ds.map_batches(compute_flow_stage, fn_kwargs={"cfg": stage}, batch_size=1,
+                            batch_format="pyarrow", num_cpus=1, memory=TASK_BASE_BYTES + 4 * seg)
+    pool = ActorPoolStrategy(min_size=1, max_size=max_actors(actors, gpus, cpus))
+    return ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": stage, "streams": streams},
+                          compute=pool, batch_size=1, batch_format="pyarrow",
+                          memory=ACTOR_BASE_BYTES + 3 * seg, **resources)

@@ -153,13 +153,27 @@ class StoreWriter:
             self.failures = []
         self.last_flush = time.monotonic()
 
-    def close(self) -> None:
-        """Flush everything; (video, stream) pairs still incomplete become failure rows."""
+    def unfinished(self, items: list[dict]) -> list[dict]:
+        """The work items (dicts with video_id and stream) neither written nor failed yet; their
+        partial segments are dropped, as a rerun of the pipeline sends them all again."""
+        todo = [it for it in items if (it["video_id"], it["stream"]) not in self.finished]
+        for it in todo:
+            self.pending.pop((it["video_id"], it["stream"]), None)
+        return todo
+
+    def close(self, expected: list[dict] | None = None) -> None:
+        """Flush everything; (video, stream) pairs still incomplete, or ``expected`` work items
+        the pipeline never returned anything for, become failure rows."""
         for key, pend in list(self.pending.items()):
             have = sorted(pend.segments)
             self._fail(key, pend.meta, "assemble", "IncompleteVideo",
                        f"{pend.meta['path']}: the pipeline ended with segments {have} of "
                        f"{'?' if pend.last_index is None else pend.last_index + 1}; rerun to retry")
+        for it in expected or []:
+            key = (it["video_id"], it["stream"])
+            if key not in self.finished:
+                self._fail(key, it, "assemble", "IncompleteVideo",
+                           f"{it.get('path')}: the pipeline returned nothing for it; rerun to retry")
         self.flush()
 
     @property

@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, help="short side frames are decoded at (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")
     p.add_argument("--actors", type=int, help="max feature actors (default: one per GPU, or CPUs/2)")
+    p.add_argument("--actor-cpus", type=float,
+                   help="CPUs each feature actor reserves (default: 1 with GPUs, 0 on a CPU-only "
+                        "cluster, where flow is the slow stage; raise it when the model is)")
     p.add_argument("--clips-per-segment", type=int, default=32,
                    help="clips decoded and extracted together; bounds memory for long videos")
     p.add_argument("--min-frame-ratio", type=float, default=0.9,
@@ -39,7 +42,9 @@ def main(argv=None) -> int:
                         "frames; between this and 1 the row gets a warning (default 0.9)")
     p.add_argument("--retry-failed", action="store_true", help="retry videos that failed before")
     p.add_argument("--overwrite", action="store_true", help="discard the streams' rows if settings differ")
-    p.add_argument("--object-store-limit-gb", type=float, help="cap on object-store memory in flight")
+    p.add_argument("--object-store-limit-gb", type=float,
+                   help="cap on the segments held in the object store (default: 8 segments per "
+                        "worker, at most half the object store)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--verify", action="store_true", help="check the store at --out and exit")
     a = p.parse_args(argv)
@@ -52,7 +57,8 @@ def main(argv=None) -> int:
             manifest=a.manifest, out=a.out, streams=tuple(s.strip() for s in a.streams.split(",") if s.strip()),
             extractor=a.extractor, weights=a.weights, flow_weights=a.flow_weights, flow=a.flow,
             clip_len=a.clip_len, clip_stride=a.clip_stride, crops=a.crops, size=a.size,
-            batch_size=a.batch_size, actors=a.actors, clips_per_segment=a.clips_per_segment,
+            batch_size=a.batch_size, actors=a.actors, actor_cpus=a.actor_cpus,
+            clips_per_segment=a.clips_per_segment,
             min_frame_ratio=a.min_frame_ratio, retry_failed=a.retry_failed, overwrite=a.overwrite,
             allow_cpu_raft=a.allow_cpu_raft, object_store_limit_gb=a.object_store_limit_gb,
             address=a.address)
