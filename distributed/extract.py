@@ -96,6 +96,8 @@ class ExtractConfig:
     retry_failed: bool = False
     overwrite: bool = False
     allow_cpu_raft: bool = False
+    raft_size: str = "large"            # --flow raft: torchvision's raft_small or raft_large
+    raft_weights: str | None = "C_T_V2" # a Raft_*_Weights name (torchvision's cache), a file, "none"
     address: str | None = None
     object_store_limit_gb: float | None = None
     rows_per_file: int = 256
@@ -160,6 +162,19 @@ def resolve_settings(cfg: ExtractConfig) -> tuple[StageConfig, dict[str, fs.Stre
         raise ExtractError(f"--streams must be a comma list of {fs.STREAMS}, got {cfg.streams}")
     if cfg.crops not in (1, 10):
         raise ExtractError(f"--crops must be 1 or 10, got {cfg.crops}")
+    flow_method = cfg.flow
+    raft_weights = None if str(cfg.raft_weights).lower() == "none" else cfg.raft_weights
+    if cfg.flow == "raft" and "flow" in cfg.streams:
+        from reslstm.flow import RaftFlow
+
+        # Loaded once here on the CPU to fail early on missing weights and to record which
+        # RAFT made the flow: other RAFT weights give other features.
+        try:
+            raft = RaftFlow(size=cfg.raft_size, weights=raft_weights, device="cpu", allow_cpu=True)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ExtractError(f"--flow raft: {exc}") from exc
+        flow_method = f"raft-{cfg.raft_size}:{raft.weights_id}"
+        del raft
     weights, settings, resize = {}, {}, {}
     for stream in cfg.streams:
         weights[stream] = _weights_arg(cfg, stream)
@@ -177,7 +192,7 @@ def resolve_settings(cfg: ExtractConfig) -> tuple[StageConfig, dict[str, fs.Stre
             extractor=cfg.extractor, weights_id=ext.weights_id, feature_dim=ext.feature_dim,
             clip_len=clip_len, clip_stride=cfg.clip_stride, crops=cfg.crops,
             input_size=ext.input_size, resize_short=resize[stream],
-            flow_method=cfg.flow if stream == "flow" else None,
+            flow_method=flow_method if stream == "flow" else None,
             flow_pretrained=bool(getattr(ext, "flow_pretrained", True)) if stream == "flow" else True,
             code_version=__version__)
         del ext
@@ -186,7 +201,8 @@ def resolve_settings(cfg: ExtractConfig) -> tuple[StageConfig, dict[str, fs.Stre
         clip_len=clip_len, clip_stride=cfg.clip_stride, clips_per_segment=cfg.clips_per_segment,
         resize_short=resize, flow_method=cfg.flow, min_frame_ratio=cfg.min_frame_ratio,
         extractor=cfg.extractor, weights=weights, extractor_options=dict(cfg.extractor_options),
-        crops=cfg.crops, batch_size=cfg.batch_size, allow_cpu_raft=cfg.allow_cpu_raft)
+        crops=cfg.crops, batch_size=cfg.batch_size, allow_cpu_raft=cfg.allow_cpu_raft,
+        raft_size=cfg.raft_size, raft_weights=raft_weights)
     return stage, settings
 
 
@@ -275,16 +291,19 @@ def run_extraction(cfg: ExtractConfig, out=None) -> ExtractSummary:
     manifest = _read_manifest(cfg.manifest)
     stage, settings = resolve_settings(cfg)
     with store_lock(cfg.out):
-        prepare_store(cfg, settings)
-        items, skipped_done, skipped_failed = plan_work(cfg, manifest)
         where = init_ray(cfg.address)
         gpus, cpus = cluster_gpus(), cluster_cpus()
-        store_bytes = object_store_budget(
-            stage, cfg.streams, cpus + max_actors(cfg.actors, gpus, cpus),
-            ray.cluster_resources().get("object_store_memory", 0), cfg.object_store_limit_gb)
         if cfg.flow == "raft" and "flow" in cfg.streams and not gpus and not cfg.allow_cpu_raft:
             raise ExtractError("--flow raft needs a GPU and the cluster has none: pick tvl1, "
                                "farneback or dis, or pass --allow-cpu-raft (very slow)")
+        prepare_store(cfg, settings)
+        items, skipped_done, skipped_failed = plan_work(cfg, manifest)
+        store_bytes = object_store_budget(
+            stage, cfg.streams, cpus + max_actors(cfg.actors, gpus, cpus),
+            ray.cluster_resources().get("object_store_memory", 0), cfg.object_store_limit_gb)
+        # Without a terminal Ray Data logs ten lines of progress every 10 s; the driver's own
+        # progress line says what matters. On a terminal its progress bars stay.
+        ray.data.DataContext.get_current().enable_progress_bars = sys.stdout.isatty()
         print(f"[extract] {where}", file=out, flush=True)
         print(f"[extract] {len(items)} (video, stream) pairs to extract with {cfg.extractor} "
               f"(weights {', '.join(f'{s}={v.weights_id}' for s, v in settings.items())}), "

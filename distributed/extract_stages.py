@@ -80,6 +80,8 @@ class StageConfig:
     batch_size: int
     device: str | None = None      # None: CUDA when the worker has a GPU, else CPU
     allow_cpu_raft: bool = False
+    raft_size: str = "large"
+    raft_weights: str | None = "C_T_V2"  # torchvision enum name, a file, or None (random init)
     task_threads: int | None = None   # torch/OpenCV threads in the CPU tasks (None: as is)
     actor_threads: int | None = None  # torch threads of a CPU feature actor (None: as is)
 
@@ -222,7 +224,8 @@ class FeatureStage:
         if "flow" in streams and cfg.flow_method == "raft":
             from reslstm.flow import RaftFlow
 
-            self.raft = RaftFlow(device=self.device, allow_cpu=cfg.allow_cpu_raft)
+            self.raft = RaftFlow(size=cfg.raft_size, weights=cfg.raft_weights, device=self.device,
+                                 allow_cpu=cfg.allow_cpu_raft)
 
     def features(self, row: dict) -> np.ndarray:
         from reslstm.extractors import clip_features

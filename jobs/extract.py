@@ -26,6 +26,10 @@ def main(argv=None) -> int:
     p.add_argument("--flow", default="tvl1", choices=["tvl1", "farneback", "dis", "raft"],
                    help="optical flow method (default tvl1, what pretrained flow models expect)")
     p.add_argument("--allow-cpu-raft", action="store_true", help="let --flow raft run without a GPU")
+    p.add_argument("--raft-size", default="large", choices=["small", "large"], help="RAFT model (large)")
+    p.add_argument("--raft-weights", default="C_T_V2",
+                   help="RAFT weights: a torchvision Raft_*_Weights name (default C_T_V2, from "
+                        "torchvision's cache), a file, or 'none' (random init, tests only)")
     p.add_argument("--clip-len", type=int, help="frames per clip (default: the model's, 16)")
     p.add_argument("--clip-stride", type=int, default=8, help="a clip starts every N frames (8)")
     p.add_argument("--crops", type=int, default=10, choices=[1, 10], help="10-crop (eq. 5) or centre crop")
@@ -60,7 +64,8 @@ def main(argv=None) -> int:
             batch_size=a.batch_size, actors=a.actors, actor_cpus=a.actor_cpus,
             clips_per_segment=a.clips_per_segment,
             min_frame_ratio=a.min_frame_ratio, retry_failed=a.retry_failed, overwrite=a.overwrite,
-            allow_cpu_raft=a.allow_cpu_raft, object_store_limit_gb=a.object_store_limit_gb,
+            allow_cpu_raft=a.allow_cpu_raft, raft_size=a.raft_size, raft_weights=a.raft_weights,
+            object_store_limit_gb=a.object_store_limit_gb,
             address=a.address)
         run_extraction(cfg)
         return 0

@@ -149,3 +149,28 @@ def test_ray_pipeline_equals_plain_loop_and_segments_join_exactly(dataset, extra
     # The longest real video spans several 4-clip segments, so the join was exercised.
     if dataset["real"]:
         assert max(r["num_clips"] for r in fs.read_stream(out, "rgb", columns=["num_clips"]).to_pylist()) > 8
+
+
+def test_raft_flow_runs_in_the_feature_stage_and_is_recorded(tmp_path):
+    """--flow raft (here random-init RAFT on the CPU, allowed explicitly): the actor computes the
+    flow, and the store records which RAFT made it, so other RAFT weights are refused."""
+    from reslstm.datasets.synthetic import synthesize_video, write_mp4
+
+    # 18 frames: 17 flow frames, one flow clip (RAFT on a CPU is slow).
+    write_mp4(synthesize_video("grow_then_shrink", 0, seed=4, height=48, width=64)[:18],
+              tmp_path / "v.mp4")
+    manifest = write_manifest(pa.table({
+        "video_id": ["v"], "path": [str(tmp_path / "v.mp4")], "label": pa.array([0], pa.int32()),
+        "label_name": ["grow_then_shrink"], "split": ["train"]}, schema=MANIFEST_SCHEMA),
+        tmp_path / "one.parquet")
+    cfg = ExtractConfig(manifest=str(manifest), out=str(tmp_path / "store"), streams=("flow",),
+                        extractor="tiny3d", flow="raft", raft_size="small", raft_weights="none",
+                        allow_cpu_raft=True, crops=1)
+    with redirect_stdout(io.StringIO()):
+        summary = run_local(cfg)
+    assert summary.written == {"flow": 1} and not summary.failed
+    assert fs.read_metadata(tmp_path / "store")["flow"].flow_method == "raft-small:random-init"
+    row = fs.read_stream(tmp_path / "store", "flow").to_pylist()[0]
+    assert (row["num_frames"], row["num_clips"]) == (17, 1)
+    with pytest.raises(ExtractError, match="flow_method: store has 'raft-small:random-init'"):
+        run_local(ExtractConfig(**{**cfg.__dict__, "flow": "dis"}))
