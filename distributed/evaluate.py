@@ -31,7 +31,7 @@ import csv
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +43,9 @@ from reslstm import features as fs
 from reslstm import metrics
 from reslstm.fusion import LATE_OPS, late_fuse
 from reslstm.model import ActionModel
+
+if TYPE_CHECKING:
+    import ray.data
 
 PREDICTION_SCHEMA = pa.schema([
     ("video_id", pa.string()),

@@ -14,7 +14,8 @@ val/test predictions to RUN_DIR/predictions/ and RUN_DIR/summary.json.
 import argparse
 import sys
 
-from reslstm.distributed.train import add_train_arguments, fit, train_config_from_args
+from reslstm.distributed.train import fit
+from reslstm.distributed.train_options import add_train_arguments, train_config_from_args
 from reslstm.features import StoreError
 
 

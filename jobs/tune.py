@@ -12,7 +12,7 @@ confusion matrix, per-class CSV and model are logged to its MLflow run.
 import argparse
 import sys
 
-from reslstm.distributed.train import add_train_arguments, train_config_from_args
+from reslstm.distributed.train_options import add_train_arguments, train_config_from_args
 from reslstm.distributed.tune import SweepConfig, parse_list, sweep
 from reslstm.features import StoreError
 

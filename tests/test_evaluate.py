@@ -36,8 +36,8 @@ FLOW = {"v0": [0.3, 0.4, 0.3], "v1": [0.1, 0.8, 0.1], "v2": [0.2, 0.1, 0.7], "v3
 @pytest.fixture
 def two_runs(tmp_path):
     # Rows in different orders in the two files: the join is on video_id, not position.
-    rgb = write_preds(tmp_path / "rgb" / "predictions" / "test.parquet",
-                      [(v, LABELS[v], "fused", RGB[v]) for v in ["v3", "v0", "v2", "v1"]])
+    write_preds(tmp_path / "rgb" / "predictions" / "test.parquet",
+                [(v, LABELS[v], "fused", RGB[v]) for v in ["v3", "v0", "v2", "v1"]])
     flow = write_preds(tmp_path / "flow.parquet",
                        [(v, LABELS[v], "fused", FLOW[v]) for v in sorted(LABELS)])
     return tmp_path / "rgb", flow

@@ -24,7 +24,6 @@ import pytest
 import torch
 
 from reslstm.extractors import (
-    Extractor,
     WeightsError,
     available_extractors,
     clip_features,

@@ -1,7 +1,5 @@
 """The feature store: schema, Arrow <-> NumPy, atomic parts, metadata, failures."""
 
-import json
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop exactly the head that cluster/local/up.sh started: the PIDs it recorded and every process
-# descended from them (workers, agents), by PID. Never `ray stop`, which would kill every Ray
+# descended from them (workers, agents), by PID. Never Ray's own stop command, which would kill every Ray
 # process on the machine, other people's too.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)

@@ -2,7 +2,7 @@
 # Start a local Ray head for `ray job submit`: token authentication on, the dashboard (and so
 # the job API) bound to 127.0.0.1, started from the project's virtualenv so a job's `python`
 # is that interpreter. Everything it starts is recorded by PID in the state directory, which
-# cluster/local/down.sh uses to stop exactly this head (never `ray stop`).
+# cluster/local/down.sh uses to stop exactly this head (never Ray's stop-everything command).
 #
 #   cluster/local/up.sh                     # then, in the same shell:
 #   eval "$(cluster/local/up.sh --env)"     # prints the exports a client needs
