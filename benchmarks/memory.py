@@ -125,12 +125,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from reslstm.distributed.extract import ExtractConfig, run_extraction
+    from reslstm.distributed.runtime import local_system_config
 
     minutes = [float(m) for m in args.minutes.split(",")]
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="reslstm-mem-")
     work = Path(args.workdir or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
-    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR",
+             _system_config=local_system_config(args.cpus))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # no progress lines between the results
     ctx.print_on_execution_start = False

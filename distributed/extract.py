@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import os
 import shutil
 import sys
 import time
@@ -252,20 +253,36 @@ def store_lock(out: str | Path):
 
 
 def plan_work(cfg: ExtractConfig, manifest: pa.Table) -> tuple[list[dict], int, int]:
-    """The (video, stream) pairs to extract, and how many were skipped as done / failed."""
+    """The (video, stream) pairs to extract, and how many were skipped as done / failed.
+
+    Largest files first (the streams of one video together, flow first): the longest work
+    starts early and short videos fill the CPUs at the end, instead of one long video running
+    alone on one CPU while the others idle (on the synthetic set, about 3 % of the wall time).
+    """
     items, done_n, failed_n = [], 0, 0
     rows = manifest.select(["video_id", "path", "label", "label_name", "split"]).to_pylist()
-    for stream in cfg.streams:
-        done = fs.written_ids(cfg.out, stream)
-        failed = set() if cfg.retry_failed else fs.failed_ids(cfg.out, stream)
-        for r in rows:
-            if r["video_id"] in done:
+    size = {r["path"]: _file_size(r["path"]) for r in rows}
+    rows.sort(key=lambda r: -size[r["path"]])
+    streams = sorted(cfg.streams, key=lambda s: s != "flow")
+    done = {s: fs.written_ids(cfg.out, s) for s in streams}
+    failed = {s: set() if cfg.retry_failed else fs.failed_ids(cfg.out, s) for s in streams}
+    for r in rows:
+        for stream in streams:
+            if r["video_id"] in done[stream]:
                 done_n += 1
-            elif r["video_id"] in failed:
+            elif r["video_id"] in failed[stream]:
                 failed_n += 1
             else:
                 items.append({**r, "stream": stream})
     return items, done_n, failed_n
+
+
+def _file_size(path: str) -> int:
+    """Bytes of a video file; 0 when it cannot be read (its decode task records why)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _read_manifest(path: str) -> pa.Table:

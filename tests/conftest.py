@@ -33,8 +33,10 @@ def ray_local():
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         ray.shutdown()
+    from reslstm.distributed.runtime import local_system_config
+
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             log_to_driver=False)
+             log_to_driver=False, _system_config=local_system_config(2))
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()

@@ -60,6 +60,11 @@ def test_job_submit_against_local_head_then_down_leaves_nothing(tmp_path):
         head_pids = [int(p) for p in (tmp_path / "head" / "head.pids").read_text().split()]
         assert up.returncode == 0, up.stdout + up.stderr
         assert head_pids and all(_live(p) for p in head_pids)
+        # The head keeps idle workers as init_ray's local instances do (2 per CPU + 2).
+        raylets = [p for p in head_pids if b"/raylet" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert raylets
+        for p in raylets:
+            assert b"RAY_num_workers_soft_limit=6" in Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
         assert (tmp_path / "token").stat().st_mode & 0o077 == 0  # the token is private
         client = {**env, "RAY_AUTH_MODE": "token"}
         job = subprocess.run(

@@ -10,7 +10,8 @@
 # Environment: VENV (default .venv), RAY_HEAD_DIR (state dir, default .ray-head),
 # RAY_PORT (6379), RAY_DASHBOARD_PORT (8265), RAY_AGENT_PORT (the dashboard agent's HTTP port,
 # which runs the job API: 52365), RAY_CLIENT_PORT (10001), RAY_NUM_CPUS / RAY_NUM_GPUS (detected),
-# RAY_AUTH_TOKEN_PATH (default ~/.ray/auth_token; created if missing).
+# RAY_AUTH_TOKEN_PATH (default ~/.ray/auth_token; created if missing), RAY_num_workers_soft_limit
+# (idle workers the head keeps: 2 per CPU + 2).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 VENV=${VENV:-$root/.venv}
@@ -54,6 +55,10 @@ args=(--head --port="$PORT" --dashboard-host=127.0.0.1 --dashboard-port="$DASH"
       --temp-dir="$tmp" --disable-usage-stats)
 [ -n "${RAY_NUM_CPUS:-}" ] && args+=(--num-cpus="$RAY_NUM_CPUS")
 [ -n "${RAY_NUM_GPUS:-}" ] && args+=(--num-gpus="$RAY_NUM_GPUS")
+# Idle workers kept per node (Ray's default: one per CPU; see
+# reslstm.distributed.runtime.idle_workers_to_keep): two per CPU, plus two.
+ncpu=${RAY_NUM_CPUS:-$(nproc)}
+export RAY_num_workers_soft_limit=${RAY_num_workers_soft_limit:-$((2 * ncpu + 2))}
 PATH="$VENV/bin:$PATH" "$VENV/bin/ray" start "${args[@]}" > "$STATE/start.log" 2>&1 || {
   cat "$STATE/start.log" >&2; echo "up.sh: ray start failed (log above)" >&2; exit 1; }
 
