@@ -9,6 +9,7 @@ accident) and stops when the process exits.
 from __future__ import annotations
 
 import os
+import sys
 
 import ray
 
@@ -33,9 +34,27 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
                        **kwargs)
         where = "a local Ray instance" + (f" (dashboard http://{ctx.dashboard_url})"
                                           if ctx.dashboard_url else "")
+    if quiet:
+        quiet_ray_data()
     res = ray.cluster_resources()
     return (f"{where}: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs, "
             f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s)")
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's progress in this driver only on a terminal. Without one it logs a dozen
+    lines per dataset pass every few seconds (training prepares five small passes before its
+    first epoch); the jobs print their own progress and summaries instead."""
+    import logging
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stdout.isatty()
+    ctx.print_on_execution_start = sys.stdout.isatty()
+    if not sys.stdout.isatty():
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
 
 
 def idle_workers_to_keep(cpus: int) -> int:

@@ -364,8 +364,12 @@ def _mean_over_ranks(value: float, device) -> float:
 def _quiet_report_logs() -> None:
     """Ray Train logs two INFO lines per report ("Reporting training result ...", "Checkpoint
     successfully created ..."); the epoch line says the same in one. The first comes from a
-    logger named after its file, hence the lookup."""
+    logger named after its file, hence the lookup. Ray Data, iterating the val split in each
+    worker, says once that its progress bars are off and that each pass finished: lines that
+    reached the driver after a run's (or the demo's) final report."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
     try:
         from ray.train.v2._internal.execution import context as train_context
     except ImportError:  # another Ray version: its logs stay
