@@ -60,6 +60,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -261,7 +262,9 @@ def plan_work(cfg: ExtractConfig, manifest: pa.Table) -> tuple[list[dict], int, 
     """
     items, done_n, failed_n = [], 0, 0
     rows = manifest.select(["video_id", "path", "label", "label_name", "split"]).to_pylist()
-    size = {r["path"]: _file_size(r["path"]) for r in rows}
+    paths = sorted({r["path"] for r in rows})
+    with ThreadPoolExecutor(16) as pool:  # stat() on network storage: overlap the round trips
+        size = dict(zip(paths, pool.map(_file_size, paths)))
     rows.sort(key=lambda r: -size[r["path"]])
     streams = sorted(cfg.streams, key=lambda s: s != "flow")
     done = {s: fs.written_ids(cfg.out, s) for s in streams}
