@@ -121,7 +121,8 @@ def cpu_note(secs: float, cpu: CpuUse) -> str:
     return (f"[cores busy: this run {cpu.ours / secs:.2f}, other processes {others / secs:.2f}]")
 
 
-def quiet_ray_data() -> None:
+def no_ray_data_progress() -> None:
+    """No Ray Data progress even on a terminal: only the results lines."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -139,7 +140,7 @@ def on_cluster(manifest: Path, out: Path, flow: str, workers: int, node_cpus: in
             cluster.add_node(num_cpus=node_cpus, object_store_memory=store_mb * 2 ** 20)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level="ERROR")
-        quiet_ray_data()
+        no_ray_data_progress()
         secs, n, _ = timed(run_extraction, config(manifest, out, flow))
         return secs, n
     finally:
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
         def on_ray(i, **kw):
             ray.init(address="local", num_cpus=args.cpus, include_dashboard=False,
                      logging_level="ERROR", _system_config=local_system_config(args.cpus))
-            quiet_ray_data()
+            no_ray_data_progress()
             try:
                 return timed(run_extraction, config(manifest, work / f"ray_{i}", args.flow, **kw))
             finally:

@@ -306,7 +306,7 @@ def run_extraction(cfg: ExtractConfig, out=None) -> ExtractSummary:
     out = out or sys.stdout
     import ray
 
-    from .runtime import cluster_cpus, cluster_gpus, init_ray, quiet_ray_data
+    from .runtime import cluster_cpus, cluster_gpus, init_ray
 
     manifest = _read_manifest(cfg.manifest)
     stage, settings = resolve_settings(cfg)
@@ -321,9 +321,6 @@ def run_extraction(cfg: ExtractConfig, out=None) -> ExtractSummary:
         store_bytes = object_store_budget(
             stage, cfg.streams, cpus + max_actors(cfg.actors, gpus, cpus),
             ray.cluster_resources().get("object_store_memory", 0), cfg.object_store_limit_gb)
-        # Also when the caller connected Ray itself: the driver's own progress line says what
-        # matters; Ray Data's progress bars stay on a terminal only.
-        quiet_ray_data()
         print(f"[extract] {where}", file=out, flush=True)
         print(f"[extract] {len(items)} (video, stream) pairs to extract with {cfg.extractor} "
               f"(weights {', '.join(f'{s}={v.weights_id}' for s, v in settings.items())}), "

@@ -15,8 +15,12 @@ import ray
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:
-    """Connect to (or start) Ray once; returns a one-line description of what it connected to."""
+    """Connect to (or start) Ray once; returns a one-line description of what it connected to.
+    ``quiet``: Ray's own logs at WARNING and Ray Data's progress only on a terminal (the latter
+    also when the caller connected already)."""
     if ray.is_initialized():
+        if quiet:
+            quiet_ray_data()
         return "already connected"
     kwargs: dict = {"log_to_driver": True}
     if quiet:
