@@ -2,7 +2,7 @@
 
 A video of l_v frames is cut into clips of s frames starting every r frames (paper: s = 16,
 r = 8), which gives K_v = floor((l_v - s) / r) + 1 clips. A video shorter than one clip still
-gives one clip (the decoder pads it by repeating its last frame, ``video.pad_frames``).
+gives one clip (the decoder pads it by repeating its last frame, ``clips.pad_frames``).
 
 From the K_v clip features, T are taken for the Res-LSTM:
 x_t^0 = a_{sigma(t)}, sigma(t) = 1 + floor((t - 1) * (K_v - 1) / (T - 1)) for t = 1..T.

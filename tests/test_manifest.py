@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from reslstm.datasets.manifest import (
+from reslstm.datasets import (
     MANIFEST_SCHEMA,
     ManifestError,
     label_names,

@@ -1,1 +1,17 @@
-"""Dataset manifests (UCF-101, HMDB-51, folder-per-class, CSV), coarse categories and the synthetic demo set."""
+"""Data sets: manifests (one module per source), the split policy, coarse categories and the
+built-in synthetic set. The readers and the manifest I/O are re-exported here::
+
+    from reslstm.datasets import read_ucf101, write_manifest
+"""
+
+from .csv_list import read_csv
+from .folder import read_folder_per_class
+from .hmdb51 import read_hmdb51
+from .manifest import (MANIFEST_SCHEMA, SPLITS, ManifestError, label_names, read_manifest,
+                       validate_manifest, write_manifest)
+from .splits import stratified_split
+from .ucf101 import read_ucf101
+
+__all__ = ["MANIFEST_SCHEMA", "SPLITS", "ManifestError", "label_names", "read_csv",
+           "read_folder_per_class", "read_hmdb51", "read_manifest", "read_ucf101",
+           "stratified_split", "validate_manifest", "write_manifest"]

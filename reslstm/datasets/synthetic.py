@@ -46,7 +46,8 @@ import av
 import numpy as np
 import pyarrow as pa
 
-from reslstm.datasets.manifest import MANIFEST_SCHEMA, stratified_split, write_manifest
+from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest
+from reslstm.datasets.splits import stratified_split
 
 CLASS_PHASES: dict[str, tuple[str, ...]] = {
     "grow_then_shrink": ("grow", "shrink"),

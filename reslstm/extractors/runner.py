@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 import torch
 
-from ..video import center_crop, ten_crop
+from ..clips import pad_frames
+from .crops import center_crop, ten_crop
 from .base import Extractor
 
 CROPS = (1, 10)
@@ -87,8 +88,7 @@ def clip_features(
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 frames = torch.from_numpy(np.ascontiguousarray(frames))
         x = frames.to(device)  # (n, H, W, C) uint8, the only host -> device copy
-        if len(x) < clip_len:
-            x = torch.cat([x, x[-1:].expand(clip_len - len(x), *x.shape[1:])])
+        x = pad_frames(x, clip_len)  # a sequence shorter than one clip: one padded clip
         clips = x.unfold(0, clip_len, stride)  # (K, H, W, C, s) view
         clips = clips.permute(0, 4, 3, 1, 2)  # (K, s, C, H, W) view: crop helpers cut (..., H, W)
         num_clips = clips.shape[0]

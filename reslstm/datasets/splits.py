@@ -1,0 +1,121 @@
+"""Split policy of manifests: which videos go to train, val and test.
+
+All rules are seeded and independent of the order files are listed in:
+
+- ``hold_out_val``: ``val_fraction`` of each class's train videos go to "val". UCF-101 holds out
+  whole groups ``gNN`` (clips of one group share actor and scene, so a group never straddles
+  train and val); the others hold out videos. Each class picks ``round(n * val_fraction)`` of
+  its n train groups/videos, at least one when ``val_fraction > 0`` and at most n - 1.
+- ``stratified_split`` (folder-per-class and CSV without a split column): per class, videos
+  sorted by id are permuted with a generator seeded by (seed, class name); the first
+  ``round(n * test_fraction)`` go to test, the next ``round(n * val_fraction)`` to val, the
+  rest to train. A class keeps at least one training video; test and val each get at least
+  one video when their fraction is positive and the class is large enough.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Sequence
+
+import numpy as np
+
+from .manifest import ManifestError, Row, listing
+
+
+def _rng(seed: int, *names: str) -> np.random.Generator:
+    """A generator seeded by the seed and names, so one class's draw never shifts another's."""
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ManifestError(f"seed must be a non-negative integer, got {seed!r}")
+    return np.random.default_rng([int(seed), zlib.crc32("/".join(names).encode())])
+
+
+def _round(x: float) -> int:
+    return int(math.floor(x + 0.5))  # half up, unlike Python's round-half-even
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ManifestError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(n_val, n_test) for a class of n videos; keeps at least one for training."""
+    n_test = max(1, _round(n * test_fraction)) if test_fraction > 0 else 0
+    n_val = max(1, _round(n * val_fraction)) if val_fraction > 0 else 0
+    while n_val + n_test > max(n - 1, 0):
+        if n_val >= n_test and n_val > 0:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
+
+
+def stratified_split(
+    video_ids: Sequence[str],
+    label_names: Sequence[str],
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> list[str]:
+    """Split name per video, stratified per class by the seeded rule in the module docstring."""
+    _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1.0:
+        raise ManifestError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+    by_class: dict[str, list[str]] = {}
+    for vid, name in zip(video_ids, label_names, strict=True):
+        by_class.setdefault(name, []).append(vid)
+    split_of: dict[str, str] = {}
+    for name, ids in by_class.items():
+        ids = sorted(ids)
+        order = _rng(seed, "split", name).permutation(len(ids))
+        n_val, n_test = _split_counts(len(ids), val_fraction, test_fraction)
+        for rank, i in enumerate(order):
+            split_of[ids[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return [split_of[vid] for vid in video_ids]
+
+
+def hold_out_val(rows: list[Row], val_fraction: float, seed: int, by_group: bool) -> None:
+    """Move val_fraction of each class's train rows (or train groups) to "val", in place."""
+    _check_fraction("val_fraction", val_fraction)
+    if val_fraction == 0:
+        return
+    by_class: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.split == "train":
+            by_class.setdefault(row.label_name, []).append(row)
+    if by_group:
+        ungrouped = [f"{r.path.name} ({r.where})" for rs in by_class.values() for r in rs if r.group is None]
+        if ungrouped:
+            raise ManifestError(
+                f"{len(ungrouped)} training videos have no group '_gNN_cNN' in their name, so the "
+                f"validation split cannot hold out whole groups:\n{listing(ungrouped)}\n"
+                "Rename them to the UCF-101 pattern or pass val_fraction=0."
+            )
+    for name in sorted(by_class):
+        members = by_class[name]
+        keys = sorted({r.group if by_group else r.video_id for r in members})
+        n_val = 0 if len(keys) < 2 else min(len(keys) - 1, max(1, _round(len(keys) * val_fraction)))
+        chosen = {keys[i] for i in _rng(seed, "val", name).permutation(len(keys))[:n_val]}
+        for row in members:
+            if (row.group if by_group else row.video_id) in chosen:
+                row.split = "val"
+
+
+def assign_splits(rows: list[Row], given: bool, val_fraction: float | None, test_fraction: float,
+                   seed: int) -> None:
+    """Folder/CSV rows: stratified splits when the source gives none, else val held out of train.
+
+    val_fraction None means 0.1, or 0 when the source already has "val" rows.
+    """
+    if not given:
+        vf = 0.1 if val_fraction is None else val_fraction
+        ids, names = [r.video_id for r in rows], [r.label_name for r in rows]
+        for row, split in zip(rows, stratified_split(ids, names, vf, test_fraction, seed)):
+            row.split = split
+        return
+    if val_fraction is None:
+        val_fraction = 0.0 if any(r.split == "val" for r in rows) else 0.1
+    hold_out_val(rows, val_fraction, seed, by_group=False)
