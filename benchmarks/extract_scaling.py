@@ -52,7 +52,9 @@ import psutil  # noqa: E402  (Ray bundles psutil and puts it on the path)
 import torch
 
 from reslstm.datasets.synthetic import generate_synthetic
-from reslstm.distributed.extract import ExtractConfig, run_extraction, run_local
+from reslstm.configs import ExtractConfig
+from reslstm.distributed.extract import run_extraction
+from reslstm.extraction.driver import run_local
 from reslstm.distributed.runtime import local_system_config
 
 

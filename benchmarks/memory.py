@@ -51,7 +51,7 @@ def write_long_video(path: Path, seconds: float, width: int = 64, height: int = 
     return n
 
 
-STAGES = (("decode", "decode_segments"), ("flow", "compute_flow_stage"), ("features", "FeatureStage"))
+STAGES = (("decode", "decode_segments"), ("flow", "flow_stage"), ("features", "FeatureStage"))
 
 
 def _status_kib(pid: int) -> dict[str, int]:
@@ -124,7 +124,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", help="where videos and stores go (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    from reslstm.distributed.extract import ExtractConfig, run_extraction
+    from reslstm.configs import ExtractConfig
+    from reslstm.distributed.extract import run_extraction
     from reslstm.distributed.runtime import local_system_config
 
     minutes = [float(m) for m in args.minutes.split(",")]

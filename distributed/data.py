@@ -2,140 +2,53 @@
 
 Each row of a built dataset is one video: ``video_id`` (str), ``label`` (int64) and, for each
 stream the model reads, a ``(T, d_f)`` float32 tensor column named after the stream (``rgb``,
-``flow``). The T clips are x_t = a_{sigma(t)} (``sampling.temporal_sample``): deterministic,
-so every epoch, worker and rerun sees the same inputs.
+``flow``). The T clips are x_t = a_{sigma(t)} (``sampling.sample_video``): deterministic, so
+every epoch, worker and rerun sees the same inputs.
 
 Two-stream inputs (mid and late fusion) pair the two streams of a video by ``video_id``: the
 rows of both streams (reduced to the videos both have) are unioned and grouped by
-``video_id``, and each group of two rows becomes one paired row. (``Dataset.join`` would need
-polars, which the project does not depend on; ``zip`` after sorting relies on block order, which
-Ray Data does not guarantee.) A flow sequence has one frame fewer than its RGB video and may have
-one clip fewer: the two clip sequences are truncated to the shorter (``fusion.align_clips``)
-before sampling, so both inputs are taken at the same clips.
+``video_id``, and each group of two rows becomes one paired row (``sampling.sample_pair``:
+both inputs at the same clips, after truncating to the shorter stream; a flow sequence has one
+frame fewer than its RGB video and may have one clip fewer). ``Dataset.join`` would need
+polars, which the project does not depend on; ``zip`` after sorting relies on block order,
+which Ray Data does not guarantee.
 
-``build_datasets`` materializes every split before returning: Ray Data tasks need CPUs, and
-once the trainer's workers hold them (2 workers on 2 cores) a lazy read would wait forever.
-The driver-side index (``read_index``) reads only the small columns with pyarrow, to learn the
-classes, the splits and which videos both streams have.
-
-Python API: ``read_index(store, streams) -> StoreIndex``; ``build_datasets(store, streams, T,
-splits) -> {split: MaterializedDataset}``; ``pca_sample(ds, stream, max_vectors, seed)``; and
-the pure ``sample_video`` / ``sample_pair`` that define each row.
+``load_data`` indexes the store (``features.read_index``: small columns only) and builds every
+requested split, materialized before returning: Ray Data tasks need CPUs, and once the
+trainer's workers hold them (2 workers on 2 cores) a lazy read would wait forever.
+``pca_sample`` draws the training clip vectors PCA is fitted on.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 from ray.data.context import ShuffleStrategy
 
 from reslstm import features as fs
-from reslstm.fusion import align_clips
-from reslstm.sampling import temporal_sample
+from reslstm.sampling import sample_pair, sample_video
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-INDEX_COLUMNS = ["video_id", "label", "label_name", "split", "num_clips"]
 
 
 @dataclass
-class StoreIndex:
-    """What the driver knows about a store before reading any features."""
+class RunData:
+    """The driver's data of one (streams, T): the store's index and a materialized dataset per
+    split. Several runs (the trials of a sweep) share one."""
 
-    store: str
-    streams: tuple[str, ...]
-    feature_dim: int
-    label_names: list[str]
-    video_ids: dict[str, list[str]]  # split -> sorted ids present in every stream
-    missing: dict[str, list[str]] = field(default_factory=dict)  # stream -> ids it lacks
+    index: fs.StoreIndex
+    datasets: dict[str, "ray.data.Dataset"]
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_names)
-
-    def count(self, split: str) -> int:
-        return len(self.video_ids.get(split, []))
-
-
-def _feature_dim(store, stream: str) -> int:
-    files = fs.stream_files(store, stream)
-    ftype = pq.read_schema(files[0]).field("features").type
-    try:
-        return int(ftype.value_type.list_size)
-    except AttributeError:
-        raise fs.StoreError(f"{files[0]}: column 'features' has type {ftype}, expected "
-                            "list<fixed_size_list<float32, d_f>>; re-extract the features") from None
-
-
-def read_index(store, streams: Sequence[str]) -> StoreIndex:
-    """Index the store for ``streams``: classes, splits, ids that every stream has, d_f.
-
-    Raises ``features.StoreError`` naming the stream directory when a stream is missing (with
-    the command that extracts it), when a stream holds a video twice, when the streams disagree
-    on a video's label or on d_f.
-    """
-    streams = tuple(streams)
-    tables = {s: fs.read_stream(store, s, columns=INDEX_COLUMNS) for s in streams}
-    names: dict[int, str] = {}
-    labels: dict[str, dict[str, int]] = {}
-    split_of: dict[str, str] = {}
-    for s, t in tables.items():
-        ids = t.column("video_id").to_pylist()
-        dupes = [v for v, n in Counter(ids).items() if n > 1]
-        if dupes:
-            raise fs.StoreError(
-                f"{fs.stream_dir(store, s)}: {len(dupes)} video(s) appear more than once, e.g. "
-                f"{dupes[:3]}; remove the duplicate part files or re-extract into a new store")
-        lab = t.column("label").to_pylist()
-        labels[s] = dict(zip(ids, lab))
-        split_of.update(zip(ids, t.column("split").to_pylist()))
-        for i, n in zip(lab, t.column("label_name").to_pylist()):
-            if names.setdefault(int(i), n) != n:
-                raise fs.StoreError(f"{fs.stream_dir(store, s)}: label {i} is named both "
-                                    f"{names[int(i)]!r} and {n!r}")
-    common = set.intersection(*(set(v) for v in labels.values()))
-    missing = {s: sorted(set().union(*(set(v) for v in labels.values())) - set(labels[s]))
-               for s in streams}
-    if len(streams) > 1:
-        bad = [v for v in common if labels[streams[0]][v] != labels[streams[1]][v]]
-        if bad:
-            raise fs.StoreError(f"{store}: the rgb and flow rows of {len(bad)} video(s) carry "
-                                f"different labels, e.g. {sorted(bad)[:3]}")
-    dims = {s: _feature_dim(store, s) for s in streams}
-    if len(set(dims.values())) > 1:
-        raise fs.StoreError(f"{store}: streams have different feature sizes {dims}; two-stream "
-                            "models need one d_f (extract both streams with matching extractors)")
-    num_classes = max(names) + 1 if names else 0
-    label_names = [names.get(i, f"class_{i}") for i in range(num_classes)]
-    by_split: dict[str, list[str]] = {}
-    for v in sorted(common):
-        by_split.setdefault(split_of[v], []).append(v)
-    return StoreIndex(str(store), streams, next(iter(dims.values())), label_names, by_split,
-                      {s: m for s, m in missing.items() if m})
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure sampling (no Ray): what every dataset row holds
-# ---------------------------------------------------------------------------------------------
-
-def sample_video(clips: np.ndarray, T: int) -> np.ndarray:
-    """(K_v, d_f) clip features -> (T, d_f): rows sigma(1..T) (0-based ``temporal_sample``)."""
-    return clips[temporal_sample(len(clips), T)]
-
-
-def sample_pair(rgb: np.ndarray, flow: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """Both streams of one video -> two (T, d_f) arrays taken at the same clips, after
-    truncating the two (K, d_f) sequences to the shorter one."""
-    rgb, flow = align_clips(rgb, flow)
-    index = temporal_sample(len(rgb), T)
-    return rgb[index], flow[index]
+    def only(self, splits: Sequence[str]) -> "RunData":
+        return RunData(self.index, {s: d for s, d in self.datasets.items() if s in splits})
 
 
 class SampleClips:
@@ -204,20 +117,21 @@ class _KeepIds:
 # Ray datasets
 # ---------------------------------------------------------------------------------------------
 
-def _read(store, stream: str, ids: set[str]) -> "ray.data.Dataset":
-    ds = ray.data.read_parquet(fs.stream_files(store, stream))
+def _read(store: fs.FeatureStore, stream: str, ids: set[str]) -> "ray.data.Dataset":
+    ds = ray.data.read_parquet(store.stream_files(stream), filesystem=store.root.filesystem)
     ds = ds.select_columns(["video_id", "label", "features"])
     return ds.map_batches(_Select(stream, ids), batch_format="pyarrow")
 
 
 def build_datasets(store, streams: Sequence[str], T: int, splits: Sequence[str] = SPLITS,
-                   index: StoreIndex | None = None) -> dict[str, "ray.data.MaterializedDataset"]:
+                   index: fs.StoreIndex | None = None) -> dict[str, "ray.data.MaterializedDataset"]:
     """Materialized datasets {split: rows of video_id, label, <stream> (T, d_f)} for ``splits``.
 
     Only videos that every stream has are used (``StoreIndex.missing`` lists the others). A
     split without videos is left out of the result.
     """
-    index = index or read_index(store, streams)
+    store = fs.as_store(store)
+    index = index or fs.read_index(store, streams)
     wanted = [s for s in splits if index.count(s)]
     ids = {v for s in wanted for v in index.video_ids[s]}
     if not ids:
@@ -240,6 +154,20 @@ def build_datasets(store, streams: Sequence[str], T: int, splits: Sequence[str] 
         return {wanted[0]: ds}
     return {split: ds.map_batches(_KeepIds(index.video_ids[split]), batch_format="numpy")
             .materialize() for split in wanted}
+
+
+def load_data(store, streams: Sequence[str], T: int,
+              splits: Sequence[str] = SPLITS) -> RunData:
+    """Index the store and build the materialized datasets of ``splits`` (driver side)."""
+    store = fs.as_store(store)
+    index = fs.read_index(store, streams)
+    for stream, ids in index.missing.items():
+        log.warning(f"{len(ids)} video(s) lack {stream} features and are left out "
+                    f"(e.g. {ids[:3]}); see the store's failures table")
+    for split in ("train", "val"):
+        if split in splits and not index.count(split):
+            raise fs.StoreError(f"{store}: no {split} videos for streams {list(index.streams)}")
+    return RunData(index, build_datasets(store, index.streams, T, splits, index))
 
 
 def pca_sample(ds: "ray.data.Dataset", stream: str, max_vectors: int, seed: int,

@@ -16,44 +16,28 @@ left in ``out`` (videos, features); the sweep and the baseline train anew each t
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from mlflow import MlflowClient
 
+from reslstm.configs import DemoConfig, ExtractConfig, SweepConfig, TrainConfig
 from reslstm.datasets.synthetic import ORDER_PAIRS, generate_synthetic
+from reslstm.predictions import FUSED, load_predictions
 
 from . import tracking
-from .evaluate import FUSED, load_predictions
-from .extract import ExtractConfig, run_extraction
-from .train import TrainConfig, fit
-from .tune import SweepConfig, sweep
+from .extract import run_extraction
+from .trainer import fit
+from .tune import sweep
+
+log = logging.getLogger(__name__)
 
 # What the demo is meant to show on a 2-core CPU machine (README, issue targets).
 TARGET_MINUTES = 10.0
 TARGET_FUSED_TOP1 = 0.8
 TARGET_PAIR_MARGIN = 0.2
-
-
-@dataclasses.dataclass
-class DemoConfig:
-    out: str = "demo_output"
-    videos_per_class: int = 40
-    seed: int = 0
-    flow: str = "dis"
-    hidden: Sequence[int] = (64, 128)
-    depth: Sequence[int] = (1, 2)
-    T: Sequence[int] = (8,)
-    fusion: Sequence[str] = ("late-product",)
-    epochs: int = 30
-    grace_period: int = 10            # ASHA compares trials only after this many epochs
-    batch_size: int = 16
-    workers: int = 1
-    address: str | None = None
-    mlflow_uri: str | None = None     # default: sqlite:///<out>/mlflow.db
-    synth_workers: int = 2
 
 
 @dataclasses.dataclass
@@ -89,10 +73,6 @@ def pair_accuracy(predictions, split: str = "test", pairs=ORDER_PAIRS) -> tuple[
     return float((probs.argmax(1) == labels).mean()), len(keep)
 
 
-def _log(msg: str) -> None:
-    print(f"[demo] {msg}", flush=True)
-
-
 def _log_baseline(uri: str, experiment: str, cfg: TrainConfig, test: dict, pairs: float) -> None:
     """The baseline as one more run of the demo's MLflow experiment, to compare in the UI."""
     client = MlflowClient(uri)
@@ -113,12 +93,12 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     data_dir, store = out / "synthetic", out / "features"
     manifest = data_dir / "manifest.parquet"
     if manifest.exists():
-        _log(f"synthetic set: reusing {manifest}")
+        log.info(f"synthetic set: reusing {manifest}")
     else:
-        _log(f"synthetic set: generating {cfg.videos_per_class} videos per class in {data_dir}")
+        log.info(f"synthetic set: generating {cfg.videos_per_class} videos per class in {data_dir}")
         generate_synthetic(data_dir, videos_per_class=cfg.videos_per_class, seed=cfg.seed,
-                           workers=cfg.synth_workers, log=lambda m: _log(m.removeprefix("[synth] ")))
-    _log("features: tiny3d, random-init weights (a stand-in for a pretrained 3D CNN: these are "
+                           workers=cfg.synth_workers)
+    log.info("features: tiny3d, random-init weights (a stand-in for a pretrained 3D CNN: these are "
          f"not pretrained features), {cfg.flow} optical flow, centre crop")
     run_extraction(ExtractConfig(manifest=str(manifest), out=str(store), extractor="tiny3d",
                                  flow=cfg.flow, crops=1, address=cfg.address))
@@ -128,18 +108,18 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     base = TrainConfig(features=str(store), out=str(out / "sweep"), input_proj="linear",
                        epochs=cfg.epochs, batch_size=cfg.batch_size, workers=cfg.workers,
                        seed=cfg.seed)
-    _log(f"sweep: h {list(cfg.hidden)} x L {list(cfg.depth)} x T {list(cfg.T)} x "
+    log.info(f"sweep: h {list(cfg.hidden)} x L {list(cfg.depth)} x T {list(cfg.T)} x "
          f"{list(cfg.fusion)}, {cfg.epochs} epochs each")
     res = sweep(SweepConfig(base=base, hidden=cfg.hidden, depth=cfg.depth, T=cfg.T,
                             fusion=cfg.fusion, grace_period=cfg.grace_period, mlflow_uri=uri,
                             experiment=experiment),
-                address=cfg.address, log=_log)
+                address=cfg.address)
     best = res.best_config
     test = {h: res.scores["test"][h]["top1"] for h in res.scores["test"]}
 
-    _log(f"baseline: TemporalMeanPool ({best.fusion}, h {best.hidden}, T {best.T}) on the same features")
+    log.info(f"baseline: TemporalMeanPool ({best.fusion}, h {best.hidden}, T {best.T}) on the same features")
     base_cfg = dataclasses.replace(best, arch="meanpool", out=str(out / "baseline"))
-    base_res = fit(base_cfg, address=cfg.address, log=_log)
+    base_res = fit(base_cfg, address=cfg.address)
     baseline = {h: base_res.scores["test"][h]["top1"] for h in base_res.scores["test"]}
 
     ours, n_pairs = pair_accuracy(res.predictions["test"])
@@ -151,7 +131,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
               "val_top1": res.best_val_top1},
         test=test, baseline=baseline, pairs={"reslstm": ours, "baseline": theirs, "videos": n_pairs},
         mlflow_uri=uri, experiment=experiment)
-    print(report(result, res.table()), flush=True)
+    log.info(report(result, res.table()), extra={"block": True})
     return result
 
 

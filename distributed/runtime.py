@@ -1,16 +1,20 @@
-"""Connecting to Ray: the one place that decides between a cluster and a local instance.
+"""The cluster: connecting to Ray, sizing work to its resources, and quieting Ray's logs.
 
-A job started by ``ray job submit`` finds its cluster in ``RAY_ADDRESS``; ``--address`` names one
+``init_ray`` is the one place that decides between a cluster and a local instance: a job
+started by ``ray job submit`` finds its cluster in ``RAY_ADDRESS``; ``--address`` names one
 explicitly (``auto``, ``HOST:6379`` or ``ray://HOST:10001``); with neither, a private local
 instance starts (``address="local"``, so an unrelated running cluster is never joined by
-accident) and stops when the process exits.
+accident) and stops when the process exits. ``wants_gpu`` / ``cpus_per_worker`` size training
+workers; ``quiet_ray_logs`` is the one place that sets Ray's log levels (drivers and workers).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
+import numpy as np
 import ray
 
 
@@ -20,7 +24,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     also when the caller connected already)."""
     if ray.is_initialized():
         if quiet:
-            quiet_ray_data()
+            quiet_ray_logs()
         return "already connected"
     kwargs: dict = {"log_to_driver": True}
     if quiet:
@@ -39,26 +43,40 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         where = "a local Ray instance" + (f" (dashboard http://{ctx.dashboard_url})"
                                           if ctx.dashboard_url else "")
     if quiet:
-        quiet_ray_data()
+        quiet_ray_logs()
     res = ray.cluster_resources()
     return (f"{where}: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs, "
             f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s)")
 
 
-def quiet_ray_data() -> None:
-    """Ray Data's progress in this driver only on a terminal. Without one it logs a dozen
-    lines per dataset pass every few seconds (training prepares five small passes before its
-    first epoch); the jobs print their own progress and summaries instead."""
-    import logging
+def quiet_ray_logs() -> None:
+    """Ray's own logs at the level a person wants in a job's console, in this process (a driver
+    or a training worker).
 
+    - Ray Data's progress only on a terminal. Without one it logs a dozen lines per dataset
+      pass every few seconds (training prepares five small passes before its first epoch, and
+      each worker says once that its progress bars are off); the jobs log their own progress.
+    - Ray Train's two INFO lines per report ("Reporting training result ...", "Checkpoint
+      successfully created ..."): the epoch line says the same in one. The first comes from a
+      logger named after its file, hence the lookup.
+    """
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stdout.isatty()
     ctx.print_on_execution_start = sys.stdout.isatty()
+    levels = {"ray.train": logging.WARNING}
     if not sys.stdout.isatty():
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-        logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
+        levels.update({"ray.data._internal.progress": logging.ERROR,
+                       "ray.data._internal.execution.streaming_executor": logging.WARNING})
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        levels[train_context.__file__] = logging.WARNING
+    except ImportError:  # another Ray version: its logs stay
+        pass
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def idle_workers_to_keep(cpus: int) -> int:
@@ -88,3 +106,24 @@ def cluster_gpus() -> int:
 
 def cluster_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 0))
+
+
+def wants_gpu(use_gpu: str, gpus_available: int) -> bool:
+    """``--use-gpu auto|yes|no`` against the cluster's GPUs; yes without GPUs is an error."""
+    if use_gpu not in ("auto", "yes", "no"):
+        raise ValueError(f"--use-gpu must be auto, yes or no, got {use_gpu!r}")
+    if use_gpu == "yes" and gpus_available < 1:
+        raise ValueError("--use-gpu yes, but the cluster has no GPU; use --use-gpu auto or no")
+    return use_gpu == "yes" or (use_gpu == "auto" and gpus_available > 0)
+
+
+def cpus_per_worker(cpus: float, workers: int, reserved: float = 0.0) -> float:
+    """CPUs per training worker: at most 1, and what is left after ``reserved`` (e.g. a Tune
+    trial's own CPU) shared by the workers, rounded down to 0.01 (Ray's granularity)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    share = np.floor(100 * (cpus - reserved) / workers) / 100
+    if share < 0.01:
+        raise ValueError(f"{cpus} CPUs leave nothing for {workers} workers after {reserved} "
+                         "reserved; use fewer workers or a bigger cluster")
+    return float(min(1.0, share))

@@ -2,10 +2,8 @@
 
 Python API (``reslstm.distributed.tune``):
 
-- ``SweepConfig(base: TrainConfig, hidden, depth, T, fusion, search="grid", num_samples=1,
-  grace_period=1, max_concurrent=None, mlflow_uri=None, experiment=None)``
-- ``sweep(scfg, address=None) -> SweepResult``: runs the sweep, evaluates the best trial once
-  on test, logs everything to MLflow and prints the trials table.
+- ``sweep(scfg: configs.SweepConfig, address=None) -> SweepResult``: runs the sweep,
+  evaluates the best trial once on test, logs everything to MLflow and logs the trials table.
 - ``SweepResult``: ``trials`` (list of ``TrialRow``: trial_id, hidden, depth, T, fusion,
   val_top1 (best epoch), epochs, stopped_early, status, checkpoint, mlflow_run_id) and
   ``table()``; ``best_config`` (TrainConfig), ``best_trial_id``, ``best_checkpoint``,
@@ -19,8 +17,8 @@ needs, once, before any trial starts (they stay in the object store for the swee
 per distinct stream set and T). Ray Data inside concurrent trials competes for CPUs that
 trial drivers and workers hold, and on a small cluster a trial's read can wait forever; a
 trial only iterates data that is already materialized. Each trial is a function trainable
-that fits PCA (if asked) and builds its ``TorchTrainer`` through ``train.prepare`` /
-``train.build_trainer`` (the same ``train_loop`` as ``jobs/train.py``), with
+that fits PCA (if asked) and builds its ``TorchTrainer`` through ``trainer.prepare`` /
+``trainer.build_trainer`` (the same ``worker.train_loop`` as ``jobs/train.py``), with
 ``TuneReportCallback`` forwarding every epoch's metrics to Tune. A
 late-fusion trial trains both streams and reports the fused ``val_top1``. ASHA
 (``time_attr=training_iteration`` = epochs, ``max_t = epochs``) stops weak trials.
@@ -35,12 +33,12 @@ GPUs). On 2 cores with 2 workers: 1 + 2 x 0.5 = 2 CPUs, one trial at a time.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pyarrow.fs
 import ray.train
@@ -51,30 +49,21 @@ from ray.tune.schedulers import ASHAScheduler
 from ray._raylet import PlacementGroupID
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
-from reslstm.distributed import tracking
-from reslstm.distributed.evaluate import FUSED, evaluate_run, predict
-from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
-from reslstm.distributed.train import (
-    CHECKPOINT_FILE, METRIC, PLACEMENT_GROUP_KEY, StreamData, TrainConfig, build_trainer, cpus_per_worker,
-    load_checkpoint, load_data, prepare, streams_of, wants_gpu)
+from reslstm.configs import SEARCHED, SweepConfig, TrainConfig
+from reslstm.fusion import streams_of
+from reslstm.predictions import FUSED, evaluate_run
+
+from . import tracking
+from .checkpoints import CHECKPOINT_FILE, METRIC, load_checkpoint
+from .data import RunData, load_data
+from .evaluate import predict
+from .runtime import cluster_cpus, cluster_gpus, cpus_per_worker, init_ray, wants_gpu
+from .trainer import build_trainer, prepare
+from .worker import PLACEMENT_GROUP_KEY
+
+log = logging.getLogger(__name__)
 
 TRIAL_CPUS = 1.0
-SEARCHED = ("hidden", "depth", "T", "fusion")
-
-
-@dataclass
-class SweepConfig:
-    base: TrainConfig
-    hidden: Sequence[int] = (1024,)
-    depth: Sequence[int] = (2,)
-    T: Sequence[int] = (25,)
-    fusion: Sequence[str] = ("late-product",)
-    search: str = "grid"  # grid: every combination (x num_samples); random: num_samples draws
-    num_samples: int = 1
-    grace_period: int = 1
-    max_concurrent: int | None = None
-    mlflow_uri: str | None = None  # default: sqlite:///<cwd>/mlflow.db
-    experiment: str | None = None  # default: reslstm-sweep-<timestamp>
 
 
 @dataclass
@@ -121,19 +110,8 @@ class SweepResult:
         return "\n".join(lines)
 
 
-def parse_list(text: str, kind=str) -> list:
-    """``"512,1024"`` -> [512, 1024] (blank items dropped; a clear error for bad items)."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    try:
-        return [kind(t) for t in items]
-    except ValueError:
-        raise ValueError(f"cannot read {text!r} as a comma list of {kind.__name__}") from None
-
-
 def param_space(scfg: SweepConfig) -> dict:
     pick = tune.grid_search if scfg.search == "grid" else tune.choice
-    if scfg.search not in ("grid", "random"):
-        raise ValueError(f"search must be grid or random, got {scfg.search!r}")
     return {k: pick(list(getattr(scfg, k))) for k in SEARCHED}
 
 
@@ -158,14 +136,15 @@ def data_key(fusion: str, T: int) -> str:
 
 
 def run_trial(config: dict, base: TrainConfig, sweep_name: str,
-              data: dict[str, StreamData]) -> None:
+              data: dict[str, RunData]) -> None:
     """One Tune trial: the shared builder and train_loop, reporting through Tune. Its datasets
     were built by the sweep's driver (``data``, keyed by ``data_key``)."""
     cfg = trial_config(base, config)
     trial_id = tune.get_context().get_trial_id()
-    prepared = prepare(cfg, data=data[data_key(cfg.fusion, cfg.T)])
-    prepared.spec.report_placement_group = True
-    trainer = build_trainer(cfg, prepared, name=f"{sweep_name}-{trial_id}",
+    run_data = data[data_key(cfg.fusion, cfg.T)]
+    spec = prepare(cfg, run_data)
+    spec.report_placement_group = True
+    trainer = build_trainer(cfg, run_data, spec, name=f"{sweep_name}-{trial_id}",
                             callbacks=[TuneReportCallback()])
     trainer.fit()
 
@@ -197,8 +176,8 @@ class ReleaseTrainResources(tune.Callback):
             if placement_group_table(pg).get("state") != "REMOVED":
                 remove_placement_group(pg)
         except Exception as exc:  # already gone, or the cluster is shutting down
-            print(f"note: could not release placement group {pg_hex} of trial "
-                  f"{trial.trial_id}: {exc}")
+            log.warning(f"could not release placement group {pg_hex} of trial "
+                        f"{trial.trial_id}: {exc}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._release(trial)
@@ -239,13 +218,13 @@ def checkpoint_at(path: str, storage: str):
     return ray.train.Checkpoint(path, filesystem=filesystem)
 
 
-def evaluate_best(checkpoint, data: StreamData, out_dir: Path
+def evaluate_best(checkpoint, data: RunData, out_dir: Path
                   ) -> tuple[dict, dict, dict, dict]:
     """Predict val and test with a checkpoint into ``out_dir``; returns (test metrics,
     {split: predictions path}, {name: report file}, {split: {head: scores}})."""
     model, payload = load_checkpoint(checkpoint)
-    splits = {s: d for s, d in data.datasets.items() if s in ("val", "test")}
-    paths, scores = predict(model, splits, payload["label_names"], out_dir / "predictions")
+    paths, scores = predict(model, data.only(("val", "test")).datasets, payload["label_names"],
+                            out_dir / "predictions")
     report = evaluate_run(out_dir, "test", out_dir=out_dir / "report")
     test = {f"test_{k}": v for k, v in scores["test"][FUSED].items()}
     for head in ("rgb", "flow"):
@@ -257,12 +236,12 @@ def evaluate_best(checkpoint, data: StreamData, out_dir: Path
     return test, paths, files, scores
 
 
-def sweep(scfg: SweepConfig, address: str | None = None, log=print) -> SweepResult:
+def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
     """Run the sweep (see the module docstring)."""
     base = scfg.base
     out = Path(base.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    log(f"ray: {init_ray(address)}")
+    log.info(f"ray: {init_ray(address)}")
     cpus, gpus = cluster_cpus(), cluster_gpus()
     use_gpu = wants_gpu(base.use_gpu, gpus)
     cpw = base.cpus_per_worker or cpus_per_worker(cpus, base.workers, reserved=TRIAL_CPUS)
@@ -275,18 +254,17 @@ def sweep(scfg: SweepConfig, address: str | None = None, log=print) -> SweepResu
     params = {k: v for k, v in base.to_dict().items() if k not in SEARCHED}
     cb = tracking.MLflowTrialCallback(uri, experiment, params, base.epochs,
                                       tags={"sweep": name})
-    log(f"sweep {name}: {base.workers} worker(s) x {cpw} CPU per trial + {TRIAL_CPUS} for its "
-        f"driver; up to {concurrent} trial(s) at once; MLflow {uri} experiment {experiment!r}")
+    log.info(f"sweep {name}: {base.workers} worker(s) x {cpw} CPU per trial + {TRIAL_CPUS} for its "
+             f"driver; up to {concurrent} trial(s) at once; MLflow {uri} experiment {experiment!r}")
     data = {}
     for fusion in scfg.fusion:
         for T in scfg.T:
             key = data_key(fusion, T)
             if key not in data:
-                data[key] = load_data(base.features, streams_of(fusion), T, log=log)
-                log(f"data {key}: videos " + str({s: d.count() for s, d in
-                                                  data[key].datasets.items()}))
-    trial_data = {k: StreamData(d.index, {s: d.datasets[s] for s in ("train", "val")})
-                  for k, d in data.items()}
+                data[key] = load_data(base.features, streams_of(fusion), T)
+                log.info(f"data {key}: videos " + str({s: d.count() for s, d in
+                                                       data[key].datasets.items()}))
+    trial_data = {k: d.only(("train", "val")) for k, d in data.items()}
     tuner = tune.Tuner(
         tune.with_resources(
             tune.with_parameters(run_trial, base=base, sweep_name=name, data=trial_data),
@@ -319,9 +297,9 @@ def sweep(scfg: SweepConfig, address: str | None = None, log=print) -> SweepResu
         predictions=paths, report_files=files, mlflow_uri=uri, experiment=experiment,
         experiment_id=cb.experiment_id, best_run_id=best.mlflow_run_id,
         storage_path=f"{storage}/{name}", scores=scores)
-    log(result.table())
-    log("best: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in test.items()))
-    log(f"best checkpoint: {best.checkpoint}")
-    log(f"predictions: {', '.join(paths.values())}")
-    log(f"compare the trials: mlflow ui --backend-store-uri {uri}")
+    log.info(result.table(), extra={"block": True})
+    log.info("best: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in test.items()))
+    log.info(f"best checkpoint: {best.checkpoint}")
+    log.info(f"predictions: {', '.join(paths.values())}")
+    log.info(f"compare the trials: mlflow ui --backend-store-uri {uri}")
     return result

@@ -12,44 +12,38 @@ per-class CSV (and per-category accuracy with --categories).
 import argparse
 import sys
 
-from reslstm.distributed.evaluate import PredictionError, evaluate_fusion, evaluate_run
+from reslstm.cli import HelpFormatter, run_job
+from reslstm.predictions import PredictionError, evaluate_fusion, evaluate_run
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--rgb", help="predictions of the RGB run")
     p.add_argument("--flow", help="predictions of the flow run")
     p.add_argument("--predictions", help="one run's predictions: score each of its heads")
     p.add_argument("--fusion", default="product", choices=["product", "sum", "weighted"],
-                   help="late fusion of the softmaxes: product (default), sum, or weighted "
-                        "(1.5 flow + 1 rgb)")
-    p.add_argument("--rgb-head", default="auto",
-                   help="head of the RGB file (auto: 'rgb' if present, else 'fused')")
+                   help="late fusion of the softmaxes (weighted: 1.5 flow + 1 rgb)")
+    p.add_argument("--rgb-head", default="auto", help="head of the RGB file (auto: 'rgb' if "
+                                                      "present, else 'fused')")
     p.add_argument("--flow-head", default="auto", help="head of the flow file, likewise")
-    p.add_argument("--split", default="test", choices=["test", "val"], help="split (default test)")
+    p.add_argument("--split", default="test", choices=["test", "val"], help="split")
     p.add_argument("--out", help="folder for the confusion matrix PNG and per-class CSV")
     p.add_argument("--categories", choices=["ucf101", "hmdb51", "synthetic"],
                    help="also report accuracy per coarse category of this dataset")
     a = p.parse_args(argv)
     if bool(a.predictions) == bool(a.rgb or a.flow) or bool(a.rgb) != bool(a.flow):
         p.error("give either --rgb and --flow, or --predictions")
-    try:
+
+    def run():
         if a.predictions:
             report = evaluate_run(a.predictions, a.split, out_dir=a.out, categories=a.categories)
         else:
             report = evaluate_fusion(a.rgb, a.flow, a.fusion, a.split, out_dir=a.out,
                                      categories=a.categories, rgb_head=a.rgb_head,
                                      flow_head=a.flow_head)
-    except (PredictionError, ValueError) as exc:
-        print(f"evaluate: {exc}", file=sys.stderr)
-        return 2
-    print(f"{a.split} ({len(report.class_names)} classes)")
-    print(report.table())
-    for name, acc in sorted(report.categories.items()):
-        print(f"  {name:<45} {100 * acc:6.2f}%")
-    for name, path in report.files.items():
-        print(f"{name}: {path}")
-    return 0
+        print(report.text())
+
+    return run_job("evaluate", run, (PredictionError,))
 
 
 if __name__ == "__main__":

@@ -6,23 +6,26 @@ Prints progress every --log-every videos and a summary (videos per split, classe
 """
 
 import argparse
+import sys
 
+from reslstm.cli import HelpFormatter, run_job
 from reslstm.datasets.synthetic import generate_synthetic, parse_size
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder (videos/, manifest.parquet, synthetic.json)")
-    parser.add_argument("--videos-per-class", type=int, default=16, help="videos per class (default 16: 176 videos)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same videos (default 0)")
-    parser.add_argument("--size", type=parse_size, default=(96, 128), metavar="WIDTHxHEIGHT",
-                        help="frame size, even sides (default 128x96)")
-    parser.add_argument("--workers", type=int, default=1, help="processes; the output does not depend on it")
-    parser.add_argument("--log-every", type=int, default=25, help="print progress every N videos")
-    args = parser.parse_args(argv)
-    generate_synthetic(args.out, videos_per_class=args.videos_per_class, seed=args.seed, size=args.size,
-                       workers=args.workers, log=print, log_every=args.log_every)
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--out", required=True, help="output folder (videos/, manifest.parquet, synthetic.json)")
+    p.add_argument("--videos-per-class", type=int, default=16, help="videos per class (11 classes)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same videos")
+    p.add_argument("--size", type=parse_size, default=(96, 128), metavar="WIDTHxHEIGHT",
+                   help="frame size, even sides (default 128x96)")
+    p.add_argument("--workers", type=int, default=1, help="processes; the output does not depend on it")
+    p.add_argument("--log-every", type=int, default=25, help="print progress every N videos")
+    a = p.parse_args(argv)
+    return run_job("synth", lambda: generate_synthetic(
+        a.out, videos_per_class=a.videos_per_class, seed=a.seed, size=a.size,
+        workers=a.workers, log_every=a.log_every) and 0)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,22 +14,19 @@ val/test predictions to RUN_DIR/predictions/ and RUN_DIR/summary.json.
 import argparse
 import sys
 
-from reslstm.distributed.train import fit
-from reslstm.distributed.train_options import add_train_arguments, train_config_from_args
+from reslstm.cli import HelpFormatter, add_address, add_config_arguments, config_from_args, run_job
+from reslstm.configs import TrainConfig
+from reslstm.distributed.trainer import fit
 from reslstm.features import StoreError
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="run directory (predictions/, summary.json)")
-    add_train_arguments(p)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_config_arguments(p, TrainConfig, required=("out",))
+    add_address(p)
     a = p.parse_args(argv)
-    try:
-        fit(train_config_from_args(a), address=a.address)
-    except (StoreError, ValueError) as exc:
-        print(f"train: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_job("train", lambda: fit(config_from_args(TrainConfig, a), a.address) and 0,
+                   (StoreError,))
 
 
 if __name__ == "__main__":

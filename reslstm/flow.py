@@ -2,8 +2,12 @@
 
 CPU methods (OpenCV): "tvl1" (TV-L1, the I3D/two-stream choice), "farneback" and "dis", made by
 ``make_flow_method``; ``compute_flow`` / ``iter_flow`` run one over a frame array or stream.
-GPU: ``RaftFlow`` (torchvision RAFT small/large). Every method returns float32 flow in pixels,
-(H, W, 2) with channels (dx, dy): frame t at (y, x) moves to (y + dy, x + dx) in frame t + 1.
+Device methods (``DEVICE_METHODS``, run where the model runs, on a GPU when there is one):
+"raft" (``RaftFlow``, torchvision RAFT small/large). Every method returns float32 flow in
+pixels, (H, W, 2) with channels (dx, dy): frame t at (y, x) moves to (y + dy, x + dx) in frame
+t + 1. ``make_flow(method)`` gives any of them as one callable over a frame array, and
+``flow_clip_frames`` is the one flow step of extraction (flow, uint8 storage, padding), whatever
+the method.
 
 The I3D convention is a separate, pure step: ``to_i3d_range`` clips to [-20, 20] px and scales
 to [-1, 1]; ``quantize_flow`` / ``dequantize_flow`` store the same range as uint8 (128 + 255/40 f)
@@ -12,7 +16,6 @@ so flow travels and caches like an image, at a step of 40/255 px.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Callable, Iterable, Iterator
 
@@ -61,6 +64,47 @@ def make_flow_method(method: str) -> FlowFn:
         raise ValueError(f"unknown flow method {method!r}; choose one of "
                          f"{sorted(FLOW_METHODS)} (or RaftFlow on a GPU)") from None
     return factory()
+
+
+DEVICE_METHODS = ("raft",)  # computed inside the feature actor, on its device
+METHODS = tuple(FLOW_METHODS) + DEVICE_METHODS
+
+
+def runs_on_device(method: str) -> bool:
+    """True for methods computed inside the feature actor (on its GPU), False for CPU ones."""
+    if method not in METHODS:
+        raise ValueError(f"unknown flow method {method!r}; choose one of {', '.join(METHODS)}")
+    return method in DEVICE_METHODS
+
+
+def make_flow(method: str, device=None, **options) -> Callable[[np.ndarray], np.ndarray]:
+    """Any flow method as one callable: uint8 RGB frames (N, H, W, 3) -> float32 (N - 1, H, W,
+    2) pixels. ``device`` and ``options`` go to the device methods (e.g. RAFT's size,
+    weights, allow_cpu)."""
+    if runs_on_device(method):
+        return RaftFlow(device=device, **options)
+    if options:
+        raise ValueError(f"flow method {method!r} takes no options, got {sorted(options)}")
+    return lambda frames: compute_flow(frames, method)
+
+
+class TooShortForFlow(ValueError):
+    kind = "too_short_for_flow"
+
+
+def flow_clip_frames(rgb: np.ndarray, num_real: int, clip_len: int, flow) -> np.ndarray:
+    """The flow step of extraction: quantised uint8 flow (n - 1, H, W, 2) of an RGB segment
+    (n, H, W, 3) by ``flow`` (a ``make_flow`` callable).
+
+    ``num_real`` < n means the segment was padded (a video shorter than one flow clip): the
+    flow is computed on the real frames and padded to ``clip_len`` flow frames
+    (``clips.pad_frames``), as the RGB stream pads its frames.
+    """
+    from reslstm.clips import pad_frames
+
+    if num_real < 2:
+        raise TooShortForFlow(f"{num_real} frame(s): optical flow needs at least 2")
+    return pad_frames(quantize_flow(flow(rgb[:num_real])), clip_len)
 
 
 def _grey(frame: np.ndarray) -> np.ndarray:
@@ -137,12 +181,26 @@ def _resolve_device(device, allow_cpu: bool):
     return device
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def raft_weights_id(size: str, weights: str | None) -> str:
+    """What ``RaftFlow(size, weights).weights_id`` will be, without building RAFT: "random-init",
+    "torchvision:Raft_<Size>_Weights.<MEMBER>" or the file's sha256. Raises ValueError for an
+    unknown size or weights that are neither."""
+    from torchvision.models import optical_flow as tv_flow
+
+    enums = {"small": tv_flow.Raft_Small_Weights, "large": tv_flow.Raft_Large_Weights}
+    if size not in enums:
+        raise ValueError(f"unknown RAFT size {size!r}; choose one of {sorted(enums)}")
+    enum = enums[size]
+    if weights is None:
+        return "random-init"
+    if os.path.isfile(weights):
+        from reslstm.extractors.base import file_sha256
+
+        return file_sha256(weights)
+    if weights in enum.__members__:
+        return f"torchvision:{enum.__name__}.{weights}"
+    raise ValueError(f"RAFT weights {weights!r} are neither a file nor one of "
+                     f"{list(enum.__members__)} for size {size!r}")
 
 
 class RaftFlow:
@@ -164,18 +222,16 @@ class RaftFlow:
 
         builders = {"small": (tv_flow.raft_small, tv_flow.Raft_Small_Weights),
                     "large": (tv_flow.raft_large, tv_flow.Raft_Large_Weights)}
-        if size not in builders:
-            raise ValueError(f"unknown RAFT size {size!r}; choose one of {sorted(builders)}")
+        self.weights_id = raft_weights_id(size, weights)  # validates size and weights
         self.device = _resolve_device(device, allow_cpu)
         build, enum = builders[size]
         if weights is None:
-            model, self.weights_id = build(weights=None), "random-init"
+            model = build(weights=None)
         elif os.path.isfile(weights):
             model = build(weights=None)
             state = torch.load(weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state, strict=True)
-            self.weights_id = _sha256(weights)
-        elif weights in enum.__members__:
+        else:
             try:
                 model = build(weights=enum[weights])
             except Exception as e:  # no cache and no network, or a damaged download
@@ -183,10 +239,6 @@ class RaftFlow:
                     f"could not load RAFT weights {enum.__name__}.{weights} from torch hub's cache "
                     f"({torch.hub.get_dir()}) nor download them ({e}). Fetch "
                     f"{enum[weights].url} on a connected machine and pass the file path.") from e
-            self.weights_id = f"torchvision:{enum.__name__}.{weights}"
-        else:
-            raise ValueError(f"RAFT weights {weights!r} are neither a file nor one of "
-                             f"{list(enum.__members__)} for size {size!r}")
         self.model = model.eval().to(self.device)
         self.size = size
         self.batch_size = batch_size

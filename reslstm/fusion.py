@@ -109,6 +109,18 @@ FUSIONS: dict[str, Callable] = {
 }
 
 
+STREAM_NAMES = ("rgb", "flow")
+# Every value of ModelConfig.fusion / --stream, listed once: one stream, or a fusion of both.
+FUSION_NAMES = STREAM_NAMES + tuple(FUSIONS)
+
+
+def streams_of(name: str) -> tuple[str, ...]:
+    """The streams a ``FUSION_NAMES`` entry reads: ("rgb",), ("flow",) or ("rgb", "flow")."""
+    if name not in FUSION_NAMES:
+        raise ValueError(f"unknown stream or fusion {name!r}; valid: {', '.join(FUSION_NAMES)}")
+    return (name,) if name in STREAM_NAMES else STREAM_NAMES
+
+
 def make_fusion(name: str, **options) -> Callable:
     """The fusion callable f(rgb, flow) for a config name such as "mid-sum" or "late-product".
 

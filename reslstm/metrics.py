@@ -81,6 +81,15 @@ def mean_class_accuracy(conf) -> float:
     return float(np.nanmean(acc))
 
 
+def score(probs, labels, num_classes: int | None = None) -> dict[str, float]:
+    """top1, top5 and mean class accuracy of scores (N, C) against labels (N,): the numbers
+    every epoch, prediction table and report shows."""
+    p = _to_numpy(probs)
+    conf = confusion_matrix(p.argmax(axis=1), labels, num_classes or p.shape[1])
+    return {"top1": topk_accuracy(p, labels, 1), "top5": topk_accuracy(p, labels, 5),
+            "mean_class_acc": mean_class_accuracy(conf)}
+
+
 def category_accuracy(conf, class_names: Sequence[str],
                       category_of: Mapping[str, str]) -> dict[str, float]:
     """Accuracy over the samples of each coarse category: sum of correct / sum of support over

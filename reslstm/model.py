@@ -24,11 +24,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from reslstm.fusion import is_late, is_mid, make_fusion
+from reslstm.fusion import FUSION_NAMES, is_late, is_mid, make_fusion, streams_of
 
 PROJECTIONS = ("pca", "linear", "none")
 ARCHS = ("reslstm", "meanpool")
-FUSION_NAMES = ("rgb", "flow", "mid-sum", "mid-product", "late-product", "late-sum", "late-weighted")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +227,7 @@ class ModelConfig:
     @property
     def streams(self) -> tuple[str, ...]:
         """The input streams the model reads: ("rgb",), ("flow",) or ("rgb", "flow")."""
-        return (self.fusion,) if self.fusion in ("rgb", "flow") else ("rgb", "flow")
+        return streams_of(self.fusion)
 
     @property
     def heads(self) -> tuple[str, ...]:

@@ -6,7 +6,8 @@ gives one clip (the decoder pads it by repeating its last frame, ``clips.pad_fra
 
 From the K_v clip features, T are taken for the Res-LSTM:
 x_t^0 = a_{sigma(t)}, sigma(t) = 1 + floor((t - 1) * (K_v - 1) / (T - 1)) for t = 1..T.
-Indices here are 0-based: ``temporal_sample`` returns sigma(t) - 1.
+Indices here are 0-based: ``temporal_sample`` returns sigma(t) - 1. ``sample_video`` and
+``sample_pair`` take the T inputs of one video (both streams at the same clips).
 """
 
 from __future__ import annotations
@@ -72,3 +73,18 @@ def temporal_sample(num_clips: int, T: int) -> np.ndarray:
     t = np.arange(T, dtype=np.int64)  # t - 1 for t = 1..T
     # Integer arithmetic: floor division of non-negative ints is exact, unlike float floor.
     return (t * (k - 1)) // (T - 1)
+
+
+def sample_video(clips: np.ndarray, T: int) -> np.ndarray:
+    """(K_v, d_f) clip features -> (T, d_f): rows sigma(1..T) (0-based ``temporal_sample``)."""
+    return clips[temporal_sample(len(clips), T)]
+
+
+def sample_pair(rgb: np.ndarray, flow: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both streams of one video -> two (T, d_f) arrays taken at the same clips, after
+    truncating the two (K, d_f) sequences to the shorter one."""
+    from reslstm.fusion import align_clips
+
+    rgb, flow = align_clips(rgb, flow)
+    index = temporal_sample(len(rgb), T)
+    return rgb[index], flow[index]

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reslstm.metrics import topk_accuracy
+from reslstm.metrics import score
 
 
 def default_optimizer(params, lr: float = 1e-3, **options) -> torch.optim.RMSprop:
@@ -72,8 +72,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Mapping], optimizer: tor
 
 @dataclass
 class EvalResult:
-    """Mean loss, top-1/top-5 of the (fused) probabilities, the probabilities (N, C) and labels
-    (N,) in batch order, and the top-1 of each head on its own."""
+    """Mean loss, top-1/top-5/mean class accuracy of the (fused) probabilities, the
+    probabilities (N, C) and labels (N,) in batch order, and the top-1 of each head alone."""
 
     loss: float
     top1: float
@@ -81,6 +81,7 @@ class EvalResult:
     probs: np.ndarray
     labels: np.ndarray
     head_top1: dict[str, float] = field(default_factory=dict)
+    mean_class_acc: float = float("nan")
 
     @property
     def predictions(self) -> np.ndarray:
@@ -110,11 +111,5 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping], device,
     if count == 0:
         raise ValueError("evaluate got no batches (is the evaluation split empty?)")
     p, y = np.concatenate(probs), np.concatenate(labels_all)
-    return EvalResult(
-        loss=total / count,
-        top1=topk_accuracy(p, y, 1),
-        top5=topk_accuracy(p, y, 5),
-        probs=p,
-        labels=y,
-        head_top1={h: n / count for h, n in head_correct.items()},
-    )
+    return EvalResult(loss=total / count, probs=p, labels=y,
+                      head_top1={h: n / count for h, n in head_correct.items()}, **score(p, y))

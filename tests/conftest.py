@@ -1,5 +1,8 @@
-"""Shared fixtures: the real test videos, when this checkout sits beside them."""
+"""Shared fixtures: the real test videos, when this checkout sits beside them; a private local
+Ray; and the console lines a job would print."""
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +22,15 @@ SHARED_VIDEO_FRAMES = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def console():
+    """The library's log lines reach stdout as a job's console prints them (``reslstm.cli``),
+    so tests read what a user reads."""
+    from reslstm.cli import setup_console
+
+    setup_console()
+
+
 @pytest.fixture(scope="session")
 def shared_videos() -> Path:
     """Directory of the real test videos; skips the test when it is absent."""
@@ -30,7 +42,8 @@ def shared_videos() -> Path:
 @pytest.fixture(scope="module")
 def ray_local():
     """A private local Ray with 2 CPUs for one test module (never a running cluster)."""
-    ray = pytest.importorskip("ray")
+    import ray
+
     if ray.is_initialized():
         ray.shutdown()
     from reslstm.distributed.runtime import local_system_config
@@ -40,3 +53,26 @@ def ray_local():
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def console_lines(level=logging.INFO):
+    """The lines a job's console (``reslstm.cli.setup_console``) would print while the block
+    runs, collected in a list (messages of this package's loggers, formatted with their tag)."""
+    from reslstm.cli import _ConsoleFormatter
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.extend(_ConsoleFormatter().format(record).splitlines())
+
+    logger = logging.getLogger("reslstm")
+    handler, old_level = Collect(level), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

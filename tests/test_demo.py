@@ -11,9 +11,9 @@ import pytest
 
 from reslstm.datasets.synthetic import ORDER_PAIRS
 
-ray = pytest.importorskip("ray")
-from reslstm.distributed.demo import DemoConfig, pair_accuracy, run_demo  # noqa: E402
-from reslstm.distributed.evaluate import PREDICTION_SCHEMA  # noqa: E402
+from reslstm.configs import DemoConfig
+from reslstm.distributed.demo import pair_accuracy, run_demo
+from reslstm.predictions import PREDICTION_SCHEMA
 
 
 def test_pair_accuracy_counts_only_order_pair_classes(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from featurestore_fixture import make_feature_store
 from reslstm import metrics
-from reslstm.distributed import evaluate as ev
+from reslstm import predictions as ev
 from reslstm.fusion import late_fuse
 
 NAMES = ["a", "b", "c"]
@@ -115,12 +115,13 @@ def test_single_run_scores_every_head(tmp_path):
 
 @pytest.mark.integration
 def test_late_fusion_run_heads_fuse_to_its_own_fused_output(ray_local, tmp_path):
-    from reslstm.distributed.train import TrainConfig, fit
+    from reslstm.configs import TrainConfig
+    from reslstm.distributed.trainer import fit
 
     store = make_feature_store(tmp_path / "store", seed=11)
     cfg = TrainConfig(features=str(store.root), out=str(tmp_path / "late"), fusion="late-product",
                       hidden=8, depth=1, T=5, epochs=2, batch_size=8, lr=1e-2, workers=2)
-    res = fit(cfg, log=lambda *_: None)
+    res = fit(cfg)
     # The train log: the fused val top-1 is the late product of the two networks.
     table = ev.load_predictions(res.run_dir, "test")
     heads = {h: table.filter(pa.compute.equal(table.column("head"), h)) for h in ev.heads_of(table)}

@@ -20,8 +20,9 @@ from reslstm.sampling import num_clips
 
 from conftest import SHARED_VIDEO_FRAMES, SHARED_VIDEOS
 
-ray = pytest.importorskip("ray")
-from reslstm.distributed.extract import ExtractConfig, ExtractError, run_extraction, run_local  # noqa: E402
+from reslstm.configs import ExtractConfig
+from reslstm.distributed.extract import run_extraction
+from reslstm.extraction.driver import run_local
 
 pytestmark = pytest.mark.integration
 TINY3D_DIM = create_extractor("tiny3d", "rgb").feature_dim
@@ -127,9 +128,9 @@ def test_rerun_extracts_nothing_and_retry_failed_retries_only_failures(dataset, 
 
 def test_other_settings_are_refused_naming_the_differences(dataset, extracted):
     out, _, _ = extracted
-    with pytest.raises(ExtractError, match=r"crops: store has 1, requested 10.*--overwrite"):
+    with pytest.raises(fs.StoreError, match=r"crops: store has 1, requested 10.*--overwrite"):
         run_extraction(_cfg(dataset, out, crops=10))
-    with pytest.raises(ExtractError, match=r"flow_method: store has 'dis', requested 'farneback'"):
+    with pytest.raises(fs.StoreError, match=r"flow_method: store has 'dis', requested 'farneback'"):
         run_extraction(_cfg(dataset, out, flow="farneback"))
 
 
@@ -172,5 +173,5 @@ def test_raft_flow_runs_in_the_feature_stage_and_is_recorded(tmp_path):
     assert fs.read_metadata(tmp_path / "store")["flow"].flow_method == "raft-small:random-init"
     row = fs.read_stream(tmp_path / "store", "flow").to_pylist()[0]
     assert (row["num_frames"], row["num_clips"]) == (17, 1)
-    with pytest.raises(ExtractError, match="flow_method: store has 'raft-small:random-init'"):
+    with pytest.raises(fs.StoreError, match="flow_method: store has 'raft-small:random-init'"):
         run_local(ExtractConfig(**{**cfg.__dict__, "flow": "dis"}))

@@ -18,9 +18,9 @@ from reslstm import features as fs
 from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest
 from reslstm.datasets.synthetic import generate_synthetic
 
-ray = pytest.importorskip("ray")
-from ray._private import state  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+import ray
+from ray._private import state
+from ray.cluster_utils import Cluster
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2 ** 20

@@ -1,13 +1,11 @@
 """Which (video, stream) pairs an extraction run takes on, and in what order."""
 
 import pyarrow as pa
-import pytest
 
 from reslstm import features as fs
+from reslstm.configs import ExtractConfig
 from reslstm.datasets.manifest import MANIFEST_SCHEMA
-
-pytest.importorskip("ray")
-from reslstm.distributed.extract import ExtractConfig, plan_work  # noqa: E402
+from reslstm.extraction.driver import plan_work
 
 
 def _manifest(tmp_path, sizes):
@@ -34,8 +32,8 @@ def test_largest_files_first_streams_of_a_video_together_flow_first(tmp_path):
 def test_written_and_failed_pairs_are_skipped_per_stream(tmp_path, monkeypatch):
     manifest = _manifest(tmp_path, {"a": 30, "b": 20, "c": 10})
     out = tmp_path / "store"
-    monkeypatch.setattr(fs, "written_ids", lambda o, s: {"a"} if s == "rgb" else set())
-    monkeypatch.setattr(fs, "failed_ids", lambda o, s: {"b"} if s == "flow" else set())
+    monkeypatch.setattr(fs.FeatureStore, "written_ids", lambda _, s: {"a"} if s == "rgb" else set())
+    monkeypatch.setattr(fs.FeatureStore, "failed_ids", lambda _, s: {"b"} if s == "flow" else set())
     cfg = ExtractConfig(manifest="m.parquet", out=str(out), streams=("rgb", "flow"))
     items, done, failed = plan_work(cfg, manifest)
     assert [(i["video_id"], i["stream"]) for i in items] == [

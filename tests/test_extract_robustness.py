@@ -31,8 +31,10 @@ from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest
 from reslstm.sampling import num_clips
 from reslstm.video import VideoDecodeError, VideoReader
 
-ray = pytest.importorskip("ray")
-from reslstm.distributed.extract import ExtractConfig, run_local  # noqa: E402
+import ray
+
+from reslstm.configs import ExtractConfig
+from reslstm.extraction.driver import run_local
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +47,10 @@ MIN_RATIO = 0.9  # --min-frame-ratio (the default)
 CHILD = """
 import json, sys
 import ray
-from reslstm.distributed.extract import ExtractConfig, run_extraction
+from reslstm.cli import setup_console
+from reslstm.configs import ExtractConfig
+from reslstm.distributed.extract import run_extraction
+setup_console()  # the summary a job prints
 ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
 s = run_extraction(ExtractConfig(**json.loads(sys.argv[1])))
 print("SUMMARY " + json.dumps({"written": s.written, "failed": s.failed, "warnings": s.warnings}))

@@ -3,8 +3,10 @@
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
+from featurestore_fixture import make_feature_store
 from reslstm import features as fs
 
 
@@ -91,3 +93,48 @@ def test_current_failures_drop_retried_successes(tmp_path):
     assert cur.column("message").to_pylist() == ["new"]
     assert fs.failed_ids(tmp_path, "rgb") == {"b"}
     assert fs.failed_ids(tmp_path, "flow") == set()
+
+
+# ---------------------------------------------------------------------------------------------
+# The index training starts from
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_feature_store(tmp_path_factory.mktemp("store"), seed=3)
+
+
+def test_read_index_classes_splits_and_dim(store):
+    index = fs.read_index(store.root, ["rgb", "flow"])
+    assert index.feature_dim == store.feature_dim
+    assert index.label_names == store.class_names
+    for split in ("train", "val", "test"):
+        assert index.video_ids[split] == store.ids(split)
+    assert index.missing == {}
+
+
+def test_missing_stream_is_a_clear_error(tmp_path):
+    make_feature_store(tmp_path, streams=("rgb",))
+    with pytest.raises(fs.StoreError, match=r"no flow features.*extract\.py --streams flow"):
+        fs.read_index(tmp_path, ["rgb", "flow"])
+
+
+def test_video_missing_from_one_stream_is_listed_and_left_out(tmp_path):
+    s = make_feature_store(tmp_path, parts=1)
+    gone = s.ids("train")[0]
+    (part,) = fs.stream_files(tmp_path, "flow")
+    table = pq.read_table(part)
+    keep = [v != gone for v in table.column("video_id").to_pylist()]
+    fs.write_part(tmp_path / "flow", table.filter(keep), name=part.split("/")[-1])
+    index = fs.read_index(tmp_path, ["rgb", "flow"])
+    assert index.missing == {"flow": [gone]}
+    assert gone not in index.video_ids["train"]
+    assert gone in fs.read_index(tmp_path, ["rgb"]).video_ids["train"]
+
+
+def test_duplicate_rows_are_refused(tmp_path):
+    make_feature_store(tmp_path, parts=1)
+    (part,) = fs.stream_files(tmp_path, "rgb")
+    fs.write_part(tmp_path / "rgb", pq.read_table(part))  # a rerun that appended everything
+    with pytest.raises(fs.StoreError, match="more than once"):
+        fs.read_index(tmp_path, ["rgb"])

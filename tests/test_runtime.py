@@ -1,4 +1,5 @@
-"""The local Ray instance that init_ray starts keeps idle workers instead of restarting them."""
+"""distributed.runtime: worker sizing, and the local Ray instance that init_ray starts keeps
+idle workers instead of restarting them."""
 
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import textwrap
 
 import pytest
 
-pytest.importorskip("ray")
+from reslstm.distributed.runtime import cpus_per_worker, wants_gpu
 
 SCRIPT = textwrap.dedent("""
     import os, time
@@ -35,3 +36,20 @@ def test_idle_workers_above_the_cpu_count_are_kept():
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     line = [ln for ln in run.stdout.splitlines() if ln.startswith("KEPT")][-1]
     assert line.split()[1:] == ["3", "3"], run.stdout
+
+
+def test_cpus_per_worker_shares_what_is_left_and_caps_at_one():
+    assert cpus_per_worker(2, 2) == 1.0
+    assert cpus_per_worker(2, 2, reserved=1) == 0.5
+    assert cpus_per_worker(16, 4) == 1.0
+    assert cpus_per_worker(2, 3) == 0.66
+    with pytest.raises(ValueError, match="leave nothing"):
+        cpus_per_worker(1, 2, reserved=1)
+
+
+def test_use_gpu_auto_follows_the_cluster():
+    assert wants_gpu("auto", 0) is False
+    assert wants_gpu("auto", 2) is True
+    assert wants_gpu("no", 2) is False
+    with pytest.raises(ValueError, match="no GPU"):
+        wants_gpu("yes", 0)

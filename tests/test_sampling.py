@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from reslstm.sampling import clip_starts, num_clips, temporal_sample
+from reslstm.sampling import clip_starts, num_clips, sample_pair, sample_video, temporal_sample
 
 
 @pytest.mark.parametrize(
@@ -101,3 +101,21 @@ def test_temporal_sample_paper_sizes_span_first_to_last_clip():
 def test_temporal_sample_validates(k, T):
     with pytest.raises(ValueError):
         temporal_sample(k, T)
+
+
+def test_sample_video_takes_sigma_rows():
+    clips = np.arange(10, dtype=np.float32).reshape(5, 2)  # clip k = [2k, 2k + 1]
+    out = sample_video(clips, 3)
+    # sigma(t) - 1 = floor((t - 1) * 4 / 2) = 0, 2, 4
+    np.testing.assert_array_equal(out, [[0, 1], [4, 5], [8, 9]])
+    # K < T repeats clips: K = 2, T = 4 -> floor(t * 1 / 3) = 0, 0, 0, 1
+    np.testing.assert_array_equal(sample_video(clips[:2], 4), [[0, 1]] * 3 + [[2, 3]])
+
+
+def test_sample_pair_truncates_to_the_shorter_stream_before_sampling():
+    rgb = np.arange(5, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)  # K = 5
+    flow = -np.arange(4, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)  # K = 4
+    r, f = sample_pair(rgb, flow, 3)
+    # both cut to 4 clips: sigma - 1 = floor((t - 1) * 3 / 2) = 0, 1, 3 (not 0, 2, 4 of K = 5)
+    np.testing.assert_array_equal(r[:, 0], [0, 1, 3])
+    np.testing.assert_array_equal(f[:, 0], [0, -1, -3])

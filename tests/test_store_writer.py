@@ -5,8 +5,8 @@ import pyarrow as pa
 import pytest
 
 from reslstm import features as fs
-from reslstm.distributed.extract_stages import SEGMENT_SCHEMA, failure_row
-from reslstm.distributed.store_writer import StoreWriter
+from reslstm.extraction.segments import SEGMENT_SCHEMA, failure_row
+from reslstm.features import StoreWriter
 
 DIM = 3
 SETTINGS = {s: fs.StreamSettings("tiny3d", "random-init", DIM, 16, 8, 1, 64, 72,

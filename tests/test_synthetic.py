@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import console_lines
 from reslstm.datasets.manifest import MANIFEST_SCHEMA, read_manifest
 from reslstm.datasets.synthetic import (
     CLASS_PHASES,
@@ -145,8 +146,8 @@ def test_render_is_pure_and_seeded():
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth_a")
-    lines = []
-    manifest = generate_synthetic(out, videos_per_class=2, seed=5, size=SMALL, log=lines.append, log_every=10)
+    with console_lines() as lines:
+        manifest = generate_synthetic(out, videos_per_class=2, seed=5, size=SMALL, log_every=10)
     return manifest, lines
 
 

@@ -1,4 +1,5 @@
-"""distributed.train: resources, metrics, and 2-worker training runs end to end."""
+"""distributed.trainer / worker / checkpoints: the epoch metrics, and 2-worker training runs
+end to end."""
 
 import dataclasses
 import json
@@ -10,31 +11,15 @@ import pytest
 import torch
 
 from featurestore_fixture import make_feature_store
-from reslstm.distributed import train as rtrain
+from reslstm.configs import TrainConfig
+from reslstm.distributed import checkpoints, trainer, worker
 from reslstm.model import build_model
 from reslstm.training import EvalResult
 
 
-def test_cpus_per_worker_shares_what_is_left_and_caps_at_one():
-    assert rtrain.cpus_per_worker(2, 2) == 1.0
-    assert rtrain.cpus_per_worker(2, 2, reserved=1) == 0.5
-    assert rtrain.cpus_per_worker(16, 4) == 1.0
-    assert rtrain.cpus_per_worker(2, 3) == 0.66
-    with pytest.raises(ValueError, match="leave nothing"):
-        rtrain.cpus_per_worker(1, 2, reserved=1)
-
-
-def test_use_gpu_auto_follows_the_cluster():
-    assert rtrain.wants_gpu("auto", 0) is False
-    assert rtrain.wants_gpu("auto", 2) is True
-    assert rtrain.wants_gpu("no", 2) is False
-    with pytest.raises(ValueError, match="no GPU"):
-        rtrain.wants_gpu("yes", 0)
-
-
 def test_storage_defaults_to_an_absolute_path_in_the_run_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = rtrain.TrainConfig(features="f", out="run")
+    cfg = TrainConfig(features="f", out="run")
     assert cfg.resolved_storage() == str(tmp_path / "run" / "ray_results")
     assert dataclasses.replace(cfg, storage_path="s3://b/x").resolved_storage() == "s3://b/x"
 
@@ -43,12 +28,12 @@ def test_epoch_metrics_names_and_values():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.2, 0.3, 0.5]])
     labels = np.array([0, 1, 1, 2])
     res = EvalResult(loss=0.5, top1=0.75, top5=1.0, probs=probs, labels=labels,
-                     head_top1={"rgb": 0.5, "flow": 0.25})
-    m = rtrain.epoch_metrics(res, 1.25, 3, ("rgb", "flow"))
+                     head_top1={"rgb": 0.5, "flow": 0.25}, mean_class_acc=(1 + 0.5 + 1) / 3)
+    m = worker.epoch_metrics(res, 1.25, ("rgb", "flow"))
     assert m == pytest.approx({"train_loss": 1.25, "val_loss": 0.5, "val_top1": 0.75,
                                "val_top5": 1.0, "val_mean_class_acc": (1 + 0.5 + 1) / 3,
                                "val_top1_rgb": 0.5, "val_top1_flow": 0.25})
-    assert "val_top1_rgb" not in rtrain.epoch_metrics(res, 1.0, 3, ("mid",))
+    assert "val_top1_rgb" not in worker.epoch_metrics(res, 1.0, ("mid",))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,9 +46,9 @@ def store(tmp_path_factory):
 
 
 def _run(store, out, fusion):
-    cfg = rtrain.TrainConfig(features=str(store.root), out=str(out), fusion=fusion, hidden=8,
-                             depth=2, T=5, epochs=2, batch_size=8, lr=1e-2, workers=2)
-    return cfg, rtrain.fit(cfg, log=lambda *_: None)
+    cfg = TrainConfig(features=str(store.root), out=str(out), fusion=fusion, hidden=8,
+                      depth=2, T=5, epochs=2, batch_size=8, lr=1e-2, workers=2)
+    return cfg, trainer.fit(cfg)
 
 
 def _check_run(res, store, heads):
@@ -93,7 +78,7 @@ def _check_run(res, store, heads):
 
 
 def _check_checkpoint(res, cfg, store):
-    model, payload = rtrain.load_checkpoint(res.best_checkpoint)
+    model, payload = checkpoints.load_checkpoint(res.best_checkpoint)
     assert payload["label_names"] == store.class_names
     assert payload["train_config"] == cfg.to_dict()
     assert payload["epoch"] == res.best_epoch
@@ -111,7 +96,7 @@ def test_rgb_run_two_workers(ray_local, store, tmp_path):
     _check_run(res, store, ["fused"])
     model = _check_checkpoint(res, cfg, store)
     # The stored probabilities are the reloaded model's on the same T-sampled inputs.
-    from reslstm.distributed.data import sample_video
+    from reslstm.sampling import sample_video
     table = pq.read_table(res.predictions["test"])
     vid, probs = table.column("video_id")[0].as_py(), table.column("probs")[0].as_py()
     x = torch.from_numpy(sample_video(store.features["rgb"][vid], cfg.T))[None]

@@ -58,6 +58,9 @@ def check_consistent(result: EvalResult, batches, heads):
     assert result.top1 == pytest.approx(np.mean(result.probs.argmax(axis=1) == labels))
     np.testing.assert_array_equal(result.predictions, result.probs.argmax(axis=1))
     assert result.top5 == 1.0  # k capped at 2 classes
+    pred = result.probs.argmax(axis=1)  # mean over the classes present of their recall
+    recalls = [np.mean(pred[labels == c] == c) for c in np.unique(labels)]
+    assert result.mean_class_acc == pytest.approx(np.mean(recalls))
     assert sorted(result.head_top1) == sorted(heads)
     assert result.loss > 0
 

@@ -8,25 +8,26 @@ from mlflow import MlflowClient
 from featurestore_fixture import make_feature_store
 from reslstm.distributed import tracking
 from reslstm.distributed import tune as rtune
-from reslstm.distributed.train import TrainConfig
+from reslstm.cli import parse_list
+from reslstm.configs import SweepConfig, TrainConfig
 
 
 def test_parse_list():
-    assert rtune.parse_list("512, 1024,", int) == [512, 1024]
-    assert rtune.parse_list("late-product,mid-sum") == ["late-product", "mid-sum"]
+    assert parse_list("512, 1024,", int) == (512, 1024)
+    assert parse_list("late-product,mid-sum") == ("late-product", "mid-sum")
     with pytest.raises(ValueError, match="comma list of int"):
-        rtune.parse_list("512,big", int)
+        parse_list("512,big", int)
 
 
 def test_param_space_grid_and_random():
     base = TrainConfig(features="f")
-    grid = rtune.param_space(rtune.SweepConfig(base, hidden=[8, 16], depth=[1], T=[5],
+    grid = rtune.param_space(SweepConfig(base, hidden=[8, 16], depth=[1], T=[5],
                                                fusion=["rgb"]))
     assert grid["hidden"] == {"grid_search": [8, 16]}
-    rnd = rtune.param_space(rtune.SweepConfig(base, hidden=[8, 16], search="random"))
+    rnd = rtune.param_space(SweepConfig(base, hidden=[8, 16], search="random"))
     assert sorted(rnd["hidden"].categories) == [8, 16]
-    with pytest.raises(ValueError, match="grid or random"):
-        rtune.param_space(rtune.SweepConfig(base, search="bayes"))
+    with pytest.raises(ValueError, match="--search: must be one of grid, random"):
+        SweepConfig(base, search="bayes")
 
 
 def test_trial_config_overrides_only_the_searched_values():
@@ -99,9 +100,9 @@ def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(ray_local, 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     base = TrainConfig(features=str(store.root), out=str(tmp_path / "sweep"), hidden=8, T=5,
                        epochs=2, batch_size=8, lr=1e-2, workers=2)
-    scfg = rtune.SweepConfig(base, hidden=[8], depth=[1, 2], T=[5], fusion=["late-product"],
+    scfg = SweepConfig(base, hidden=[8], depth=[1, 2], T=[5], fusion=["late-product"],
                              mlflow_uri=uri, experiment="sweep-test")
-    res = rtune.sweep(scfg, log=lambda *_: None)
+    res = rtune.sweep(scfg)
 
     assert len(res.trials) == 2 and {t.depth for t in res.trials} == {1, 2}
     best = max(res.trials, key=lambda t: t.val_top1)

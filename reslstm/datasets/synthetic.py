@@ -32,6 +32,7 @@ output is deterministic) plus ``manifest.parquet`` and ``synthetic.json`` in the
 from __future__ import annotations
 
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -40,7 +41,6 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import av
 import numpy as np
@@ -48,6 +48,8 @@ import pyarrow as pa
 
 from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest
 from reslstm.datasets.splits import stratified_split
+
+log = logging.getLogger(__name__)
 
 CLASS_PHASES: dict[str, tuple[str, ...]] = {
     "grow_then_shrink": ("grow", "shrink"),
@@ -346,14 +348,13 @@ def generate_synthetic(
     workers: int = 1,
     val_fraction: float = 0.125,
     test_fraction: float = 0.25,
-    log: Callable[[str], None] | None = None,
     log_every: int = 25,
 ) -> Path:
     """Write the synthetic set to out_dir (videos/<class>/*.mp4, manifest.parquet, synthetic.json).
 
     size is (height, width), both even and at least 32. The output is identical for a seed
     whatever `workers` is (each video depends only on its class, index and the seed). Returns
-    the manifest's path; `log` (e.g. print) gets a line every `log_every` videos and a summary.
+    the manifest's path; logs a line every `log_every` videos and a summary.
     """
     height, width = size
     if height % 2 or width % 2 or min(height, width) < 32:
@@ -362,7 +363,6 @@ def generate_synthetic(
         raise ValueError(f"videos_per_class must be >= 1, got {videos_per_class}")
     cfg = SyntheticConfig(videos_per_class, seed, height, width, FPS, val_fraction, test_fraction)
     out_dir = Path(out_dir).expanduser().absolute()
-    log = log or (lambda _msg: None)
     ids, names, tasks = [], [], []
     for name in SYNTHETIC_CLASSES:
         (out_dir / "videos" / name).mkdir(parents=True, exist_ok=True)
@@ -381,7 +381,7 @@ def generate_synthetic(
         for done, count in enumerate(results, 1):
             frame_counts.append(count)
             if done % log_every == 0 or done == len(tasks):
-                log(f"[synth] {done}/{len(tasks)} videos ({time.perf_counter() - start:.1f}s)")
+                log.info(f"{done}/{len(tasks)} videos ({time.perf_counter() - start:.1f}s)")
     finally:
         if pool:
             pool.shutdown()
@@ -393,7 +393,7 @@ def generate_synthetic(
             "class_phases": CLASS_PHASES, "num_frames": dict(zip(ids, frame_counts))}
     (out_dir / "synthetic.json").write_text(json.dumps(meta, indent=1))
     per_split = {s: splits.count(s) for s in ("train", "val", "test")}
-    log(f"[synth] wrote {len(ids)} videos, {len(SYNTHETIC_CLASSES)} classes ({len(ORDER_PAIRS)} order pairs), "
-        f"{width}x{height} at {FPS} fps, {sum(frame_counts)} frames in {time.perf_counter() - start:.1f}s; "
-        f"splits {per_split}; manifest {manifest}")
+    log.info(f"wrote {len(ids)} videos, {len(SYNTHETIC_CLASSES)} classes ({len(ORDER_PAIRS)} order pairs), "
+             f"{width}x{height} at {FPS} fps, {sum(frame_counts)} frames in {time.perf_counter() - start:.1f}s; "
+             f"splits {per_split}; manifest {manifest}")
     return manifest

@@ -81,6 +81,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"cannot read weights file {path} with torch.load(weights_only=True): {exc}. "
             "Expected a state_dict of tensors saved with torch.save."
         ) from exc
+    return _unwrap_state(obj, path)
+
+
+def _unwrap_state(obj, path: Path) -> dict[str, torch.Tensor]:
+    """A plain state_dict out of a loaded checkpoint (see ``read_state_dict``)."""
     if isinstance(obj, Mapping):
         for wrapper in ("state_dict", "model"):
             if wrapper in obj and isinstance(obj[wrapper], Mapping):
@@ -139,10 +144,9 @@ class Extractor(nn.Module):
         return self
 
     def check_clip_len(self, clip_len: int) -> None:
-        too_long = self.max_clip_len is not None and clip_len > self.max_clip_len
-        if clip_len < self.min_clip_len or too_long:
-            limit = f"{self.min_clip_len}..{self.max_clip_len or 'any'}"
-            raise ValueError(f"{self.name} takes clips of {limit} frames, got clip_len={clip_len}")
+        from .registry import extractor_info
+
+        extractor_info(self.name).check_clip_len(clip_len)
 
     def normalize(self, clips: torch.Tensor) -> torch.Tensor:
         """uint8 clips (B, s, H, W, C) -> float32 model input (B, C, s, H, W) on the same device."""
@@ -252,14 +256,19 @@ def inflate_first_conv(conv: nn.Conv3d, channels: int = 2) -> nn.Conv3d:
     return new
 
 
-def resolve_file_or_random(weights, name: str) -> Path | None:
-    """None / "none" / "random" -> None (random init); anything else must be an existing file."""
-    if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "random", RANDOM_INIT)):
-        return None
-    path = Path(weights)
-    if not path.is_file():
-        raise WeightsError(
-            f"{name}: weights {weights!r} is not a file. Pass the path of a checkpoint, "
-            "or None / 'none' for deterministic random init."
-        )
-    return path
+def is_random(weights) -> bool:
+    """None / "none" / "random" / "random-init": deterministic random init."""
+    return weights is None or (isinstance(weights, str)
+                               and weights.lower() in ("none", "random", RANDOM_INIT))
+
+
+def first_conv_channels(path: str | Path, key: str) -> int | None:
+    """Input channels of the 5-D kernel ``key`` in a checkpoint file (None when absent),
+    read memory-mapped where the file allows it, so only that tensor is touched."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # legacy (non-zip) files cannot be memory-mapped; read_state_dict says more
+        obj = None
+    state = read_state_dict(path) if obj is None else _unwrap_state(obj, Path(path))
+    weight = state.get(key)
+    return int(weight.shape[1]) if weight is not None and weight.ndim == 5 else None

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Extractor, resolve_file_or_random, seeded_init
-from .registry import register
+from .base import Extractor, seeded_init
+from .registry import ExtractorInfo, register, resolve_weights
 
 # (name, in, out) of the eight convolutions; a pool follows the names listed in _POOL_AFTER.
 _CONVS = (
@@ -96,10 +96,10 @@ class C3D(Extractor):
         )
 
 
-@register("c3d")
+@register("c3d", ExtractorInfo.of(C3D))
 def build_c3d(stream: str, weights=None, layer: str = "fc6", num_classes: int = 487, seed: int = 0) -> C3D:
     model = C3D(stream, layer=layer, num_classes=num_classes, seed=seed)
-    path = resolve_file_or_random(weights, "c3d")
-    if path is not None:
+    kind, path = resolve_weights("c3d", weights)
+    if kind == "file":
         model.load_weights_file(path)
     return model

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Extractor, resolve_file_or_random, seeded_init
-from .registry import register
+from .base import Extractor, seeded_init
+from .registry import ExtractorInfo, register, resolve_weights
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -161,10 +161,10 @@ class I3D(Extractor):
         )
 
 
-@register("i3d")
+@register("i3d", ExtractorInfo.of(I3D))
 def build_i3d(stream: str, weights=None, num_classes: int = 400, seed: int = 0) -> I3D:
     model = I3D(stream, num_classes=num_classes, seed=seed)
-    path = resolve_file_or_random(weights, "i3d")
-    if path is not None:
+    kind, path = resolve_weights("i3d", weights)
+    if kind == "file":
         model.load_weights_file(path)
     return model

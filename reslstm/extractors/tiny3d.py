@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Extractor, resolve_file_or_random, seeded_init
-from .registry import register
+from .base import Extractor, seeded_init
+from .registry import ExtractorInfo, register, resolve_weights
 
 # (out_channels, kernel, stride) per stage; padding keeps "same" size before striding.
 _STAGES = (
@@ -87,10 +87,10 @@ class Tiny3D(Extractor):
         return "tiny3d state_dict: conv1..conv4 .weight/.bias (Conv3d, kernel 3x3x3)"
 
 
-@register("tiny3d")
+@register("tiny3d", ExtractorInfo.of(Tiny3D))
 def build_tiny3d(stream: str, weights=None, seed: int = 0) -> Tiny3D:
     model = Tiny3D(stream, seed=seed)
-    path = resolve_file_or_random(weights, "tiny3d")
-    if path is not None:
+    kind, path = resolve_weights("tiny3d", weights)
+    if kind == "file":
         model.load_weights_file(path)
     return model

@@ -30,7 +30,7 @@ import torchvision
 from torch import nn
 
 from .base import INFLATED_SUFFIX, Extractor, WeightsError, inflate_first_conv, read_state_dict, seeded_init
-from .registry import register
+from .registry import ExtractorInfo, register, resolve_weights
 
 
 @dataclass(frozen=True)
@@ -72,15 +72,12 @@ class TorchvisionVideo(Extractor):
 
     def __init__(self, name: str, stream: str, seed: int = 0):
         super().__init__(stream)
-        spec = _SPECS[name]
+        spec, info = _SPECS[name], INFOS[name]
         self.name = name
         self._spec = spec
-        default = torchvision.models.get_model_weights(name).KINETICS400_V1
-        meta = default.transforms()
-        self.feature_dim = spec.feature_dim
-        self.input_size = int(meta.crop_size[0])
-        self.resize_short = int(min(meta.resize_size))
-        self.clip_len = spec.clip_len
+        meta = torchvision.models.get_model_weights(name).KINETICS400_V1.transforms()
+        self.feature_dim, self.input_size = info.feature_dim, info.input_size
+        self.resize_short, self.clip_len = info.resize_short, info.clip_len
         self.rgb_mean = tuple(float(v) for v in meta.mean)
         self.rgb_std = tuple(float(v) for v in meta.std)
         self.pixel_scale = 1.0 / 255.0
@@ -137,19 +134,12 @@ class TorchvisionVideo(Extractor):
 
 def _make_factory(name: str):
     def factory(stream: str, weights=None, seed: int = 0) -> TorchvisionVideo:
+        kind, value = resolve_weights(name, weights)  # checked before the model is built
         model = TorchvisionVideo(name, stream, seed=seed)
-        if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "random", "random-init")):
-            return model
-        enum_members = torchvision.models.get_model_weights(name).__members__
-        if isinstance(weights, str) and (weights in enum_members or weights.split(".")[-1] in enum_members):
-            model.load_enum(weights.split(".")[-1])
-        elif Path(weights).is_file():
-            model.load_weights_file(weights)
-        else:
-            raise WeightsError(
-                f"{name}: weights {weights!r} is neither a file nor a torchvision weights name "
-                f"({', '.join(enum_members)}); pass one of those, a checkpoint path, or None for random init"
-            )
+        if kind == "torchvision":
+            model.load_enum(value)
+        elif kind == "file":
+            model.load_weights_file(value)
         return model
 
     factory.__name__ = f"build_{name}"
@@ -157,5 +147,17 @@ def _make_factory(name: str):
     return factory
 
 
+def _info(name: str) -> ExtractorInfo:
+    """Static metadata from the spec and the Kinetics weights' transforms (no model built)."""
+    enum = torchvision.models.get_model_weights(name)
+    meta = enum.KINETICS400_V1.transforms()
+    spec = _SPECS[name]
+    return ExtractorInfo(name=name, feature_dim=spec.feature_dim, input_size=int(meta.crop_size[0]),
+                         resize_short=int(min(meta.resize_size)), clip_len=spec.clip_len,
+                         first_conv_key=spec.first_conv + ".weight",
+                         torchvision_weights=enum.__name__, weight_names=tuple(enum.__members__))
+
+
+INFOS = {name: _info(name) for name in _SPECS}
 for _name in _SPECS:
-    register(_name)(_make_factory(_name))
+    register(_name, INFOS[_name])(_make_factory(_name))

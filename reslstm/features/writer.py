@@ -1,29 +1,29 @@
 """The single writer of a feature store: joins segment features into one row per video.
 
-The extraction driver feeds every output row of the pipeline to ``StoreWriter.consume``. For each
-(video, stream) it keeps the features of the segments that arrived (in any order, duplicates
-from retried tasks ignored) and, once the last segment and all before it are in, writes one row.
-Rows are flushed in Parquet part files that appear atomically (``features.write_part``), so a
-job killed at any moment leaves only complete files and a rerun extracts exactly what is
-missing. A failure row discards that video's partial segments and is recorded in the failures
-table. ``close`` reports anything still incomplete as a failure: nothing is silently skipped.
+The extraction driver feeds every output row of the pipeline (``extraction.segments``) to
+``StoreWriter.consume``. For each (video, stream) it keeps the features of the segments that
+arrived (in any order, duplicates from retried tasks ignored) and, once the last segment and all
+before it are in, makes one row. Rows are flushed in part files that appear only when complete
+(``store.write_part``), so a job killed at any moment leaves only complete files and a rerun
+extracts exactly what is missing. A failure row discards that video's partial segments and is
+recorded in the failures table. ``close`` reports anything still incomplete as a failure:
+nothing is silently skipped.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from reslstm import features as fs
+from reslstm.extraction.segments import features_of
 from reslstm.sampling import num_clips as expected_clips
 
-from .extract_stages import segment_features
+from .schema import FAILURE_SCHEMA, StreamSettings, feature_schema, features_to_arrow
+from .store import FeatureStore, write_part
 
 
 @dataclasses.dataclass
@@ -34,30 +34,13 @@ class _Pending:
     last_row: dict | None = None
 
 
-class Progress:
-    """One line every ``every_s`` seconds: done / total, failures, rate and ETA."""
-
-    def __init__(self, total: int, every_s: float = 10.0, out=None):
-        self.total, self.every_s, self.out = total, every_s, out or sys.stdout
-        self.start = self.last = time.monotonic()
-
-    def update(self, done: int, failed: int, clips: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < self.every_s:
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = (done + failed) / elapsed if elapsed > 0 else 0.0
-        left = self.total - done - failed
-        eta = f"{left / rate:,.0f}s" if rate > 0 else "?"
-        print(f"[extract] {done + failed}/{self.total} (video, stream) pairs: {done} written, "
-              f"{failed} failed, {clips} clips, {rate:.2f}/s, ETA {eta}", file=self.out, flush=True)
-
-
 class StoreWriter:
-    def __init__(self, store: str | Path, settings: dict[str, fs.StreamSettings], run_id: str,
+    """Joins segment rows into store rows (module docstring); ``store`` is a path, URI or
+    ``FeatureStore``; ``settings`` the stream settings the rows are checked against."""
+
+    def __init__(self, store, settings: dict[str, StreamSettings], run_id: str,
                  rows_per_file: int = 256, flush_every_s: float = 60.0):
-        self.store = Path(store)
+        self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
         self.settings = settings
         self.run_id = run_id
         self.rows_per_file = rows_per_file
@@ -71,7 +54,7 @@ class StoreWriter:
         self.clips = 0
         self.failed = collections.Counter()         # error_type -> count
         self.warnings = 0
-        self.files: list[Path] = []
+        self.files: list[str] = []
 
     # -- input ----------------------------------------------------------------------------------
     def consume(self, table: pa.Table) -> None:
@@ -85,7 +68,7 @@ class StoreWriter:
             pend = self.pending.get(key)
             if pend is None:
                 pend = self.pending[key] = _Pending(meta=row)
-            pend.segments.setdefault(row["seg_index"], segment_features(row).copy())
+            pend.segments.setdefault(row["seg_index"], features_of(row).copy())
             if row["is_last"]:
                 pend.last_index, pend.last_row = row["seg_index"], row
             if pend.last_index is not None and len(pend.segments) == pend.last_index + 1:
@@ -137,19 +120,19 @@ class StoreWriter:
         if not rows:
             return
         dim = self.settings[stream].feature_dim
-        schema = fs.feature_schema(dim)
-        feats = fs.features_to_arrow([r.pop("features") for r in rows], dim)
+        schema = feature_schema(dim)
+        feats = features_to_arrow([r.pop("features") for r in rows], dim)
         table = pa.Table.from_pylist(rows, schema=schema.remove(schema.get_field_index("features")))
         table = table.append_column(schema.field("features"), feats)
-        self.files.append(fs.write_part(fs.stream_dir(self.store, stream), table))
+        self.files.append(write_part(self.store.stream_dir(stream), table))
         self.written[stream] += len(rows)
 
     def flush(self) -> None:
         for stream in list(self.rows):
             self._flush_stream(stream)
         if self.failures:
-            table = pa.Table.from_pylist(self.failures, schema=fs.FAILURE_SCHEMA)
-            fs.write_part(self.store / fs.FAILURES_DIR, table)
+            table = pa.Table.from_pylist(self.failures, schema=FAILURE_SCHEMA)
+            write_part(self.store.failures_dir, table)
             self.failures = []
         self.last_flush = time.monotonic()
 

@@ -1,0 +1,78 @@
+"""Checkpoints of training runs: what one holds, how it is written from a worker, and how it is
+read back.
+
+A checkpoint is a directory (local or on the run's storage, e.g. ``s3://``) with ``model.pt``
+(a torch payload: ``model_state``, ``model_config``, ``label_names``, ``train_config``,
+``epoch``, ``metrics``) and ``history.json`` (the metrics of every epoch so far). Rank 0
+writes one per epoch through ``ray.train.report``; Ray keeps the best by ``METRIC`` and,
+always, the latest. PCA buffers are part of the model's state_dict, hence of every checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import ray.train
+import torch
+
+from reslstm.model import ActionModel, build_model
+
+CHECKPOINT_FILE = "model.pt"
+HISTORY_FILE = "history.json"
+METRIC = "val_top1"
+
+
+def report(epoch: int, metrics: dict, history: list[dict], payload) -> None:
+    """Report an epoch from this worker: every rank reports its metrics; rank 0 alone writes
+    the checkpoint (``payload()`` builds the model.pt payload only there)."""
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(payload(), os.path.join(tmp, CHECKPOINT_FILE))
+        Path(tmp, HISTORY_FILE).write_text(json.dumps(history, indent=1))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"epoch_{epoch:04d}")
+
+
+def load_payload(path, map_location="cpu") -> dict:
+    """The model.pt payload of a checkpoint: a directory, the file, a URI or a Checkpoint."""
+    if isinstance(path, ray.train.Checkpoint) or "://" in str(path):
+        ckpt = path if isinstance(path, ray.train.Checkpoint) else ray.train.Checkpoint(str(path))
+        with ckpt.as_directory() as d:  # downloads a remote checkpoint
+            return load_payload(Path(d), map_location)
+    file = Path(path)
+    file = file / CHECKPOINT_FILE if file.is_dir() else file
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such checkpoint file (expected a checkpoint "
+                                f"directory holding {CHECKPOINT_FILE}, or the file itself)")
+    return torch.load(file, map_location=map_location, weights_only=False)
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[ActionModel, dict]:
+    """Rebuild the model saved in a checkpoint (directory, model.pt, URI or Checkpoint);
+    returns (model in eval mode, the saved payload)."""
+    payload = load_payload(path, map_location)
+    model = build_model(payload["model_config"])
+    model.load_state_dict(payload["model_state"])
+    model.eval()
+    return model, payload
+
+
+def best_checkpoint(result) -> tuple[ray.train.Checkpoint, dict]:
+    """(checkpoint, metrics) with the highest val_top1 among those Ray kept (on a tie the
+    later epoch, which is the one Ray's checkpoint manager keeps)."""
+    kept = [(c, m) for c, m in (result.best_checkpoints or []) if METRIC in m]
+    if not kept:
+        raise RuntimeError(f"{result.path}: the run reported no checkpoint with {METRIC}")
+    return max(kept, key=lambda cm: (cm[1][METRIC], cm[1].get("epoch", 0)))
+
+
+def history(checkpoint: ray.train.Checkpoint) -> list[dict]:
+    """The metrics of every epoch up to ``checkpoint`` (its history.json)."""
+    with checkpoint.as_directory() as d:
+        f = Path(d) / HISTORY_FILE
+        return json.loads(f.read_text()) if f.is_file() else []

@@ -1,0 +1,156 @@
+"""The per-worker training loop that Ray Train runs on every worker (``train_loop``).
+
+Each worker builds the model from the run's spec (with the PCA buffers the driver fitted),
+wraps it in DDP (gloo on CPUs, NCCL on GPUs) and, every epoch, trains on its shard of the
+training split, evaluates all of val (every rank sees the same val, so the metrics are equal on
+every rank and need no gather) and reports; rank 0 writes the checkpoint
+(``checkpoints.report``) and logs the epoch line. ``jobs/train.py`` and every Tune trial run
+this same loop (``trainer.build_trainer``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from reslstm.configs import TrainConfig
+from reslstm.model import ModelConfig, build_model
+from reslstm.training import default_optimizer, evaluate, train_one_epoch, unwrap
+
+from .checkpoints import report
+from .runtime import quiet_ray_logs
+
+log = logging.getLogger(__name__)
+# Rank 0 adds this (its worker placement group id) to every report, so a Tune driver can
+# release the group of a trial it stopped (``tune.ReleaseTrainResources``).
+PLACEMENT_GROUP_KEY = "train_placement_group"
+
+
+@dataclass
+class RunSpec:
+    """What the driver derived from the store, passed to every worker with the config."""
+
+    model_config: dict
+    label_names: list[str]
+    pca_state: Any = None  # ObjectRef of {buffer name: np.ndarray}, or None
+    report_placement_group: bool = False
+
+
+def torch_batches(it, batch_size: int, streams: Sequence[str], shuffle_seed: int | None = None
+                  ) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches {stream: (B, T, d_f) float32, "label": (B,) int64} from a Ray data iterator or
+    dataset; ``shuffle_seed`` shuffles locally (training)."""
+    kwargs = {}
+    if shuffle_seed is not None:
+        kwargs = {"local_shuffle_buffer_size": max(4 * batch_size, 256),
+                  "local_shuffle_seed": shuffle_seed}
+    for b in it.iter_batches(batch_size=batch_size, batch_format="numpy", **kwargs):
+        out = {s: torch.tensor(b[s], dtype=torch.float32) for s in streams}
+        out["label"] = torch.from_numpy(b["label"].astype(np.int64))
+        yield out
+
+
+class ShardCache:
+    """A worker's dataset shard: streamed from Ray Data on the first epoch and, when
+    ``enabled``, kept in memory as tensors for the later ones.
+
+    Each pass over a Ray Data shard starts a new streaming execution (about half a second even
+    for a few hundred videos), which dominates an epoch of a small Res-LSTM. The shard holds
+    T x d_f floats per video and stream (25 x 1024 x 4 B = 100 kB), so UCF-101's training
+    split is ~1 GB per stream over all workers; ``cache_data=False`` streams every epoch.
+    """
+
+    def __init__(self, it, streams: Sequence[str], enabled: bool = True):
+        self.it, self.streams, self.enabled = it, tuple(streams), enabled
+        self.tensors: dict[str, torch.Tensor] | None = None
+
+    def batches(self, batch_size: int, shuffle_seed: int | None = None
+                ) -> Iterator[dict[str, torch.Tensor]]:
+        if self.tensors is None:
+            parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*self.streams, "label")}
+            for batch in torch_batches(self.it, batch_size, self.streams, shuffle_seed):
+                if self.enabled:
+                    for k, v in batch.items():
+                        parts[k].append(v)
+                yield batch
+            if self.enabled:  # only a complete pass becomes the cache
+                self.tensors = {k: torch.cat(v) if v else torch.empty(0) for k, v in parts.items()}
+            return
+        n = len(self.tensors["label"])
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+                 if shuffle_seed is not None else torch.arange(n))
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            yield {k: v[idx] for k, v in self.tensors.items()}
+
+
+def epoch_metrics(result, train_loss: float, heads: Sequence[str]) -> dict:
+    """The metrics reported every epoch (same names in every run and trial)."""
+    m = {"train_loss": train_loss, "val_loss": result.loss, "val_top1": result.top1,
+         "val_top5": result.top5, "val_mean_class_acc": result.mean_class_acc}
+    if len(heads) == 2:  # late fusion: each stream's own accuracy too
+        m.update({f"val_top1_{h}": result.head_top1[h] for h in heads})
+    return m
+
+
+def _mean_over_ranks(value: float, device) -> float:
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t.item()) / torch.distributed.get_world_size()
+
+
+def train_loop(config: dict) -> None:
+    """Per-worker loop: build the model (with the driver's PCA buffers), DDP, RMSProp; each
+    epoch trains on this worker's shard, evaluates all of val and reports."""
+    from reslstm.cli import setup_console
+
+    cfg: TrainConfig = config["train_config"]
+    spec: RunSpec = config["run"]
+    setup_console()  # this worker's console: the epoch lines of rank 0
+    quiet_ray_logs()
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    mcfg = ModelConfig.from_dict(spec.model_config)
+    model = build_model(mcfg)
+    if spec.pca_state is not None:
+        state = ray.get(spec.pca_state)
+        loaded = model.load_state_dict({k: torch.tensor(v) for k, v in state.items()},
+                                       strict=False)
+        if loaded.unexpected_keys:
+            raise RuntimeError(f"PCA buffers {loaded.unexpected_keys} do not fit the model")
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(model)
+    inner = unwrap(model)
+    optimizer = default_optimizer(model.parameters(), lr=cfg.lr)
+    streams, heads = mcfg.streams, mcfg.heads
+    train_data = ShardCache(ray.train.get_dataset_shard("train"), mcfg.streams, cfg.cache_data)
+    val_data = ShardCache(ray.train.get_dataset_shard("val"), mcfg.streams, cfg.cache_data)
+    rank = ray.train.get_context().get_world_rank()
+    history: list[dict] = []
+    for epoch in range(1, cfg.epochs + 1):
+        seed = cfg.seed * 100_003 + epoch * 1_009 + rank
+        loss = train_one_epoch(model, train_data.batches(cfg.batch_size, seed),
+                               optimizer, device, streams)
+        loss = _mean_over_ranks(loss, device)
+        # The unwrapped model: evaluation must not run DDP collectives.
+        result = evaluate(inner, val_data.batches(cfg.batch_size), device, streams)
+        metrics = {"epoch": epoch, **epoch_metrics(result, loss, heads)}
+        history.append(metrics)
+        if spec.report_placement_group and rank == 0:
+            pg = ray.util.get_current_placement_group()
+            metrics = {**metrics, PLACEMENT_GROUP_KEY: pg.id.hex() if pg else ""}
+        if rank == 0:
+            log.info(f"epoch {epoch}: " + "  ".join(
+                f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch" and isinstance(v, float)))
+        report(epoch, metrics, history, lambda: {
+            "model_state": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
+            "model_config": mcfg.to_dict(), "label_names": list(spec.label_names),
+            "train_config": cfg.to_dict(), "epoch": epoch, "metrics": metrics})

@@ -1,0 +1,244 @@
+"""The settings of every job, as typed dataclasses: extraction, training, sweeps, the demo.
+
+Each field carries its command-line help in its metadata (``opt``), so ``reslstm.cli`` turns a
+config into arguments and back without restating it, and every job documents the same
+defaults. Configs check their values where they are made (``__post_init__``): a bad value
+fails at once with the option's name, not later inside a Ray worker. Ray workers receive these
+objects as they are (``train_loop_config``); nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reslstm.fusion import FUSION_NAMES
+
+STREAMS = ("rgb", "flow")
+CROPS = (1, 10)
+PROJECTIONS = ("pca", "linear", "none")
+ARCHS = ("reslstm", "meanpool")
+USE_GPU = ("auto", "yes", "no")
+SEARCHES = ("grid", "random")
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, **meta) -> Any:
+    """A dataclass field with command-line metadata: ``help``; ``flag`` (another option name);
+    ``choices``; ``items`` (element type of a comma list); ``cli=False`` (not an option). A
+    field without a default is a required option."""
+    kwargs = {"default_factory": factory} if factory is not None else {"default": default}
+    return field(**kwargs, metadata={"help": help, **meta})
+
+
+def flag_of(cls_or_cfg, name: str) -> str:
+    """The command-line option of field ``name``: ``--batch-size``, or its ``flag`` metadata."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls_or_cfg)}.get(name, {})
+    return "--" + meta.get("flag", name).replace("_", "-")
+
+
+def _check(cfg, ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{flag_of(cfg, name)}: {message}")
+
+
+def _positive(cfg, *names: str, allow_none: bool = False) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None and allow_none:
+            continue
+        _check(cfg, value is not None and value > 0, name, f"must be > 0, got {value!r}")
+
+
+def _one_of(cfg, name: str, choices) -> None:
+    value = getattr(cfg, name)
+    _check(cfg, value in choices, name,
+           f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ExtractConfig:
+    """jobs/extract.py: a manifest in, a feature store out (``distributed.extract``)."""
+
+    out: str = opt(help="feature store directory or URI (created; reruns resume)")
+    manifest: str | None = opt(None, "manifest Parquet (video_id, path, label, label_name, split)")
+    streams: tuple[str, ...] = opt(("rgb", "flow"), "comma list of rgb, flow", items=str)
+    extractor: str = opt("i3d", "3D CNN: i3d, c3d, r3d_18, mc3_18, r2plus1d_18, s3d, swin3d_t, tiny3d")
+    weights: str | None = opt(None, "RGB weights: a file, a torchvision name (KINETICS400_V1) "
+                              "or 'none' (random init, recorded as random-init)")
+    flow_weights: str | None = opt(None, "flow weights, likewise")
+    flow: str = opt("tvl1", "optical flow: tvl1 (what pretrained flow models expect), "
+                    "farneback, dis (CPU), raft (GPU)", choices=("tvl1", "farneback", "dis", "raft"))
+    clip_len: int | None = opt(None, "frames per clip (default: the model's, 16)")
+    clip_stride: int = opt(8, "a clip starts every N frames")
+    crops: int = opt(10, "10 crops (eq. 5) or the centre crop", choices=CROPS)
+    size: int | None = opt(None, "short side frames are decoded at (default: the model's)")
+    batch_size: int = opt(32, "clips per forward pass")
+    actors: int | None = opt(None, "feature actors at most (default: one per GPU, or CPUs / 2)")
+    actor_cpus: float | None = opt(None, "CPUs each feature actor reserves (default: 1 with "
+                                   "GPUs, 0 on a CPU-only cluster; raise it when the model is "
+                                   "the slow stage)")
+    clips_per_segment: int = opt(32, "clips decoded and extracted together (bounds memory "
+                                 "for long videos)")
+    min_frame_ratio: float | None = opt(0.9, "fail a video that decodes fewer than this share "
+                                        "of its declared frames; above it the row carries a warning")
+    retry_failed: bool = opt(False, "retry the videos that failed before")
+    overwrite: bool = opt(False, "discard the streams' rows when the settings differ")
+    allow_cpu_raft: bool = opt(False, "let --flow raft run without a GPU (very slow)")
+    raft_size: str = opt("large", "RAFT model", choices=("small", "large"))
+    raft_weights: str | None = opt("C_T_V2", "RAFT weights: a torchvision Raft_*_Weights name "
+                                   "(from torchvision's cache), a file, or 'none' (tests only)")
+    object_store_limit_gb: float | None = opt(None, "cap on the segments held in the object "
+                                              "store (default: 8 segments per worker, at most "
+                                              "half the object store)")
+    address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    rows_per_file: int = opt(256, cli=False)
+    progress_every_s: float = opt(10.0, cli=False)
+    pipeline_retries: int = opt(2, cli=False)  # reruns of unfinished pairs after a cluster failure
+    extractor_options: dict = opt(factory=dict, cli=False)
+
+    def __post_init__(self):
+        _check(self, bool(self.manifest), "manifest", "is required (it lists the videos to extract)")
+        self.streams = tuple(self.streams)
+        _check(self, bool(self.streams) and all(s in STREAMS for s in self.streams)
+               and len(set(self.streams)) == len(self.streams), "streams",
+               f"must be a comma list of {', '.join(STREAMS)}, got {','.join(self.streams)!r}")
+        _one_of(self, "crops", CROPS)
+        _one_of(self, "raft_size", ("small", "large"))
+        _positive(self, "clip_stride", "batch_size", "clips_per_segment", "rows_per_file")
+        _positive(self, "clip_len", "size", "actors", "object_store_limit_gb", allow_none=True)
+        _check(self, self.actor_cpus is None or self.actor_cpus >= 0, "actor_cpus",
+               f"must be >= 0, got {self.actor_cpus}")
+        _check(self, self.min_frame_ratio is None or 0 < self.min_frame_ratio <= 1, "min_frame_ratio",
+               f"must be in (0, 1], got {self.min_frame_ratio}")
+        _check(self, self.pipeline_retries >= 0, "pipeline_retries", "must be >= 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    """One training run (jobs/train.py, and each trial of a sweep). ``fusion`` (``--stream``)
+    is one stream, a mid fusion (one Res-LSTM on the fused inputs) or a late fusion (one
+    Res-LSTM per stream, softmaxes fused)."""
+
+    features: str = opt(help="feature store (jobs/extract.py --out)")
+    out: str = opt("runs/train", "run directory (predictions/, summary.json)")
+    fusion: str = opt("rgb", "one stream, mid fusion or late fusion", flag="stream",
+                      choices=FUSION_NAMES)
+    hidden: int = opt(1024, "hidden size h")
+    depth: int = opt(2, "stacked LSTM layers L")
+    T: int = opt(25, "clips sampled per video")
+    input_proj: str = opt("pca", "d_f -> h: PCA fitted on training clips (as the paper), a "
+                          "learned linear map, or none (needs d_f == h)", choices=PROJECTIONS)
+    residual: bool = opt(True, "residual connections between layers")
+    dropout: float = opt(0.0, "dropout on x^0 and m_T^L")
+    arch: str = opt("reslstm", "reslstm, or meanpool (mean over t + linear: the order-blind "
+                    "baseline)", choices=ARCHS)
+    epochs: int = opt(20, "epochs")
+    batch_size: int = opt(32, "videos per batch and worker")
+    lr: float = opt(1e-3, "RMSProp learning rate")
+    seed: int = opt(0, "initial weights, shuffling and PCA sample")
+    workers: int = opt(2, "data-parallel workers")
+    use_gpu: str = opt("auto", "one GPU per worker, NCCL (auto: when the cluster has GPUs)",
+                       choices=USE_GPU)
+    storage_path: str | None = opt(None, "Ray Train storage for checkpoints (default "
+                                   "OUT/ray_results; s3://... or NFS on a multi-node cluster)")
+    pca_max_vectors: int = opt(50_000, "training clip vectors PCA is fitted on, at most")
+    cpus_per_worker: float | None = opt(None, "CPUs each worker reserves (default: min(1, "
+                                        "cluster CPUs / workers))")
+    cache_data: bool = opt(True, "workers keep their data shard in memory after the first epoch")
+
+    def __post_init__(self):
+        _one_of(self, "fusion", FUSION_NAMES)
+        _one_of(self, "input_proj", PROJECTIONS)
+        _one_of(self, "arch", ARCHS)
+        _one_of(self, "use_gpu", USE_GPU)
+        _positive(self, "hidden", "depth", "T", "epochs", "batch_size", "lr", "workers",
+                  "pca_max_vectors")
+        _positive(self, "cpus_per_worker", allow_none=True)
+        _check(self, 0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+    def resolved_storage(self) -> str:
+        """Where Ray Train keeps checkpoints: an absolute local path or a URI."""
+        if self.storage_path:
+            sp = self.storage_path
+            return sp if "://" in sp else str(Path(sp).expanduser().resolve())
+        return str((Path(self.out) / "ray_results").resolve())
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SEARCHED = ("hidden", "depth", "T", "fusion")
+
+
+@dataclass
+class SweepConfig:
+    """jobs/tune.py: the base run and the values searched (comma lists on the command line)."""
+
+    base: TrainConfig = opt(cli=False)
+    hidden: tuple[int, ...] = opt((1024,), "hidden sizes h", items=int)
+    depth: tuple[int, ...] = opt((2,), "depths L", items=int)
+    T: tuple[int, ...] = opt((25,), "clips per video", items=int)
+    fusion: tuple[str, ...] = opt(("late-product",), f"of {', '.join(FUSION_NAMES)}", items=str)
+    search: str = opt("grid", "grid: every combination (x --num-samples); random: "
+                      "--num-samples draws from the lists", choices=SEARCHES)
+    num_samples: int = opt(1, "see --search")
+    grace_period: int = opt(1, "ASHA: epochs before a trial may be stopped")
+    max_concurrent: int | None = opt(None, "trials at once (default: what the cluster fits, "
+                                     "each trial holding 1 CPU for its driver plus its workers')")
+    mlflow_uri: str | None = opt(None, "MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    experiment: str | None = opt(None, "MLflow experiment (default reslstm-sweep-<timestamp>)")
+
+    def __post_init__(self):
+        for name in SEARCHED:
+            values = tuple(getattr(self, name))
+            _check(self, bool(values), name, "needs at least one value")
+            setattr(self, name, values)
+            for v in values:  # each value must make a valid run
+                try:
+                    dataclasses.replace(self.base, **{name: v})
+                except ValueError as exc:
+                    message = str(exc).split(": ", 1)[-1]
+                    raise ValueError(f"{flag_of(self, name)}: value {v!r} {message}") from None
+        _one_of(self, "search", SEARCHES)
+        _positive(self, "num_samples", "grace_period")
+        _positive(self, "max_concurrent", allow_none=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class DemoConfig:
+    """jobs/demo.py: the whole pipeline on the built-in synthetic set."""
+
+    out: str = opt("demo_output", "output directory")
+    videos_per_class: int = opt(40, "synthetic videos per class (11 classes)")
+    seed: int = opt(0, "data, weights and shuffling seed")
+    flow: str = opt("dis", "optical flow (dis: fast on a CPU)", choices=("tvl1", "farneback", "dis"))
+    hidden: tuple[int, ...] = opt((64, 128), "hidden sizes to sweep", items=int)
+    depth: tuple[int, ...] = opt((1, 2), "depths to sweep", items=int)
+    T: tuple[int, ...] = opt((8,), "clips per video to sweep", items=int)
+    fusion: tuple[str, ...] = opt(("late-product",), "fusions to sweep", items=str)
+    epochs: int = opt(30, "epochs per trial")
+    grace_period: int = opt(10, "ASHA compares trials only after this many epochs")
+    batch_size: int = opt(16, "videos per batch")
+    workers: int = opt(1, "training workers per trial")
+    address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    mlflow_uri: str | None = opt(None, "MLflow tracking URI (default sqlite:///<out>/mlflow.db)")
+    synth_workers: int = opt(2, cli=False)
+
+    def __post_init__(self):
+        _positive(self, "videos_per_class", "epochs", "grace_period", "batch_size", "workers")
+        for name in ("hidden", "depth", "T", "fusion"):
+            setattr(self, name, tuple(getattr(self, name)))

@@ -1,0 +1,194 @@
+"""The stages of feature extraction, as plain Python callables (Ray Data runs them on a cluster;
+``driver.run_local`` and prediction run them in one process).
+
+    decode_segments (CPU task)   work item -> RGB frame segments, or a failure row
+    flow_stage      (CPU task)   flow segments: RGB frames -> quantised optical flow (CPU methods)
+    FeatureStage    (actor)      frames -> clip features (the 3D CNN, crops averaged); computes
+                                 the flow itself for device methods (RAFT), on its GPU
+
+Work travels as one-row segment tables (``extraction.segments``). A segment of the flow stream is
+cut with clips of ``clip_len + 1`` RGB frames, because flow frame i is the motion between RGB
+frames i and i + 1: its K clips are exactly the flow clips. The flow itself is one step for
+every method (``flow.flow_clip_frames``), run where the method runs. Any error about one video
+becomes a failure row naming the stage; nothing raises out of a stage for a bad file, so one
+bad file never takes a block (and the other videos in it) down with it. What does raise is
+systemic: a feature actor that cannot build its model or load its weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from .segments import SEGMENT_SCHEMA, encode, failure_row, frames_of, segment_row
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """What every stage needs to know; plain data so Ray can ship it to any node."""
+
+    clip_len: int
+    clip_stride: int
+    clips_per_segment: int
+    resize_short: dict             # stream -> short side frames are decoded at
+    flow_method: str               # tvl1 | farneback | dis | raft
+    min_frame_ratio: float | None  # decoded / declared frames below this: a failure
+    extractor: str
+    weights: dict                  # stream -> weights argument of create_extractor
+    weights_ids: dict              # stream -> the weights id the store records for them
+    extractor_options: dict
+    crops: int
+    batch_size: int
+    flow_options: dict = dataclasses.field(default_factory=dict)  # flow.make_flow options
+    device: str | None = None      # None: CUDA when the worker has a GPU, else CPU
+    task_threads: int | None = None   # torch/OpenCV threads in the CPU tasks (None: as is)
+    actor_threads: int | None = None  # torch threads of a CPU feature actor (None: as is)
+
+    @property
+    def flow_on_device(self) -> bool:
+        """Whether the flow is computed by the feature actor rather than the CPU flow stage."""
+        from reslstm.flow import runs_on_device
+
+        return runs_on_device(self.flow_method)
+
+    def segment_clip_len(self, stream: str) -> int:
+        """RGB frames per clip a stream's segments are cut with (flow needs one more)."""
+        return self.clip_len + 1 if stream == "flow" else self.clip_len
+
+
+def limit_threads(n: int | None) -> None:
+    """Use ``n`` threads in torch and OpenCV in this process: a Ray worker that reserved n CPUs
+    should not spread over every core of the node (None: leave the libraries' defaults)."""
+    if not n:
+        return
+    import cv2
+
+    cv2.setNumThreads(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
+def _real_frames(row: dict, frames: np.ndarray) -> int:
+    """Frames of a segment that were decoded (a padded segment repeats its last one)."""
+    return row["total_frames"] if row["padded"] else len(frames)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: decode (CPU task)
+# ---------------------------------------------------------------------------------------------
+
+def decode_segments(batch: pa.Table, cfg: StageConfig) -> Iterator[pa.Table]:
+    """Work items (manifest rows with a ``stream`` column) -> one table per frame segment, or
+    a failure row."""
+    from reslstm.clips import iter_segments
+    from reslstm.video import VideoReader
+
+    limit_threads(cfg.task_threads)
+    for item in batch.to_pylist():
+        stream = item["stream"]
+        try:
+            reader = VideoReader(item["path"], short_side=cfg.resize_short[stream],
+                                 min_frame_ratio=cfg.min_frame_ratio)
+            segments = iter_segments(reader, cfg.segment_clip_len(stream), cfg.clip_stride,
+                                     cfg.clips_per_segment)
+            for index, seg in enumerate(segments):
+                fps = float(reader.info.fps or 0.0)  # known once the first frame is decoded
+                warning = None
+                if seg.is_last and reader.declared_frames and reader.decoded_frames < reader.declared_frames:
+                    warning = (f"decoded {reader.decoded_frames} of {reader.declared_frames} "
+                               f"frames the container declares")
+                yield segment_row(item, seg_index=index, first_clip=seg.first_clip,
+                                  num_clips=seg.num_clips, is_last=seg.is_last,
+                                  total_frames=seg.total_frames if seg.is_last else -1,
+                                  padded=seg.padded, fps=fps, warning=warning,
+                                  **encode(seg.frames))
+        except Exception as exc:  # noqa: BLE001 - every error becomes a failure row
+            yield failure_row(item, "decode", exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: optical flow on the CPU (task); RGB segments, device flow and failures pass through
+# ---------------------------------------------------------------------------------------------
+
+def flow_stage(batch: pa.Table, cfg: StageConfig) -> pa.Table:
+    from reslstm.flow import flow_clip_frames, make_flow
+
+    limit_threads(cfg.task_threads)
+    out = []
+    for row in batch.to_pylist():
+        if row["kind"] == "segment" and row["stream"] == "flow" and not cfg.flow_on_device:
+            try:
+                rgb = frames_of(row)
+                flow = flow_clip_frames(rgb, _real_frames(row, rgb), cfg.clip_len,
+                                        make_flow(cfg.flow_method, **cfg.flow_options))
+                row.update(encode(flow))
+            except Exception as exc:  # noqa: BLE001
+                out.append(failure_row(row, "flow", exc))
+                continue
+        out.append(pa.Table.from_pylist([row], schema=SEGMENT_SCHEMA))
+    return pa.concat_tables(out) if out else SEGMENT_SCHEMA.empty_table()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: features (actor: the models are loaded once)
+# ---------------------------------------------------------------------------------------------
+
+class FeatureStage:
+    """Loads one extractor per stream (and the flow model of a device flow method) once, then
+    turns frame segments into clip features: (num_clips, d_f) float32, crops averaged (eq. 5).
+
+    Raises (a systemic error, not a failure row) when a model cannot be built or its weights
+    are not the ones the store records for the stream.
+    """
+
+    def __init__(self, cfg: StageConfig, streams: tuple[str, ...]):
+        import torch
+
+        from reslstm.extractors import create_extractor
+        from reslstm.flow import make_flow
+
+        self.cfg = cfg
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cpu":
+            limit_threads(cfg.actor_threads)
+        self.extractors = {}
+        for s in streams:
+            ext = create_extractor(cfg.extractor, s, cfg.weights.get(s), **cfg.extractor_options)
+            if ext.weights_id != cfg.weights_ids.get(s, ext.weights_id):
+                raise RuntimeError(f"{cfg.extractor} ({s}) loaded weights {ext.weights_id}, but "
+                                   f"the store records {cfg.weights_ids[s]} for them; the weights "
+                                   "file changed during the job")
+            self.extractors[s] = ext.to(self.device).eval()
+        self.flow = None
+        if "flow" in streams and cfg.flow_on_device:
+            self.flow = make_flow(cfg.flow_method, device=self.device, **cfg.flow_options)
+
+    def features(self, row: dict) -> np.ndarray:
+        from reslstm.extractors import clip_features
+        from reslstm.flow import flow_clip_frames
+
+        frames = frames_of(row)
+        if row["stream"] == "flow" and self.flow is not None:
+            frames = flow_clip_frames(frames, _real_frames(row, frames), self.cfg.clip_len,
+                                      self.flow)
+        feats = clip_features(self.extractors[row["stream"]], frames, self.cfg.clip_len,
+                              self.cfg.clip_stride, self.cfg.crops, self.cfg.batch_size, self.device)
+        if len(feats) != row["num_clips"]:
+            raise RuntimeError(f"segment {row['seg_index']} gave {len(feats)} clip features, "
+                               f"expected {row['num_clips']}")
+        return feats
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = []
+        for row in batch.to_pylist():
+            if row["kind"] == "segment":
+                try:
+                    row.update(encode(np.asarray(self.features(row), dtype=np.float32)))
+                except Exception as exc:  # noqa: BLE001
+                    row = failure_row(row, "features", exc).to_pylist()[0]
+            out.append(row)
+        return pa.Table.from_pylist(out, schema=SEGMENT_SCHEMA)

@@ -1,0 +1,47 @@
+"""The feature store: schema, layout, reading, writing and checking (``FeatureStore``).
+
+Modules: ``schema`` (Arrow schemas, ``StreamSettings``, the features column), ``store``
+(``FeatureStore``: layout, metadata, id sets, lock, preparation; atomic part files),
+``reader`` (rows, failures, the training index, verification) and ``writer`` (``StoreWriter``,
+which joins extracted segments into rows). Everything is re-exported here, so callers write
+``from reslstm import features as fs`` and ``fs.read_stream(store, "rgb")``. A store is a local
+directory or any pyarrow filesystem URI (``s3://bucket/prefix``).
+"""
+
+from .reader import (INDEX_COLUMNS, StoreIndex, VerifyReport, failed_ids, has_stream, read_failures,
+                     read_index, read_stream, stream_files, verify_store, written_ids)
+from .schema import (COMPARED_SETTINGS, FAILURE_SCHEMA, FAILURES_DIR, METADATA_FILE,
+                     STORE_FORMAT_VERSION, STREAMS, StoreError, StreamSettings, feature_schema,
+                     features_to_arrow, features_to_numpy)
+from .store import FeatureStore, as_store, remove_temporaries, write_part
+from .writer import StoreWriter
+
+
+def stream_dir(store, stream: str):
+    """The ``storage.Location`` of one stream's part files."""
+    return as_store(store).stream_dir(stream)
+
+
+def read_metadata(store) -> dict[str, StreamSettings]:
+    """Settings per stream recorded in the store's metadata.json ({} for a new store)."""
+    return as_store(store).read_metadata()
+
+
+def read_metadata_extra(store) -> dict:
+    """The fields of metadata.json beyond the stream settings (e.g. the manifest path)."""
+    return as_store(store).read_metadata_extra()
+
+
+def write_metadata(store, streams: dict[str, StreamSettings], **extra) -> str:
+    """Write the store's metadata.json atomically."""
+    return as_store(store).write_metadata(streams, **extra)
+
+
+__all__ = [
+    "COMPARED_SETTINGS", "FAILURES_DIR", "as_store", "FAILURE_SCHEMA", "FeatureStore", "INDEX_COLUMNS",
+    "METADATA_FILE", "STORE_FORMAT_VERSION", "STREAMS", "StoreError", "StoreIndex", "StoreWriter",
+    "StreamSettings", "VerifyReport", "failed_ids", "feature_schema", "features_to_arrow",
+    "features_to_numpy", "has_stream", "read_failures", "read_index", "read_metadata",
+    "read_metadata_extra", "read_stream", "remove_temporaries", "stream_dir", "stream_files",
+    "verify_store", "write_metadata", "write_part", "written_ids",
+]

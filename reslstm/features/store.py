@@ -1,0 +1,312 @@
+"""``FeatureStore``: one feature store, local or on object storage, and everything that writes it.
+
+Layout of a store (a directory or a prefix: any ``storage.resolve`` path or URI)::
+
+    STORE/metadata.json             settings per stream (extractor, weights id, clips, crops, flow)
+    STORE/rgb/part-*.parquet        one row per video: the RGB clip features
+    STORE/flow/part-*.parquet       one row per video: the optical-flow clip features
+    STORE/failures/part-*.parquet   one row per (video, stream) that could not be extracted
+
+Each stream directory is a plain Parquet dataset, readable by pyarrow, pandas or DuckDB without
+this package. The object owns what a writer needs: the settings check and reset of streams
+(``prepare``), one writer at a time (``lock``) and the sets of written and failed video ids,
+read once per object (``written_ids`` / ``failed_ids``, used by ``plan``).
+
+The promises, and how each is kept on a local disk and on object storage (S3, GCS):
+
+- Files appear only when complete: part files are written under a hidden name and renamed on a
+  disk; an object store makes an object visible only when its upload completes, so the final,
+  unique (time-ordered) name is written directly (``storage.Location.open_output``).
+- A rerun never duplicates a row: the writer skips videos whose id is already in a committed
+  part file; killed mid-run, it leaves only complete files behind.
+- Two writers are refused: an ``fcntl`` lock on ``STORE/.lock`` on a disk (released by the OS
+  when the process dies); on object storage, a lease: each writer puts a marker
+  ``STORE/_lock/<time>-<id>.json`` with an expiry, lists the markers, and only the oldest live
+  one proceeds (listing is strongly consistent on S3 and GCS, so two writers that raced both
+  see both markers and agree); the holder renews its expiry while it runs, and a marker left by
+  a killed job stops counting once it expires (``LEASE_S``).
+- Settings mismatches are refused: ``prepare`` compares the requested settings with
+  metadata.json for every stream that holds rows or failures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from reslstm import storage
+
+from .schema import (FAILURE_SCHEMA, FAILURES_DIR, METADATA_FILE, STORE_FORMAT_VERSION, STREAMS,
+                     StoreError, StreamSettings)
+
+LOCK_FILE = ".lock"
+LOCK_DIR = "_lock"
+LEASE_S = 300.0  # a lease marker of a killed job stops counting after this long
+
+
+def write_part(directory, table: pa.Table, name: str | None = None) -> str:
+    """Write ``table`` as ``directory/<name>`` (default: a new time-ordered part name) so that
+    it appears only when complete; returns the file's path on its filesystem."""
+    # Time-ordered names: readers that must prefer the latest record sort by name.
+    name = name or f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    target = storage.resolve(directory).join(name)
+    with target.open_output() as f:
+        pq.write_table(table, f)
+    return target.path
+
+
+def as_store(store) -> "FeatureStore":
+    """``store`` as a ``FeatureStore`` (paths and URIs are opened; a store passes through)."""
+    return store if isinstance(store, FeatureStore) else FeatureStore(store)
+
+
+def remove_temporaries(directory) -> int:
+    """Delete the hidden ``.*.tmp`` files a killed writer left in ``directory``; how many."""
+    d = storage.resolve(directory)
+    files = d.list(".tmp", hidden=True)
+    for f in files:
+        d.filesystem.delete_file(f)
+    return len(files)
+
+
+class FeatureStore:
+    """A feature store at ``root`` (path or URI); see the module docstring."""
+
+    def __init__(self, root):
+        self.root = storage.resolve(root)
+        self._written: dict[str, set[str]] | None = None
+        self._failures: pa.Table | None = None
+
+    def __str__(self) -> str:
+        return self.root.uri
+
+    # -- layout -------------------------------------------------------------------------------
+    def stream_dir(self, stream: str) -> storage.Location:
+        if stream not in STREAMS:
+            raise ValueError(f"unknown stream {stream!r}; expected one of {STREAMS}")
+        return self.root.join(stream)
+
+    @property
+    def failures_dir(self) -> storage.Location:
+        return self.root.join(FAILURES_DIR)
+
+    def stream_files(self, stream: str) -> list[str]:
+        """The committed Parquet files of one stream (paths on ``self.root.filesystem``)."""
+        return self.stream_dir(stream).list(".parquet")
+
+    def has_stream(self, stream: str) -> bool:
+        return bool(self.stream_files(stream))
+
+    def dataset(self, stream: str) -> pads.Dataset:
+        files = self.stream_files(stream)
+        if not files:
+            raise StoreError(f"{self.stream_dir(stream)}: no {stream} features in the store; "
+                             f"run jobs/extract.py --streams {stream} --out {self.root} first")
+        return pads.dataset(files, format="parquet", filesystem=self.root.filesystem)
+
+    # -- metadata -----------------------------------------------------------------------------
+    def _metadata_doc(self) -> dict:
+        loc = self.root.join(METADATA_FILE)
+        if not loc.exists():
+            return {}
+        try:
+            return json.loads(loc.read_text())
+        except ValueError as exc:
+            raise StoreError(f"{loc}: unreadable store metadata ({exc}); fix or remove the file") from exc
+
+    def read_metadata(self) -> dict[str, StreamSettings]:
+        """Settings per stream recorded in ``metadata.json`` ({} for a new store)."""
+        doc = self._metadata_doc()
+        try:
+            return {s: StreamSettings(**v) for s, v in doc.get("streams", {}).items()}
+        except TypeError as exc:
+            raise StoreError(f"{self.root.join(METADATA_FILE)}: unreadable store metadata ({exc}); "
+                             "fix or remove the file") from exc
+
+    def read_metadata_extra(self) -> dict:
+        """The fields of metadata.json beyond the stream settings (e.g. the manifest path)."""
+        return {k: v for k, v in self._metadata_doc().items()
+                if k not in ("streams", "format_version")}
+
+    def write_metadata(self, streams: Mapping[str, StreamSettings], **extra) -> str:
+        """Write ``metadata.json`` atomically (settings per stream plus ``extra`` fields)."""
+        doc = {"format_version": STORE_FORMAT_VERSION,
+               "streams": {s: dataclasses.asdict(v) for s, v in sorted(streams.items())}, **extra}
+        loc = self.root.join(METADATA_FILE)
+        loc.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        return loc.path
+
+    # -- which videos it holds (read once per object) -----------------------------------------
+    def written_ids(self, stream: str) -> set[str]:
+        """video_ids that have a row in ``stream``."""
+        if self._written is None:
+            self._written = {}
+        if stream not in self._written:
+            files = self.stream_files(stream)
+            ids = (pads.dataset(files, format="parquet", filesystem=self.root.filesystem)
+                   .to_table(columns=["video_id"]).column("video_id").to_pylist() if files else [])
+            self._written[stream] = set(ids)
+        return self._written[stream]
+
+    def failures(self, current_only: bool = True) -> pa.Table:
+        """The failures table. ``current_only``: drop failures of (video, stream) pairs that a
+        later run extracted (``--retry-failed``) and keep the latest failure of each pair."""
+        if self._failures is None:
+            files = self.failures_dir.list(".parquet")
+            self._failures = (pads.dataset(files, format="parquet", schema=FAILURE_SCHEMA,
+                                           filesystem=self.root.filesystem).to_table()
+                              if files else FAILURE_SCHEMA.empty_table())
+        table = self._failures
+        if not current_only or table.num_rows == 0:
+            return table
+        latest: dict[tuple[str, str], int] = {}
+        for i, (vid, stream) in enumerate(zip(table.column("video_id").to_pylist(),
+                                              table.column("stream").to_pylist())):
+            if stream in STREAMS and vid not in self.written_ids(stream):
+                latest[(vid, stream)] = i  # files are read in name order; later rows win
+        return table.take(sorted(latest.values()))
+
+    def failed_ids(self, stream: str) -> set[str]:
+        """video_ids whose latest attempt on ``stream`` failed."""
+        t = self.failures()
+        return {v for v, s in zip(t.column("video_id").to_pylist(), t.column("stream").to_pylist())
+                if s == stream}
+
+    def plan(self, rows: Sequence[dict], streams: Iterable[str], retry_failed: bool = False
+             ) -> tuple[list[dict], int, int]:
+        """Work items ``{**row, "stream": s}`` for the (video, stream) pairs not written yet, in
+        the order of ``rows`` and ``streams``; plus how many pairs were skipped as written and as
+        failed before (retried only with ``retry_failed``)."""
+        streams = list(streams)
+        items, done_n, failed_n = [], 0, 0
+        for r in rows:
+            for stream in streams:
+                if r["video_id"] in self.written_ids(stream):
+                    done_n += 1
+                elif not retry_failed and r["video_id"] in self.failed_ids(stream):
+                    failed_n += 1
+                else:
+                    items.append({**r, "stream": stream})
+        return items, done_n, failed_n
+
+    # -- preparing a run ----------------------------------------------------------------------
+    def prepare(self, settings: Mapping[str, StreamSettings], overwrite: bool = False,
+                **extra) -> None:
+        """Check the requested settings against the store's and record them (``extra`` goes to
+        metadata.json too, e.g. the manifest). A stream that holds rows or failures made with
+        other settings is refused, unless ``overwrite``, which discards its rows and failures."""
+        old = self.read_metadata()
+        clashes = {s: old[s].differences(settings[s]) for s in settings if s in old}
+        clashes = {s: d for s, d in clashes.items() if d and self._holds(s)}
+        if clashes and not overwrite:
+            detail = "; ".join(f"{s}: " + ", ".join(d) for s, d in clashes.items())
+            raise StoreError(f"{self.root} was extracted with other settings ({detail}). Use "
+                             "another --out, the same settings, or --overwrite to discard "
+                             "those streams.")
+        if overwrite:
+            for s in settings:
+                self.stream_dir(s).delete_dir()
+            self._drop_failures(set(settings))
+        self._remove_temporaries()
+        self.write_metadata({**{s: v for s, v in old.items() if s not in settings}, **settings},
+                            **extra)
+        self._written, self._failures = None, None
+
+    def _holds(self, stream: str) -> bool:
+        return bool(self.written_ids(stream)) or stream in set(
+            self.failures(current_only=False).column("stream").to_pylist())
+
+    def _drop_failures(self, streams: set[str]) -> None:
+        old = self.failures(current_only=False)
+        files = self.failures_dir.list(".parquet")
+        keep = old.filter(pc.invert(pc.is_in(old.column("stream"), pa.array(sorted(streams)))))
+        if keep.num_rows:
+            write_part(self.failures_dir, keep)
+        for f in files:
+            self.root.filesystem.delete_file(f)
+
+    def _remove_temporaries(self) -> int:
+        return sum(remove_temporaries(d)
+                   for d in [self.stream_dir(s) for s in STREAMS] + [self.failures_dir])
+
+    # -- one writer at a time -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the store for one writer (see the module docstring); raises ``StoreError`` when
+        another job holds it."""
+        busy = (f"{self.root} is being written by another extraction job; wait for it or use "
+                "another --out")
+        self.root.mkdir()
+        if self.root.local:
+            import fcntl
+
+            with open(os.path.join(self.root.path, LOCK_FILE), "w") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise StoreError(busy) from None
+                yield
+            return
+        with _Lease(self.root.join(LOCK_DIR), busy):
+            yield
+
+
+class _Lease:
+    """The object-storage lock: a marker with an expiry, renewed by a thread (module docstring)."""
+
+    def __init__(self, directory: storage.Location, busy: str):
+        self.dir, self.busy = directory, busy
+        self.marker = directory.join(f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json")
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def _put(self) -> None:
+        self.marker.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                           "expires": time.time() + LEASE_S}))
+
+    def _live(self) -> list[str]:
+        live = []
+        for path in self.dir.list(".json"):
+            loc = storage.Location(self.dir.filesystem, path, path)
+            try:
+                expires = json.loads(loc.read_text())["expires"]
+            except (OSError, ValueError, KeyError):  # gone meanwhile, or being written
+                expires = time.time() + LEASE_S if path == self.marker.path else 0
+            if expires > time.time():
+                live.append(path)
+            elif path != self.marker.path:
+                loc.delete()  # a killed job's marker
+        return sorted(live)
+
+    def _renew(self) -> None:
+        while not self.stop.wait(LEASE_S / 4):
+            self._put()
+
+    def __enter__(self):
+        self._put()
+        live = self._live()
+        if not live or live[0] != self.marker.path:
+            self.marker.delete()
+            raise StoreError(self.busy + f" (its lease marker: {self.dir}; a killed job's "
+                             f"marker expires {LEASE_S:.0f} s after its last renewal)")
+        self.thread = threading.Thread(target=self._renew, daemon=True, name="store-lease")
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+        self.marker.delete()

@@ -1,0 +1,264 @@
+"""Prediction tables and their reports: scores per head, late fusion of two runs, confusion
+matrices, per-class and per-category accuracy. Pure pyarrow/NumPy; no Ray.
+
+Predictions are Parquet tables (``PREDICTION_SCHEMA``), one row per (video, head):
+``video_id``, ``label``, ``label_name``, ``split``, ``head`` and ``probs`` (list<float32>,
+the softmax over the classes). A training run writes ``RUN_DIR/predictions/{val,test}.parquet``
+with head ``fused`` (the model's combined output) and, for late fusion, ``rgb`` and ``flow``.
+
+- ``prediction_table(video_ids, labels, label_names, split, probs_by_head) -> pa.Table``.
+- ``load_predictions(path, split, head=None) -> pa.Table``: a run directory, its
+  ``predictions/`` folder or one Parquet file; ``head`` keeps one head.
+- ``evaluate_fusion(rgb, flow, op="product", split="test", out_dir=None, categories=None,
+  rgb_head="auto", flow_head="auto") -> Report``: joins the two runs on video_id, fuses their
+  probabilities with ``fusion.late_fuse`` and scores rgb, flow and fused.
+- ``evaluate_run(path, split="test", out_dir=None, categories=None) -> Report``: every head
+  of one run's predictions.
+- ``Report``: ``rows`` {name: {top1, top5, mean_class_acc, n}}, ``table()`` (printable),
+  ``confusion`` (C, C), ``class_names``, ``files`` {name: path} of the PNG and CSVs.
+
+Reports written to ``out_dir``: ``confusion_<name>.png`` (``metrics.plot_confusion``),
+``per_class_<name>.csv`` (``metrics.per_class_table``) and, with ``categories``
+(``ucf101`` | ``hmdb51`` | ``synthetic``), ``categories_<name>.csv``, for the fused (or only) head.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from reslstm import metrics
+from reslstm.datasets.categories import categories_for
+from reslstm.fusion import LATE_OPS, late_fuse
+from reslstm.metrics import score
+
+PREDICTION_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("label", pa.int32()),
+    ("label_name", pa.string()),
+    ("split", pa.string()),
+    ("head", pa.string()),
+    ("probs", pa.list_(pa.float32())),
+])
+
+
+FUSED = "fused"
+
+
+class PredictionError(ValueError):
+    """Prediction files that are missing or cannot be compared."""
+
+
+def prediction_table(video_ids: Sequence[str], labels: Sequence[int], label_names: Sequence[str],
+                     split: str, probs_by_head: Mapping[str, np.ndarray]) -> pa.Table:
+    """Rows of ``PREDICTION_SCHEMA``: for each head, one row per video with its softmax."""
+    cols: dict[str, list] = {n: [] for n in PREDICTION_SCHEMA.names}
+    labels = [int(i) for i in labels]
+    for head, probs in probs_by_head.items():
+        cols["video_id"] += list(video_ids)
+        cols["label"] += labels
+        cols["label_name"] += [label_names[i] for i in labels]
+        cols["split"] += [split] * len(labels)
+        cols["head"] += [head] * len(labels)
+        cols["probs"] += list(np.asarray(probs, np.float32))
+    return pa.Table.from_pydict(
+        {n: pa.array(cols[n], PREDICTION_SCHEMA.field(n).type) for n in cols},
+        schema=PREDICTION_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading predictions
+# ---------------------------------------------------------------------------------------------
+
+def prediction_files(path, split: str) -> list[Path]:
+    """The Parquet file(s) of ``split`` under a run directory, a predictions folder or a file."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    for folder in (path / "predictions", path):
+        if (folder / f"{split}.parquet").is_file():
+            return [folder / f"{split}.parquet"]
+    raise PredictionError(f"{path}: no {split}.parquet here nor in {path / 'predictions'}; "
+                          "pass a run directory written by jobs/train.py or a predictions file")
+
+
+def load_predictions(path, split: str = "test", head: str | None = None) -> pa.Table:
+    """Rows of ``split`` (and ``head``) from ``path``, sorted by (head, video_id)."""
+    files = prediction_files(path, split)
+    table = pa.concat_tables(pq.read_table(f) for f in files)
+    missing = set(PREDICTION_SCHEMA.names) - set(table.column_names)
+    if missing:
+        raise PredictionError(f"{files[0]}: not a predictions file (lacks {sorted(missing)})")
+    table = table.filter(pc.equal(table.column("split"), split))
+    if head is not None:
+        heads = sorted(set(table.column("head").to_pylist()))
+        if head not in heads:
+            raise PredictionError(f"{files[0]}: no head {head!r} in the {split} predictions "
+                                  f"(heads: {heads})")
+        table = table.filter(pc.equal(table.column("head"), head))
+    if table.num_rows == 0:
+        raise PredictionError(f"{files[0]}: no {split} predictions")
+    return table.sort_by([("head", "ascending"), ("video_id", "ascending")])
+
+
+def heads_of(table: pa.Table) -> list[str]:
+    """Heads present, ``fused`` first."""
+    heads = set(table.column("head").to_pylist())
+    return sorted(heads, key=lambda h: (h != FUSED, h))
+
+
+def _arrays(table: pa.Table, where: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(video ids, probs (N, C) float32, labels (N,)) of a one-head table."""
+    ids = table.column("video_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        raise PredictionError(f"{where}: a video appears twice for one head")
+    lengths = set(pc.list_value_length(table.column("probs")).to_pylist())
+    if len(lengths) != 1:
+        raise PredictionError(f"{where}: probability vectors of different lengths {sorted(lengths)}")
+    probs = np.asarray(table.column("probs").to_pylist(), np.float32)
+    return ids, probs, np.asarray(table.column("label").to_pylist(), np.int64)
+
+
+def class_names_of(table: pa.Table, num_classes: int) -> list[str]:
+    """Class names indexed by label, from the rows' (label, label_name) pairs."""
+    names = {int(i): n for i, n in zip(table.column("label").to_pylist(),
+                                       table.column("label_name").to_pylist())}
+    return [names.get(i, f"class_{i}") for i in range(num_classes)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Report:
+    """Scores per stream / head, and where the report files went."""
+
+    split: str
+    rows: dict[str, dict[str, float]]
+    class_names: list[str]
+    confusion: np.ndarray | None = None
+    categories: dict[str, float] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def table(self) -> str:
+        lines = [f"{'':<16} {'top-1':>7} {'top-5':>7} {'mean cls':>8} {'videos':>7}"]
+        for name, r in self.rows.items():
+            lines.append(f"{name:<16} {100 * r['top1']:>6.2f}% {100 * r['top5']:>6.2f}% "
+                         f"{100 * r['mean_class_acc']:>7.2f}% {int(r['n']):>7d}")
+        return "\n".join(lines)
+
+    def text(self) -> str:
+        """The whole report as a person reads it: split, table, categories, files."""
+        lines = [f"{self.split} ({len(self.class_names)} classes)", self.table()]
+        lines += [f"  {name:<45} {100 * acc:6.2f}%" for name, acc in sorted(self.categories.items())]
+        lines += [f"{name}: {path}" for name, path in self.files.items()]
+        return "\n".join(lines)
+
+
+def _write_reports(report: Report, name: str, probs: np.ndarray, labels: np.ndarray,
+                   out_dir, categories: str | None) -> None:
+    c = len(report.class_names)
+    conf = metrics.confusion_matrix(probs.argmax(axis=1), labels, c)
+    report.confusion = conf
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = metrics.plot_confusion(conf, report.class_names, out / f"confusion_{name}.png",
+                                 title=f"{name} ({report.split}) confusion, rows normalised")
+    report.files[f"confusion_{name}"] = str(png)
+    per_class = out / f"per_class_{name}.csv"
+    _write_csv(per_class, metrics.per_class_table(conf, report.class_names))
+    report.files[f"per_class_{name}"] = str(per_class)
+    if categories:
+        mapping = categories_for(categories)
+        try:
+            report.categories = metrics.category_accuracy(conf, report.class_names, mapping)
+        except KeyError as exc:
+            raise PredictionError(f"--categories {categories}: {exc.args[0]}; the predictions "
+                                  f"are not of the {categories} classes") from None
+        cat_csv = out / f"categories_{name}.csv"
+        _write_csv(cat_csv, [{"category": k, "accuracy": v}
+                             for k, v in sorted(report.categories.items())])
+        report.files[f"categories_{name}"] = str(cat_csv)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["class"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def evaluate_run(path, split: str = "test", out_dir=None,
+                 categories: str | None = None) -> Report:
+    """Score every head of one run's predictions; reports for the fused head."""
+    table = load_predictions(path, split)
+    heads = heads_of(table)
+    where = str(prediction_files(path, split)[0])
+    rows, arrays = {}, {}
+    for h in heads:
+        _, probs, labels = _arrays(table.filter(pc.equal(table.column("head"), h)), where)
+        arrays[h] = (probs, labels)
+        rows[h] = {**score(probs, labels, probs.shape[1]), "n": len(labels)}
+    first = heads[0]
+    report = Report(split, rows, class_names_of(table, arrays[first][0].shape[1]))
+    if out_dir is not None:
+        _write_reports(report, first, *arrays[first], out_dir, categories)
+    return report
+
+
+def _pick_head(table: pa.Table, stream: str, head: str, where: str) -> str:
+    heads = heads_of(table)
+    if head == "auto":
+        return stream if stream in heads else FUSED
+    if head not in heads:
+        raise PredictionError(f"{where}: no head {head!r} (heads: {heads})")
+    return head
+
+
+def evaluate_fusion(rgb, flow, op: str = "product", split: str = "test", out_dir=None,
+                    categories: str | None = None, rgb_head: str = "auto",
+                    flow_head: str = "auto", w_rgb: float = 1.0, w_flow: float = 1.5) -> Report:
+    """Late fusion of an RGB run's and a flow run's predictions (paths), joined on video_id.
+
+    ``*_head="auto"`` takes the run's own stream head when it has one (a late-fusion run) and
+    its ``fused`` head otherwise (a single-stream run). Raises ``PredictionError`` naming the
+    files when they cover different videos, labels or classes.
+    """
+    if op not in LATE_OPS:
+        raise ValueError(f"unknown late fusion {op!r}; valid: {', '.join(LATE_OPS)}")
+    sides = {}
+    for stream, path, head in (("rgb", rgb, rgb_head), ("flow", flow, flow_head)):
+        where = str(prediction_files(path, split)[0])
+        table = load_predictions(path, split)
+        h = _pick_head(table, stream, head, where)
+        sub = table.filter(pc.equal(table.column("head"), h))
+        sides[stream] = (where, sub, *_arrays(sub, where))
+    (wr, tr, ids_r, pr, yr), (wf, tf, ids_f, pf, yf) = sides["rgb"], sides["flow"]
+    if ids_r != ids_f:
+        only_r, only_f = sorted(set(ids_r) - set(ids_f)), sorted(set(ids_f) - set(ids_r))
+        raise PredictionError(
+            f"{wr} and {wf} cover different {split} videos: {len(only_r)} only in the first "
+            f"(e.g. {only_r[:3]}), {len(only_f)} only in the second (e.g. {only_f[:3]}); "
+            "evaluate runs trained on the same feature store and split")
+    if pr.shape[1] != pf.shape[1]:
+        raise PredictionError(f"{wr} has {pr.shape[1]} classes, {wf} has {pf.shape[1]}")
+    names_r, names_f = class_names_of(tr, pr.shape[1]), class_names_of(tf, pf.shape[1])
+    if names_r != names_f or not np.array_equal(yr, yf):
+        raise PredictionError(f"{wr} and {wf} disagree on the labels or class names of the "
+                              "same videos; they come from different label sets")
+    fused = late_fuse(pr, pf, op, w_rgb=w_rgb, w_flow=w_flow)
+    rows = {"rgb": {**score(pr, yr, pr.shape[1]), "n": len(yr)},
+            "flow": {**score(pf, yf, pf.shape[1]), "n": len(yf)},
+            f"{FUSED}-{op}": {**score(fused, yr, pr.shape[1]), "n": len(yr)}}
+    report = Report(split, rows, names_r)
+    if out_dir is not None:
+        _write_reports(report, f"{FUSED}-{op}", fused, yr, out_dir, categories)
+    return report
