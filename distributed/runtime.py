@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 import numpy as np
@@ -26,6 +27,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         if quiet:
             quiet_ray_logs()
         return "already connected"
+    driver_settings()
+    if quiet:
+        quiet_ray_logs()
     kwargs: dict = {"log_to_driver": True}
     if quiet:
         kwargs["logging_level"] = "WARNING"
@@ -34,19 +38,95 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         ray.init(address=target, **kwargs)
         where = f"cluster at {target}"
     else:
-        # The dashboard (on 127.0.0.1 only) also serves the State API that Ray Train uses to
-        # clean up after trials Tune stopped early; without it those warn and leak CPUs.
-        ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
-                       dashboard_host="127.0.0.1",
-                       _system_config=local_system_config(num_cpus or os.cpu_count() or 1),
-                       **kwargs)
+        # The dashboard (on 127.0.0.1 only) also serves the State API, through which Ray
+        # Train's placement-group cleaner frees the workers' CPUs of a trial that Tune stopped
+        # early. The cleaner finds the API by looking for running Ray instances, which fails
+        # ("Found multiple active Ray instances") when another one runs on the machine: its
+        # address goes into the environment the new instance's processes inherit (and only
+        # theirs: this process's value is restored afterwards).
+        port = free_port()
+        saved = os.environ.get(API_SERVER_ENV)
+        os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
+        try:
+            ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+                           dashboard_host="127.0.0.1", dashboard_port=port,
+                           _system_config=local_system_config(num_cpus or os.cpu_count() or 1),
+                           **kwargs)
+        finally:
+            if saved is None:
+                os.environ.pop(API_SERVER_ENV, None)
+            else:
+                os.environ[API_SERVER_ENV] = saved
         where = "a local Ray instance" + (f" (dashboard http://{ctx.dashboard_url})"
                                           if ctx.dashboard_url else "")
     if quiet:
-        quiet_ray_logs()
+        quiet_ray_logs()  # Ray Data's context and the worker-log printer exist now
     res = ray.cluster_resources()
     return (f"{where}: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs, "
             f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s)")
+
+
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+
+# Settings Ray reads from the driver's environment (a user's own value wins):
+DRIVER_ENV = {
+    # Ray Train's controller drains each worker's one-slot report queue once per health check
+    # (default every 2 s), so ray.train.report blocks up to 2 s: with a small Res-LSTM that is
+    # most of an epoch.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # Ray Train's print patch sends a worker's print both to its log and to stdout, so a line
+    # reached the driver twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # Tune's console tables (a configuration box and a status table every few seconds, even at
+    # verbose=0 with the new output): sweeps log their own lines, one per trial event.
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+# Lines Ray's own processes print about expected events; a person reads them as problems
+# (``filter_worker_logs`` drops exactly these).
+EXPECTED_WORKER_LINES = tuple(re.compile(p) for p in (
+    # Ray core, for every actor Ray Data and Ray Train create with restarts enabled.
+    r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object "
+    r"store and max_restarts > 0",
+    # Ray Train freeing the CPUs of a trial that Tune (ASHA) stopped early: the expected end.
+    r"Detected that the Ray Train controller actor \(\w+\) is dead\. Cleaning up placement group",
+    # Ray Train's own dataset manager using a Ray Data option that Ray Data deprecated.
+    r"RayDeprecationWarning: `ExecutionOptions\.exclude_resources` is deprecated",
+    r"^\s*self\.exclude_resources = exclude_resources\s*$",
+    # Ray Data in the actors that split training data: progress bars are off on purpose.
+    r"Progress bars disabled\. To enable, set",
+    r"Dataset \S+ execution finished in [\d.]+ seconds",
+    # The raylet, when Ray Data and Ray Train start more worker processes than a 2-CPU node
+    # starts at once; they are needed and reused.
+    r"WARNING: \d+ PYTHON worker processes have been started on node",
+))
+
+
+def driver_settings() -> None:
+    """Set ``DRIVER_ENV`` in this process (before Ray starts; values already set win)."""
+    for key, value in DRIVER_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def filter_worker_logs() -> None:
+    """Drop ``EXPECTED_WORKER_LINES`` from the worker output Ray prints in this driver; every
+    other line (errors included) is printed as before."""
+    from ray._private import ray_logging  # no public hook for the driver's log printer
+
+    dispatcher = ray_logging.global_worker_stdstream_dispatcher
+    with dispatcher._lock:
+        for i, (name, handler) in enumerate(dispatcher.handlers):
+            if name != "ray_print_logs" or getattr(handler, "filtered", False):
+                continue
+
+            def filtered(data, _print=handler):
+                lines = [ln for ln in data.get("lines", [])
+                         if not any(p.search(ln) for p in EXPECTED_WORKER_LINES)]
+                if lines:
+                    _print({**data, "lines": lines})
+
+            filtered.filtered = True
+            dispatcher.handlers[i] = (name, filtered)
 
 
 def quiet_ray_logs() -> None:
@@ -59,13 +139,15 @@ def quiet_ray_logs() -> None:
     - Ray Train's two INFO lines per report ("Reporting training result ...", "Checkpoint
       successfully created ..."): the epoch line says the same in one. The first comes from a
       logger named after its file, hence the lookup.
+    - MLflow's notes when it creates a database; Ray's notes on expected events
+      (``_ExpectedRayWarnings``, ``filter_worker_logs``).
     """
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stdout.isatty()
     ctx.print_on_execution_start = sys.stdout.isatty()
-    levels = {"ray.train": logging.WARNING}
+    levels = {"ray.train": logging.WARNING, "mlflow": logging.WARNING}
     if not sys.stdout.isatty():
         levels.update({"ray.data._internal.progress": logging.ERROR,
                        "ray.data._internal.execution.streaming_executor": logging.WARNING})
@@ -77,6 +159,30 @@ def quiet_ray_logs() -> None:
         pass
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+    for handler in logging.getLogger("ray").handlers:  # Ray's own console handler
+        if not any(isinstance(f, _ExpectedRayWarnings) for f in handler.filters):
+            handler.addFilter(_ExpectedRayWarnings())
+    if ray.is_initialized():
+        filter_worker_logs()
+
+
+class _ExpectedRayWarnings(logging.Filter):
+    """Drops Ray's notes about expected events, which a person reads as problems: that the
+    local instance uses token authentication (Ray 2.60's default, on purpose here)."""
+
+    EXPECTED = ("Token authentication is enabled for this Ray cluster",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.EXPECTED)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def idle_workers_to_keep(cpus: int) -> int:

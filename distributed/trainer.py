@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -118,18 +117,15 @@ def run_name(cfg: TrainConfig) -> str:
     return f"{cfg.fusion}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-REPORT_POLL_S = "0.2"
-
-
 def build_trainer(cfg: TrainConfig, data: RunData, spec: RunSpec, name: str,
                   callbacks: Sequence = ()) -> ray.train.torch.TorchTrainer:
-    """The TorchTrainer of a run; ``fit`` and every Tune trial build it here."""
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
-    # Ray Train's print patch sends a worker's print both to its log and to stdout, so every
-    # epoch line reached the driver twice.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    """The TorchTrainer of a run; ``fit`` and every Tune trial build it here (the driver's
+    environment for Ray Train is set once, by ``runtime.init_ray``)."""
     run_config = ray.train.RunConfig(
         name=name,
+        # Ray Train's INFO lines (resources requested, worker group started, each report):
+        # the epoch lines say what a person needs.
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         storage_path=cfg.resolved_storage(),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=1, checkpoint_score_attribute=checkpoints.METRIC, checkpoint_score_order="max"),

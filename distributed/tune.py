@@ -20,8 +20,10 @@ trial only iterates data that is already materialized. Each trial is a function 
 that fits PCA (if asked) and builds its ``TorchTrainer`` through ``trainer.prepare`` /
 ``trainer.build_trainer`` (the same ``worker.train_loop`` as ``jobs/train.py``), with
 ``TuneReportCallback`` forwarding every epoch's metrics to Tune. A
-late-fusion trial trains both streams and reports the fused ``val_top1``. ASHA
-(``time_attr=training_iteration`` = epochs, ``max_t = epochs``) stops weak trials.
+late-fusion trial trains both streams and reports the fused ``val_top1``. ASHA (on the
+reported ``epoch``) stops weak trials; Ray Train frees their workers (its placement-group
+cleaner, through the dashboard's state API: see ``runtime.init_ray``). ``TrialProgress`` is
+the console: a line per trial event.
 
 CPU accounting: a trial's driver holds ``TRIAL_CPUS`` (1) CPU while its workers train; each
 worker gets ``min(1, (CPUs - 1) / workers)`` CPUs unless ``--cpus-per-worker`` says otherwise,
@@ -46,8 +48,6 @@ import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
-from ray._raylet import PlacementGroupID
-from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from reslstm.configs import SEARCHED, SweepConfig, TrainConfig
 from reslstm.fusion import streams_of
@@ -59,7 +59,6 @@ from .data import RunData, load_data
 from .evaluate import predict
 from .runtime import cluster_cpus, cluster_gpus, cpus_per_worker, init_ray, wants_gpu
 from .trainer import build_trainer, prepare
-from .worker import PLACEMENT_GROUP_KEY
 
 log = logging.getLogger(__name__)
 
@@ -143,47 +142,50 @@ def run_trial(config: dict, base: TrainConfig, sweep_name: str,
     trial_id = tune.get_context().get_trial_id()
     run_data = data[data_key(cfg.fusion, cfg.T)]
     spec = prepare(cfg, run_data)
-    spec.report_placement_group = True
+    spec.log_epochs = False  # TrialProgress logs the sweep's progress
     trainer = build_trainer(cfg, run_data, spec, name=f"{sweep_name}-{trial_id}",
                             callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
-class ReleaseTrainResources(tune.Callback):
-    """Removes the Ray Train worker placement group of a trial that Tune stopped.
+class TrialProgress(tune.Callback):
+    """The sweep's console: a line when a trial starts, one every ``every_s`` seconds while it
+    trains, and one when it ends (finished, stopped early by ASHA, or failed)."""
 
-    ASHA (also at max_t) stops a trial by ending its actor while the Train controller it
-    started is still running; that controller then dies without removing its workers'
-    placement group. Ray Train's own cleaner actor finds such groups through the state API,
-    which needs the dashboard; without it (``include_dashboard=False``) the group's CPUs stay
-    reserved and the next trial waits forever for its workers. Rank 0 reports its group id
-    (``PLACEMENT_GROUP_KEY``), so only groups of this sweep's own trials are touched.
-    """
+    def __init__(self, epochs: int, every_s: float = 10.0):
+        self.epochs, self.every_s = epochs, every_s
+        self.last: dict[str, float] = {}
+        self.best: dict[str, tuple[float, int]] = {}
+        self.epoch: dict[str, int] = {}
 
-    def __init__(self):
-        self.groups: dict[str, str] = {}
+    @staticmethod
+    def _label(trial) -> str:
+        return tracking.trial_label(trial.config)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.last[trial.trial_id] = time.monotonic()
+        log.info(f"trial {trial.trial_id} started: {self._label(trial)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if result.get(PLACEMENT_GROUP_KEY):
-            self.groups[trial.trial_id] = result[PLACEMENT_GROUP_KEY]
-
-    def _release(self, trial) -> None:
-        pg_hex = self.groups.pop(trial.trial_id, None)
-        if not pg_hex:
-            return
-        pg = PlacementGroup(PlacementGroupID(bytes.fromhex(pg_hex)))
-        try:
-            if placement_group_table(pg).get("state") != "REMOVED":
-                remove_placement_group(pg)
-        except Exception as exc:  # already gone, or the cluster is shutting down
-            log.warning(f"could not release placement group {pg_hex} of trial "
-                        f"{trial.trial_id}: {exc}")
+        tid, epoch = trial.trial_id, int(result.get("epoch", 0))
+        self.epoch[tid] = epoch
+        score = float(result.get(METRIC, float("nan")))
+        if tid not in self.best or score >= self.best[tid][0]:
+            self.best[tid] = (score, epoch)
+        if time.monotonic() - self.last.get(tid, 0.0) >= self.every_s:
+            self.last[tid] = time.monotonic()
+            log.info(f"trial {tid}: epoch {epoch}/{self.epochs}, val top-1 {score:.3f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._release(trial)
+        tid, epochs = trial.trial_id, self.epoch.get(trial.trial_id, 0)
+        best, at = self.best.get(tid, (float("nan"), 0))
+        how = "finished" if epochs >= self.epochs else "stopped early by ASHA"
+        log.info(f"trial {tid} {how} after {epochs} epoch(s): best val top-1 {best:.3f} "
+                 f"(epoch {at})")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._release(trial)
+        log.warning(f"trial {trial.trial_id} ({self._label(trial)}) failed; its error: "
+                    f"{getattr(trial, 'error_file', None) or 'see the Tune results folder'}")
 
 
 def _rows(grid, cb: tracking.MLflowTrialCallback) -> list[TrialRow]:
@@ -272,11 +274,14 @@ def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
         param_space=param_space(scfg),
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="max", num_samples=scfg.num_samples,
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
+            # ASHA judges trials by the epoch they report. Its max_t is one past the last
+            # epoch, so a trial that trains all its epochs ends by itself instead of being
+            # stopped (killed) by Tune at max_t.
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=base.epochs + 1,
                                     grace_period=min(scfg.grace_period, base.epochs)),
             max_concurrent_trials=concurrent, reuse_actors=False),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
-                                  callbacks=[cb, ReleaseTrainResources()]),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
+                                  callbacks=[cb, TrialProgress(base.epochs)]),
     )
     grid = tuner.fit()
     rows = _rows(grid, cb)

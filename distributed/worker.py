@@ -28,9 +28,6 @@ from .checkpoints import report
 from .runtime import quiet_ray_logs
 
 log = logging.getLogger(__name__)
-# Rank 0 adds this (its worker placement group id) to every report, so a Tune driver can
-# release the group of a trial it stopped (``tune.ReleaseTrainResources``).
-PLACEMENT_GROUP_KEY = "train_placement_group"
 
 
 @dataclass
@@ -40,7 +37,7 @@ class RunSpec:
     model_config: dict
     label_names: list[str]
     pca_state: Any = None  # ObjectRef of {buffer name: np.ndarray}, or None
-    report_placement_group: bool = False
+    log_epochs: bool = True  # rank 0 logs a line per epoch (a sweep logs per trial instead)
 
 
 def torch_batches(it, batch_size: int, streams: Sequence[str], shuffle_seed: int | None = None
@@ -144,10 +141,7 @@ def train_loop(config: dict) -> None:
         result = evaluate(inner, val_data.batches(cfg.batch_size), device, streams)
         metrics = {"epoch": epoch, **epoch_metrics(result, loss, heads)}
         history.append(metrics)
-        if spec.report_placement_group and rank == 0:
-            pg = ray.util.get_current_placement_group()
-            metrics = {**metrics, PLACEMENT_GROUP_KEY: pg.id.hex() if pg else ""}
-        if rank == 0:
+        if rank == 0 and spec.log_epochs:
             log.info(f"epoch {epoch}: " + "  ".join(
                 f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch" and isinstance(v, float)))
         report(epoch, metrics, history, lambda: {

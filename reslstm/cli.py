@@ -153,6 +153,8 @@ def setup_console(level: int = logging.INFO) -> None:
     handler.setFormatter(_ConsoleFormatter())
     logger.addHandler(handler)
     logger.setLevel(level)
+    # One line per message: Ray Train's workers also print the root logger to the console.
+    logger.propagate = False
 
 
 def run_job(name: str, main: Callable[[], int | None], errors: tuple[type, ...] = ()) -> int:

@@ -170,6 +170,7 @@ def resolve(path) -> Location:
 
 
 def _display(uri: str) -> str:
-    """``scheme://netloc/path`` without the query (endpoints and options stay out of logs)."""
+    """``scheme://bucket/path``: without credentials in the user-info part or the query
+    (endpoints and options), so a printed location never shows a secret."""
     parts = urlsplit(uri)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"

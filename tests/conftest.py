@@ -41,15 +41,15 @@ def shared_videos() -> Path:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A private local Ray with 2 CPUs for one test module (never a running cluster)."""
+    """A private local Ray with 2 CPUs for one test module (never a running cluster), started
+    as the jobs start theirs (``runtime.init_ray``: dashboard on 127.0.0.1, quiet logs)."""
     import ray
+
+    from reslstm.distributed.runtime import init_ray
 
     if ray.is_initialized():
         ray.shutdown()
-    from reslstm.distributed.runtime import local_system_config
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             log_to_driver=False, _system_config=local_system_config(2))
+    init_ray(num_cpus=2)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
