@@ -1,18 +1,44 @@
 #!/usr/bin/env bash
-# Stop exactly the head that cluster/local/up.sh started: the PIDs it recorded and every process
-# descended from them (workers, agents), by PID. Never Ray's own stop command, which would kill every Ray
-# process on the machine, other people's too.
+# Stop exactly the cluster that cluster/local/up.sh started (the head and any worker nodes of
+# --workers): the PIDs it recorded, every process descended from them (workers, agents), and
+# any process still naming one of its private temp dirs or carrying RESLSTM_RAY_NODE=<one of
+# them> in its environment (as up.sh started them), all by PID. Never Ray's own stop command,
+# which would kill every Ray process on the machine, other people's too.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 STATE=${RAY_HEAD_DIR:-$root/.ray-head}
-if [ ! -s "$STATE/head.pids" ]; then echo "down.sh: no head recorded in $STATE"; exit 0; fi
+if [ ! -s "$STATE/head.pids" ] && [ ! -s "$STATE/workers.pids" ]; then
+  echo "down.sh: no cluster recorded in $STATE"; exit 0
+fi
 
 # A process is live if it exists and is not a zombie waiting to be reaped.
 live() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
 
+# The cluster's temp dirs (mktemp names under /tmp, unique to it).
+tmps=$(cat "$STATE/temp_dir" "$STATE/worker_temp_dirs" 2>/dev/null || true)
+
+# Processes whose command line names one of those temp dirs, or whose environment marks them
+# as started for one of them.
+naming_tmps() {
+  local p d cmd envs
+  [ -n "$tmps" ] || return 0
+  for p in /proc/[0-9]*; do
+    cmd=$(tr '\0' ' ' 2>/dev/null < "$p/cmdline") || continue
+    envs=$(tr '\0' '\n' 2>/dev/null < "$p/environ" | grep '^RESLSTM_RAY_NODE=') || envs=""
+    for d in $tmps; do
+      case "$cmd" in *"$d"*) echo "${p#/proc/}"; break;; esac
+      if [ "$envs" = "RESLSTM_RAY_NODE=$d" ]; then echo "${p#/proc/}"; break; fi
+    done
+  done
+  return 0
+}
+
 # Recorded roots plus all their descendants (walk the parent links in /proc).
 collect() {
-  local all=" $(tr '\n' ' ' < "$STATE/head.pids")" changed=1 p pp
+  local all=" " changed=1 p pp
+  for p in $(cat "$STATE/head.pids" "$STATE/workers.pids" 2>/dev/null) $(naming_tmps); do
+    case "$all" in *" $p "*) ;; *) all="$all$p ";; esac
+  done
   while [ $changed = 1 ]; do
     changed=0
     for p in /proc/[0-9]*; do
@@ -23,17 +49,43 @@ collect() {
     done
   done
   for p in $all; do live "$p" && echo "$p"; done
+  return 0
 }
-pids=$(collect | tr '\n' ' ')
-if [ -n "$pids" ]; then
-  kill -TERM $pids 2>/dev/null || true
+
+stop() {  # TERM, up to 10 s to exit, then KILL
+  local alive="" p
+  kill -TERM "$@" 2>/dev/null || true
   for _ in $(seq 1 50); do
-    alive=""; for p in $pids; do live "$p" && alive="$alive $p"; done
+    alive=""; for p in "$@"; do live "$p" && alive="$alive $p"; done
     [ -z "$alive" ] && break; sleep 0.2
   done
-  [ -n "${alive:-}" ] && kill -KILL $alive 2>/dev/null || true
-fi
-tmp=$(cat "$STATE/temp_dir" 2>/dev/null || true)
-rm -f "$STATE/head.pids"
-[ -n "$tmp" ] && case "$tmp" in /tmp/reslstm-ray-*) rm -rf "$tmp";; esac
-echo "down.sh: stopped the head (${pids:-no live processes})"
+  [ -n "$alive" ] && kill -KILL $alive 2>/dev/null || true
+}
+
+# In stages, so that each process sees the others leave cleanly and exits within a second:
+# raylets (each also stops its own workers), then the head's other processes (the autoscaler
+# monitor would wait for a GCS that is already gone), then the GCS. Signalled all at once,
+# GCS, raylets and monitor wait for each other until the KILL 10 s later.
+pids=$(collect | tr '\n' ' ')
+by_name() {  # the live PIDs among $2.. whose process name is (or, with !, is not) $1
+  local want=$1 p name; shift
+  for p in "$@"; do
+    name=$(cat 2>/dev/null "/proc/$p/comm") || continue
+    case "$want" in
+      !*) [ "$name" != "${want#!}" ] && echo "$p" ;;
+      *) [ "$name" = "$want" ] && echo "$p" ;;
+    esac
+  done
+  return 0
+}
+stage=$(by_name raylet $pids | tr '\n' ' ')
+[ -n "$stage" ] && stop $stage
+stage=$(by_name '!gcs_server' $(collect) | tr '\n' ' ')
+[ -n "$stage" ] && stop $stage
+stage=$(collect | tr '\n' ' ')  # the GCS, and anything started meanwhile
+[ -n "$stage" ] && stop $stage
+rm -f "$STATE/head.pids" "$STATE/workers.pids" "$STATE/worker_temp_dirs"
+for d in $tmps; do
+  case "$d" in /tmp/reslstm-ray-*) rm -rf "$d";; esac
+done
+echo "down.sh: stopped the cluster (${pids:-no live processes})"
