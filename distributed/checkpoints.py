@@ -2,8 +2,9 @@
 read back.
 
 A checkpoint is a directory (local or on the run's storage, e.g. ``s3://``) with ``model.pt``
-(a torch payload: ``model_state``, ``model_config``, ``label_names``, ``train_config``,
-``epoch``, ``metrics``) and ``history.json`` (the metrics of every epoch so far). Rank 0
+(a torch payload: ``model_state``, ``model_config``, ``label_names``, ``features`` (how the
+features of each stream were made: the store's settings, extractor, weights id, clips, crops,
+flow method, size), ``store``, ``train_config``, ``epoch``, ``metrics``) and ``history.json`` (the metrics of every epoch so far). Rank 0
 writes one per epoch through ``ray.train.report``; Ray keeps the best by ``METRIC`` and,
 always, the latest. PCA buffers are part of the model's state_dict, hence of every checkpoint.
 """

@@ -80,6 +80,8 @@ def cluster_failure(exc: BaseException) -> bool:
 
     if isinstance(exc, rex.RayTaskError):
         return isinstance(exc.cause, rex.RayError) and cluster_failure(exc.cause)
+    if isinstance(exc, rex.RayActorError) and exc.actor_init_failed:
+        return False  # a feature actor that cannot start (e.g. its weights): ours, not the cluster's
     return isinstance(exc, (rex.ObjectLostError, rex.RayActorError, rex.NodeDiedError,
                             rex.WorkerCrashedError, rex.LocalRayletDiedError, rex.RaySystemError))
 

@@ -39,6 +39,7 @@ import ray
 import ray.train
 import ray.train.torch
 
+from reslstm import features as fs
 from reslstm.configs import TrainConfig
 from reslstm.fusion import streams_of
 from reslstm.model import ActionModel, InputProjection, ModelConfig, build_model
@@ -109,7 +110,11 @@ def prepare(cfg: TrainConfig, data: RunData) -> RunSpec:
             log.info(f"PCA {stream}: {x.shape[1]} -> {cfg.hidden} dims fitted on {len(x)} "
                      "training clip vectors")
         pca_ref = ray.put(_pca_buffers(model))
-    return RunSpec(model_config=mcfg.to_dict(), label_names=index.label_names, pca_state=pca_ref)
+    settings = fs.FeatureStore(cfg.features).read_metadata()
+    return RunSpec(model_config=mcfg.to_dict(), label_names=index.label_names, pca_state=pca_ref,
+                   features={s: dataclasses.asdict(settings[s]) for s in index.streams
+                             if s in settings},
+                   store=str(fs.FeatureStore(cfg.features)))
 
 
 def run_name(cfg: TrainConfig) -> str:

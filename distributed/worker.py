@@ -11,7 +11,7 @@ this same loop (``trainer.build_trainer``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -37,6 +37,10 @@ class RunSpec:
     model_config: dict
     label_names: list[str]
     pca_state: Any = None  # ObjectRef of {buffer name: np.ndarray}, or None
+    # How the features were made, per stream (the store's StreamSettings as dicts) and where:
+    # a checkpoint carries them, so a prediction runs exactly the chain it was trained on.
+    features: dict = field(default_factory=dict)
+    store: str = ""
     log_epochs: bool = True  # rank 0 logs a line per epoch (a sweep logs per trial instead)
 
 
@@ -147,4 +151,5 @@ def train_loop(config: dict) -> None:
         report(epoch, metrics, history, lambda: {
             "model_state": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
             "model_config": mcfg.to_dict(), "label_names": list(spec.label_names),
+            "features": spec.features, "store": spec.store,
             "train_config": cfg.to_dict(), "epoch": epoch, "metrics": metrics})

@@ -159,10 +159,11 @@ def setup_console(level: int = logging.INFO) -> None:
 
 def run_job(name: str, main: Callable[[], int | None], errors: tuple[type, ...] = ()) -> int:
     """Run a job's body with the console set up; ``errors`` (and ValueError) are expected
-    failures: one line ``NAME: message`` on stderr and exit status 2."""
+    failures: one line ``NAME: message`` on stderr and the error's ``exit_code`` (default 2),
+    never a traceback."""
     setup_console()
     try:
         return int(main() or 0)
     except (ValueError, *errors) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))

@@ -87,6 +87,9 @@ class ExtractConfig:
                                  "for long videos)")
     min_frame_ratio: float | None = opt(0.9, "fail a video that decodes fewer than this share "
                                         "of its declared frames; above it the row carries a warning")
+    max_failed: float = opt(0.1, "exit with status 1 when more than this share of the (video, "
+                            "stream) pairs a run attempts fail (what could be extracted stays "
+                            "written; the failures table says why each failed)")
     retry_failed: bool = opt(False, "retry the videos that failed before")
     overwrite: bool = opt(False, "discard the streams' rows when the settings differ")
     allow_cpu_raft: bool = opt(False, "let --flow raft run without a GPU (very slow)")
@@ -117,6 +120,8 @@ class ExtractConfig:
         _check(self, self.min_frame_ratio is None or 0 < self.min_frame_ratio <= 1, "min_frame_ratio",
                f"must be in (0, 1], got {self.min_frame_ratio}")
         _check(self, self.pipeline_retries >= 0, "pipeline_retries", "must be >= 0")
+        _check(self, 0 <= self.max_failed <= 1, "max_failed",
+               f"must be a share in [0, 1], got {self.max_failed}")
 
 
 # ---------------------------------------------------------------------------------------------

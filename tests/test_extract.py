@@ -51,7 +51,7 @@ def dataset(tmp_path_factory):
 
 def _cfg(dataset, out, **kw):
     base = dict(manifest=str(dataset["manifest"]), out=str(out), extractor="tiny3d", flow="dis",
-                crops=1, clips_per_segment=4, progress_every_s=1.0)
+                crops=1, clips_per_segment=4, progress_every_s=1.0, max_failed=1.0)
     return ExtractConfig(**{**base, **kw})
 
 

@@ -35,6 +35,7 @@ import ray
 
 from reslstm.configs import ExtractConfig
 from reslstm.extraction.driver import run_local
+from reslstm.extraction.settings import ExtractError
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +65,10 @@ def child_env() -> dict:
 
 
 def config(manifest, out, **kw) -> dict:
+    # max_failed 1: these runs fail videos on purpose (the threshold has tests of its own).
     return {"manifest": str(manifest), "out": str(out), "extractor": "tiny3d", "flow": "dis",
-            "crops": 1, "clips_per_segment": 4, "min_frame_ratio": MIN_RATIO, **kw}
+            "crops": 1, "clips_per_segment": 4, "min_frame_ratio": MIN_RATIO, "max_failed": 1.0,
+            **kw}
 
 
 def summary_of(stdout: str) -> dict:
@@ -553,6 +556,6 @@ def test_cluster_failure_reruns_only_the_unfinished_pairs(ray_local, tmp_path, m
 
     calls.clear()
     monkeypatch.setattr(ex, "build_pipeline", dies_once(ValueError("a bug")))
-    with redirect_stdout(io.StringIO()), pytest.raises(ValueError, match="a bug"):
+    with redirect_stdout(io.StringIO()), pytest.raises(ExtractError, match="stopped: ValueError: a bug"):
         ex.run_extraction(ExtractConfig(**config(manifest, tmp_path / "store2", clips_per_segment=32)))
     assert calls == [8]

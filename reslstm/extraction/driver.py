@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from reslstm import storage
 from reslstm.configs import ExtractConfig
 from reslstm.features import FeatureStore, StoreWriter, StreamSettings
 
-from .settings import ExtractError, resolve_settings
+from .settings import ExtractError, TooManyFailures, resolve_settings
 from .stages import FeatureStage, StageConfig, decode_segments, flow_stage
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,10 @@ def drive(run: Run, batches: Callable[[list[dict]], Iterable[pa.Table]],
                     break
                 except Exception as exc:
                     if attempt == cfg.pipeline_retries or not retry_if(exc):
-                        raise
+                        raise ExtractError(
+                            f"the pipeline stopped: {root_cause(exc)}. {writer.num_done} (video, "
+                            f"stream) pairs were written before it stopped; fix the cause and "
+                            "rerun the same command to extract the rest.") from exc
                     writer.flush()
                     todo = writer.unfinished(items)
                     first = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -195,7 +199,26 @@ def drive(run: Run, batches: Callable[[list[dict]], Iterable[pa.Table]],
         skipped_failed=run.skipped_failed, seconds=time.monotonic() - start_time,
         failures_path=str(run.store.failures_dir))
     log.info(summary.report(), extra={"block": True})
+    attempted = len(items)
+    failed = sum(summary.failed.values())
+    if attempted and failed > cfg.max_failed * attempted:
+        raise TooManyFailures(
+            f"{failed} of the {attempted} (video, stream) pairs this run attempted failed, more "
+            f"than --max-failed {cfg.max_failed:g} allows; the {attempted - failed} others are "
+            f"written. Why each failed: the failures table {summary.failures_path}")
     return summary
+
+
+def root_cause(exc: BaseException) -> str:
+    """The original error of an exception, as one line: Ray wraps a remote task's or actor's
+    error in its own, whose text ends with the original ``SomeError: message`` line."""
+    found = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines()
+             if _ERROR_LINE.match(ln.strip())]
+    return found[-1] if found else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)(\([^)]*\))?: \S")
 
 
 def run_local(cfg: ExtractConfig) -> ExtractSummary:

@@ -79,3 +79,15 @@ def frames_of(row: dict) -> np.ndarray:
 def features_of(row: dict) -> np.ndarray:
     """The (num_clips, d_f) float32 features a segment row carries after the feature stage."""
     return np.frombuffer(row["data"], dtype=np.float32).reshape(row["shape"])
+
+
+def is_systemic(exc: BaseException) -> bool:
+    """An error that is not about one video but about the machine or the setup (a GPU out of
+    memory or in a bad state, the process out of memory): it would fail every video, so it
+    stops the job instead of becoming a failure row."""
+    if isinstance(exc, MemoryError):
+        return True
+    name, text = type(exc).__name__, str(exc)
+    return (name in ("OutOfMemoryError", "AcceleratorError")
+            or any(k in text for k in ("CUDA error", "CUDA out of memory", "CUBLAS_STATUS",
+                                        "CUDNN_STATUS", "NCCL error")))

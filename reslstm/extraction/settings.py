@@ -19,7 +19,16 @@ from .stages import StageConfig
 
 
 class ExtractError(RuntimeError):
-    """Bad options or a failed extraction; the message says what to do."""
+    """Bad options or a failed extraction; the message says what to do. ``exit_code``: the
+    job's exit status."""
+
+    exit_code = 2
+
+
+class TooManyFailures(ExtractError):
+    """More of a run's (video, stream) pairs failed than ``--max-failed`` allows."""
+
+    exit_code = 1
 
 
 def _weights_arg(cfg: ExtractConfig, stream: str):
@@ -81,7 +90,7 @@ def resolve_settings(cfg: ExtractConfig) -> tuple[StageConfig, dict[str, StreamS
             input_size=info.input_size, resize_short=resize,
             flow_method=flow_method if stream == "flow" else None,
             flow_pretrained=flow_pretrained if stream == "flow" else True,
-            code_version=__version__)
+            code_version=__version__, extractor_options=dict(cfg.extractor_options))
     stage = StageConfig(
         clip_len=clip_len, clip_stride=cfg.clip_stride, clips_per_segment=cfg.clips_per_segment,
         resize_short={s: resize for s in cfg.streams}, flow_method=cfg.flow,

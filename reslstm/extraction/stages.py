@@ -12,7 +12,8 @@ frames i and i + 1: its K clips are exactly the flow clips. The flow itself is o
 every method (``flow.flow_clip_frames``), run where the method runs. Any error about one video
 becomes a failure row naming the stage; nothing raises out of a stage for a bad file, so one
 bad file never takes a block (and the other videos in it) down with it. What does raise is
-systemic: a feature actor that cannot build its model or load its weights.
+systemic (``segments.is_systemic``): a feature actor that cannot build its model or load its
+weights, a GPU out of memory or in a bad state; the job then stops with the cause.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from .segments import SEGMENT_SCHEMA, encode, failure_row, frames_of, segment_row
+from .segments import SEGMENT_SCHEMA, encode, failure_row, frames_of, is_systemic, segment_row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +128,8 @@ def flow_stage(batch: pa.Table, cfg: StageConfig) -> pa.Table:
                                         make_flow(cfg.flow_method, **cfg.flow_options))
                 row.update(encode(flow))
             except Exception as exc:  # noqa: BLE001
+                if is_systemic(exc):
+                    raise
                 out.append(failure_row(row, "flow", exc))
                 continue
         out.append(pa.Table.from_pylist([row], schema=SEGMENT_SCHEMA))
@@ -189,6 +192,8 @@ class FeatureStage:
                 try:
                     row.update(encode(np.asarray(self.features(row), dtype=np.float32)))
                 except Exception as exc:  # noqa: BLE001
+                    if is_systemic(exc):
+                        raise  # every video would fail: stop the job (see the docstring)
                     row = failure_row(row, "features", exc).to_pylist()[0]
             out.append(row)
         return pa.Table.from_pylist(out, schema=SEGMENT_SCHEMA)

@@ -54,7 +54,7 @@ class StoreError(RuntimeError):
 
 
 COMPARED_SETTINGS = ("extractor", "weights_id", "feature_dim", "clip_len", "clip_stride", "crops",
-                     "input_size", "resize_short", "flow_method")
+                     "input_size", "resize_short", "flow_method", "extractor_options")
 
 
 @dataclasses.dataclass
@@ -72,6 +72,7 @@ class StreamSettings:
     flow_method: str | None = None   # flow stream only
     flow_pretrained: bool = True     # False: an RGB model inflated to 2 channels, or random init
     code_version: str = ""
+    extractor_options: dict = dataclasses.field(default_factory=dict)  # e.g. c3d's layer
 
     def differences(self, other: "StreamSettings") -> list[str]:
         """Human-readable differences in the settings that change the features."""
