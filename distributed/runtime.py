@@ -102,6 +102,16 @@ EXPECTED_WORKER_LINES = tuple(re.compile(p) for p in (
 ))
 
 
+# Batches of lines (a traceback) printed for an expected event: a training worker lost on
+# purpose or by preemption, which Ray Train recovers from (``--max-failures``); the raylet's
+# own line says that a worker died, and the workers log "resumed from epoch k".
+EXPECTED_WORKER_BLOCKS = tuple(re.compile(p) for p in (
+    r"Graceful shutdown of backend failed\. This is expected if one of the workers has crashed",
+    r"Connection closed by peer .* This is typically caused by a remote worker crashing",
+    r"\(gcs_server\) gcs_actor_scheduler\.cc:\d+: Failed to kill actor .* Socket closed",
+))
+
+
 def driver_settings() -> None:
     """Set ``DRIVER_ENV`` in this process (before Ray starts; values already set win)."""
     for key, value in DRIVER_ENV.items():
@@ -109,24 +119,25 @@ def driver_settings() -> None:
 
 
 def filter_worker_logs() -> None:
-    """Drop ``EXPECTED_WORKER_LINES`` from the worker output Ray prints in this driver; every
-    other line (errors included) is printed as before."""
-    from ray._private import ray_logging  # no public hook for the driver's log printer
+    """Drop ``EXPECTED_WORKER_LINES`` from what Ray prints in this driver for its other
+    processes (workers, actors, the raylet); every other line, errors included, is printed as
+    before."""
+    import ray._private.worker as ray_worker  # no public hook for the driver's log printer
 
-    dispatcher = ray_logging.global_worker_stdstream_dispatcher
-    with dispatcher._lock:
-        for i, (name, handler) in enumerate(dispatcher.handlers):
-            if name != "ray_print_logs" or getattr(handler, "filtered", False):
-                continue
+    printer = ray_worker.print_worker_logs
+    if getattr(printer, "filtered", False):
+        return
 
-            def filtered(data, _print=handler):
-                lines = [ln for ln in data.get("lines", [])
-                         if not any(p.search(ln) for p in EXPECTED_WORKER_LINES)]
-                if lines:
-                    _print({**data, "lines": lines})
+    def filtered(data, *args, **kwargs):
+        lines = data.get("lines", [])
+        if any(p.search(ln) for p in EXPECTED_WORKER_BLOCKS for ln in lines):
+            return
+        lines = [ln for ln in lines if not any(p.search(ln) for p in EXPECTED_WORKER_LINES)]
+        if lines:
+            printer({**data, "lines": lines}, *args, **kwargs)
 
-            filtered.filtered = True
-            dispatcher.handlers[i] = (name, filtered)
+    filtered.filtered = True
+    ray_worker.print_worker_logs = filtered
 
 
 def quiet_ray_logs() -> None:
@@ -162,8 +173,7 @@ def quiet_ray_logs() -> None:
     for handler in logging.getLogger("ray").handlers:  # Ray's own console handler
         if not any(isinstance(f, _ExpectedRayWarnings) for f in handler.filters):
             handler.addFilter(_ExpectedRayWarnings())
-    if ray.is_initialized():
-        filter_worker_logs()
+    filter_worker_logs()
 
 
 class _ExpectedRayWarnings(logging.Filter):

@@ -40,6 +40,7 @@ import ray.train
 import ray.train.torch
 
 from reslstm import features as fs
+from reslstm import storage
 from reslstm.configs import TrainConfig
 from reslstm.fusion import streams_of
 from reslstm.model import ActionModel, InputProjection, ModelConfig, build_model
@@ -51,6 +52,7 @@ from .runtime import cluster_cpus, cluster_gpus, cpus_per_worker, init_ray, want
 from .worker import RunSpec, train_loop
 
 log = logging.getLogger(__name__)
+RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
 
 
 @dataclass
@@ -118,8 +120,23 @@ def prepare(cfg: TrainConfig, data: RunData) -> RunSpec:
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """A new Ray Train run name (a reused name would silently resume that run)."""
-    return f"{cfg.fusion}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    """``--name``, or a new unique name (Ray Train resumes a run whose name and storage it
+    finds again, so only a name given on purpose may repeat)."""
+    return cfg.name or f"{cfg.fusion}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def storage_of(cfg: TrainConfig) -> dict:
+    """``RunConfig`` arguments for the run's storage: a local path, or an object-storage URI
+    as its pyarrow filesystem (credentials and endpoint included) and path."""
+    loc = storage.resolve(cfg.resolved_storage())
+    if loc.local:
+        return {"storage_path": loc.path}
+    return {"storage_path": loc.path, "storage_filesystem": loc.filesystem}
+
+
+def has_run(cfg: TrainConfig, name: str) -> bool:
+    """Whether the storage holds a run of this name that Ray Train will continue."""
+    return storage.resolve(cfg.resolved_storage()).join(name, RUN_SNAPSHOT).exists()
 
 
 def build_trainer(cfg: TrainConfig, data: RunData, spec: RunSpec, name: str,
@@ -131,7 +148,10 @@ def build_trainer(cfg: TrainConfig, data: RunData, spec: RunSpec, name: str,
         # Ray Train's INFO lines (resources requested, worker group started, each report):
         # the epoch lines say what a person needs.
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        storage_path=cfg.resolved_storage(),
+        # A lost worker or node restarts the worker group, which continues from the latest
+        # checkpoint (worker.train_loop).
+        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        **storage_of(cfg),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=1, checkpoint_score_attribute=checkpoints.METRIC, checkpoint_score_order="max"),
         callbacks=list(callbacks),
@@ -158,7 +178,8 @@ def fit(cfg: TrainConfig, address: str | None = None) -> TrainResult:
              f"d_f={data.index.feature_dim} classes={data.index.num_classes} videos {counts}")
     name = run_name(cfg)
     trainer = build_trainer(cfg, data, spec, name)
-    log.info(f"training {name}: {cfg.fusion} h={cfg.hidden} L={cfg.depth} {cfg.arch} "
+    how = "continuing" if has_run(cfg, name) else "training"
+    log.info(f"{how} {name}: {cfg.fusion} h={cfg.hidden} L={cfg.depth} {cfg.arch} "
              f"{cfg.workers} worker(s), storage {cfg.resolved_storage()}")
     result = trainer.fit()
     ckpt, best = checkpoints.best_checkpoint(result)

@@ -42,7 +42,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.fs
 import ray.train
 import torch
 from ray import tune
@@ -52,11 +51,14 @@ from ray.tune.schedulers import ASHAScheduler
 from reslstm.configs import SEARCHED, SweepConfig, TrainConfig
 from reslstm.fusion import streams_of
 from reslstm.predictions import FUSED, evaluate_run
+from reslstm.storage import resolve as storage_loc
+from reslstm.sweep_report import write_sweep_report
 
 from . import tracking
 from .checkpoints import CHECKPOINT_FILE, METRIC, load_checkpoint
 from .data import RunData, load_data
 from .evaluate import predict
+from .registry import ALIAS, register_model
 from .runtime import cluster_cpus, cluster_gpus, cpus_per_worker, init_ray, wants_gpu
 from .trainer import build_trainer, prepare
 
@@ -79,6 +81,11 @@ class TrialRow:
     checkpoint: str | None
     mlflow_run_id: str | None
 
+    def as_dict(self) -> dict:
+        return {"trial": self.trial_id, "fusion": self.fusion, "h": self.hidden,
+                "L": self.depth, "T": self.T, "val_top1": self.val_top1, "epochs": self.epochs,
+                "stopped_early": self.stopped_early, "status": self.status}
+
 
 @dataclass
 class SweepResult:
@@ -96,6 +103,9 @@ class SweepResult:
     best_run_id: str | None
     storage_path: str
     scores: dict = field(default_factory=dict)
+    parent_run_id: str | None = None
+    name: str = ""
+    registered: str | None = None  # version of the registered model
 
     def table(self) -> str:
         lines = [f"{'trial':<12} {'fusion':<14} {'h':>5} {'L':>2} {'T':>3} {'val top-1':>9} "
@@ -188,7 +198,7 @@ class TrialProgress(tune.Callback):
                     f"{getattr(trial, 'error_file', None) or 'see the Tune results folder'}")
 
 
-def _rows(grid, cb: tracking.MLflowTrialCallback) -> list[TrialRow]:
+def _rows(grid, epochs: int, run_ids: dict[str, str]) -> list[TrialRow]:
     rows = []
     for res in grid:
         df = res.metrics_dataframe
@@ -198,32 +208,41 @@ def _rows(grid, cb: tracking.MLflowTrialCallback) -> list[TrialRow]:
             df = df[df[METRIC].notna()]
             best = df.sort_values([METRIC, "epoch"]).iloc[-1]  # ties: the later epoch
             val, ckpt = float(best[METRIC]), best.get("checkpoint_path")
-            epochs = int(df["epoch"].max())
+            last = int(df["epoch"].max())
         else:
-            val, ckpt, epochs = float("nan"), None, 0
+            val, ckpt, last = float("nan"), None, 0
         rows.append(TrialRow(
             trial_id=trial_id, hidden=cfg.get("hidden"), depth=cfg.get("depth"), T=cfg.get("T"),
-            fusion=cfg.get("fusion"), val_top1=val, epochs=epochs,
-            stopped_early=res.error is None and epochs < cb.epochs,
+            fusion=cfg.get("fusion"), val_top1=val, epochs=last,
+            stopped_early=res.error is None and last < epochs,
             status="ok" if res.error is None else f"error: {type(res.error).__name__}",
             checkpoint=None if ckpt is None or ckpt != ckpt else str(ckpt),
-            mlflow_run_id=cb.run_ids.get(trial_id)))
+            mlflow_run_id=run_ids.get(trial_id)))
     return rows
+
+
+def _fs(loc) -> dict:
+    return {} if loc.local else {"storage_filesystem": loc.filesystem}
+
+
+def storage_kwargs(storage: str) -> dict:
+    """``RunConfig`` arguments of a storage path or URI (as ``trainer.storage_of``)."""
+    loc = storage_loc(storage)
+    return {"storage_path": loc.path} if loc.local else {
+        "storage_path": loc.path, "storage_filesystem": loc.filesystem}
 
 
 def checkpoint_at(path: str, storage: str):
     """A checkpoint path as Tune reports it (no URI scheme) -> something ``load_checkpoint``
     reads: the path itself on local storage, a ``Checkpoint`` on the storage's filesystem."""
-    if "://" not in storage:
-        return path
-    filesystem, _ = pyarrow.fs.FileSystem.from_uri(storage)
-    return ray.train.Checkpoint(path, filesystem=filesystem)
+    loc = storage_loc(storage)
+    return path if loc.local else ray.train.Checkpoint(path, filesystem=loc.filesystem)
 
 
 def evaluate_best(checkpoint, data: RunData, out_dir: Path
-                  ) -> tuple[dict, dict, dict, dict]:
+                  ) -> tuple[dict, dict, dict, dict, dict]:
     """Predict val and test with a checkpoint into ``out_dir``; returns (test metrics,
-    {split: predictions path}, {name: report file}, {split: {head: scores}})."""
+    {split: predictions path}, {name: report file}, {split: {head: scores}}, payload)."""
     model, payload = load_checkpoint(checkpoint)
     paths, scores = predict(model, data.only(("val", "test")).datasets, payload["label_names"],
                             out_dir / "predictions")
@@ -235,11 +254,29 @@ def evaluate_best(checkpoint, data: RunData, out_dir: Path
     files = dict(report.files)
     files["model"] = str(out_dir / CHECKPOINT_FILE)  # a local copy, also of a remote checkpoint
     torch.save(payload, files["model"])
-    return test, paths, files, scores
+    return test, paths, files, scores, payload
+
+
+def _trainable(base: TrainConfig, name: str, data: dict[str, RunData]):
+    return tune.with_resources(
+        tune.with_parameters(run_trial, base=base, sweep_name=name, data=data),
+        {"CPU": TRIAL_CPUS})
+
+
+def _curves(grid) -> dict[str, list[tuple[int, float]]]:
+    out = {}
+    for res in grid:
+        df = res.metrics_dataframe
+        if df is not None and METRIC in df and "epoch" in df:
+            df = df[df[METRIC].notna()]
+            label = f"{Path(res.path).name.rsplit('_', 1)[-1]} {tracking.trial_label(res.config or {})}"
+            out[label] = [(int(e), float(v)) for e, v in zip(df["epoch"], df[METRIC])]
+    return out
 
 
 def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
-    """Run the sweep (see the module docstring)."""
+    """Run the sweep, or resume it when ``scfg.name`` names one that the storage holds (see the
+    module docstring)."""
     base = scfg.base
     out = Path(base.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -251,13 +288,18 @@ def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
     concurrent = plan_concurrency(cpus, gpus, base.workers, cpw, use_gpu, scfg.max_concurrent)
     uri = scfg.mlflow_uri or tracking.default_tracking_uri(".")
     experiment = scfg.experiment or tracking.default_experiment_name()
-    name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    name = scfg.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     storage = base.resolved_storage()
+    sweep_dir = storage_loc(storage).join(name)
+    resuming = tune.Tuner.can_restore(sweep_dir.path, **_fs(sweep_dir))
     params = {k: v for k, v in base.to_dict().items() if k not in SEARCHED}
-    cb = tracking.MLflowTrialCallback(uri, experiment, params, base.epochs,
-                                      tags={"sweep": name})
-    log.info(f"sweep {name}: {base.workers} worker(s) x {cpw} CPU per trial + {TRIAL_CPUS} for its "
-             f"driver; up to {concurrent} trial(s) at once; MLflow {uri} experiment {experiment!r}")
+    exp_id, parent = tracking.start_sweep_run(
+        uri, experiment, name, {**params, **{k: ",".join(map(str, getattr(scfg, k))) for k in SEARCHED},
+                                "search": scfg.search, "num_samples": scfg.num_samples,
+                                "grace_period": scfg.grace_period}, base.features)
+    log.info(f"{'resuming' if resuming else 'starting'} sweep {name}: {base.workers} worker(s) x "
+             f"{cpw} CPU per trial + {TRIAL_CPUS} for its driver; up to {concurrent} trial(s) at "
+             f"once; MLflow {uri} experiment {experiment!r}")
     data = {}
     for fusion in scfg.fusion:
         for T in scfg.T:
@@ -266,31 +308,45 @@ def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
                 data[key] = load_data(base.features, streams_of(fusion), T)
                 log.info(f"data {key}: videos " + str({s: d.count() for s, d in
                                                        data[key].datasets.items()}))
-    trial_data = {k: d.only(("train", "val")) for k, d in data.items()}
-    tuner = tune.Tuner(
-        tune.with_resources(
-            tune.with_parameters(run_trial, base=base, sweep_name=name, data=trial_data),
-            {"CPU": TRIAL_CPUS}),
-        param_space=param_space(scfg),
-        tune_config=tune.TuneConfig(
-            metric=METRIC, mode="max", num_samples=scfg.num_samples,
-            # ASHA judges trials by the epoch they report. Its max_t is one past the last
-            # epoch, so a trial that trains all its epochs ends by itself instead of being
-            # stopped (killed) by Tune at max_t.
-            scheduler=ASHAScheduler(time_attr="epoch", max_t=base.epochs + 1,
-                                    grace_period=min(scfg.grace_period, base.epochs)),
-            max_concurrent_trials=concurrent, reuse_actors=False),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
-                                  callbacks=[cb, TrialProgress(base.epochs)]),
-    )
-    grid = tuner.fit()
-    rows = _rows(grid, cb)
+    trainable = _trainable(base, name, {k: d.only(("train", "val")) for k, d in data.items()})
+    if resuming:
+        # Tune brings back its run config (scheduler, callbacks with their state) from the
+        # sweep's folder; the trainable is given again, since its datasets live in this
+        # process's object store. Unfinished trials continue from their Train checkpoints.
+        tuner = tune.Tuner.restore(sweep_dir.path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=scfg.retry_errored, restart_errored=False,
+                                   **_fs(sweep_dir))
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(scfg),
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode="max", num_samples=scfg.num_samples,
+                # ASHA judges trials by the epoch they report (after a restore too). Its max_t
+                # is one past the last epoch, so a trial that trains all its epochs ends by
+                # itself instead of being stopped (killed) by Tune at max_t.
+                scheduler=ASHAScheduler(time_attr="epoch", max_t=base.epochs + 1,
+                                        grace_period=min(scfg.grace_period, base.epochs)),
+                max_concurrent_trials=concurrent, reuse_actors=False),
+            run_config=tune.RunConfig(
+                name=name, verbose=0, **storage_kwargs(storage),
+                callbacks=[tracking.MLflowTrialCallback(uri, exp_id, parent, name, params,
+                                                        base.epochs),
+                           TrialProgress(base.epochs)]),
+        )
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        tracking.end_run(uri, parent, tracking.KILLED)
+        raise
+    tracking.end_unfinished(uri, exp_id, name)
+    rows = _rows(grid, base.epochs, tracking.trial_runs(uri, exp_id, name))
     done = [r for r in rows if r.checkpoint and r.val_top1 == r.val_top1]
     if not done:
-        raise RuntimeError(f"no trial of sweep {name} reported a checkpoint; see {storage}/{name}")
+        tracking.end_run(uri, parent, tracking.FAILED)
+        raise RuntimeError(f"no trial of sweep {name} reported a checkpoint; see {sweep_dir}")
     best = max(done, key=lambda r: r.val_top1)
     best_cfg = trial_config(base, {k: getattr(best, k) for k in SEARCHED})
-    test, paths, files, scores = evaluate_best(
+    test, paths, files, scores, payload = evaluate_best(
         checkpoint_at(best.checkpoint, storage), data[data_key(best.fusion, best.T)],
         out / "best")
     if best.mlflow_run_id:
@@ -300,11 +356,21 @@ def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
         trials=rows, best_config=best_cfg, best_trial_id=best.trial_id,
         best_checkpoint=best.checkpoint, best_val_top1=best.val_top1, test_metrics=test,
         predictions=paths, report_files=files, mlflow_uri=uri, experiment=experiment,
-        experiment_id=cb.experiment_id, best_run_id=best.mlflow_run_id,
-        storage_path=f"{storage}/{name}", scores=scores)
+        experiment_id=exp_id, best_run_id=best.mlflow_run_id,
+        storage_path=sweep_dir.uri, scores=scores, parent_run_id=parent, name=name)
+    report = write_sweep_report([r.as_dict() for r in rows], _curves(grid), out / "report",
+                                f"sweep {name}", best=None)
+    tracking.log_evaluation(uri, parent, {**test, "best_val_top1": best.val_top1}, report,
+                            tags={"best_trial": best.trial_id, "best_run_id": best.mlflow_run_id or ""},
+                            params={f"best_{k}": getattr(best, k) for k in SEARCHED})
+    if scfg.register_model and best.mlflow_run_id:
+        result.registered = register_model(uri, best.mlflow_run_id, payload, scfg.register_model)
+    tracking.end_run(uri, parent)
     log.info(result.table(), extra={"block": True})
     log.info("best: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in test.items()))
     log.info(f"best checkpoint: {best.checkpoint}")
+    if result.registered:
+        log.info(f"registered: models:/{scfg.register_model}@{ALIAS} (version {result.registered})")
     log.info(f"predictions: {', '.join(paths.values())}")
-    log.info(f"compare the trials: mlflow ui --backend-store-uri {uri}")
+    log.info(tracking.ui_hint(uri, exp_id))
     return result

@@ -6,11 +6,19 @@ training split, evaluates all of val (every rank sees the same val, so the metri
 every rank and need no gather) and reports; rank 0 writes the checkpoint
 (``checkpoints.report``) and logs the epoch line. ``jobs/train.py`` and every Tune trial run
 this same loop (``trainer.build_trainer``).
+
+Restarts: when Ray Train restarts the worker group (a worker or node lost, up to
+``--max-failures`` times) or a run is rerun under the same ``--name``, the loop continues from
+the run's latest checkpoint: weights (PCA buffers included), optimizer state, the epoch
+counter and the history, so every epoch appears once. Random draws follow from (seed, epoch,
+rank), so a redone epoch draws what it drew before.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -24,7 +32,7 @@ from reslstm.configs import TrainConfig
 from reslstm.model import ModelConfig, build_model
 from reslstm.training import default_optimizer, evaluate, train_one_epoch, unwrap
 
-from .checkpoints import report
+from .checkpoints import CHECKPOINT_FILE, HISTORY_FILE, report
 from .runtime import quiet_ray_logs
 
 log = logging.getLogger(__name__)
@@ -101,12 +109,43 @@ def epoch_metrics(result, train_loss: float, heads: Sequence[str]) -> dict:
     return m
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _mean_over_ranks(value: float, device) -> float:
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+    if not _distributed():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return float(t.item()) / torch.distributed.get_world_size()
+
+
+def weights_spread(model: torch.nn.Module, device) -> float:
+    """Largest difference between the workers' weights, through a fingerprint of each
+    parameter (its sum and sum of squares in float64): 0.0 while DDP keeps them equal."""
+    fp = torch.stack([torch.stack([p.double().sum(), p.double().pow(2).sum()])
+                      for p in model.parameters()]).flatten().to(device)  # (2 * n_params,)
+    if not _distributed():
+        return 0.0
+    hi, lo = fp.clone(), fp.clone()
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    return float((hi - lo).abs().max().item())
+
+
+def _resume() -> tuple[dict | None, list[dict]]:
+    """(payload, history) of the run's latest checkpoint when this worker group restarts
+    (a lost worker or node, or a rerun under the same ``--name``), else (None, [])."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None, []
+    with ckpt.as_directory() as d:
+        payload = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu",
+                             weights_only=False)
+        history_file = os.path.join(d, HISTORY_FILE)
+        history = json.loads(open(history_file).read()) if os.path.exists(history_file) else []
+    return payload, history
 
 
 def train_loop(config: dict) -> None:
@@ -121,7 +160,10 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     mcfg = ModelConfig.from_dict(spec.model_config)
     model = build_model(mcfg)
-    if spec.pca_state is not None:
+    resumed, history = _resume()
+    if resumed is not None:  # everything, PCA buffers included
+        model.load_state_dict(resumed["model_state"])
+    elif spec.pca_state is not None:
         state = ray.get(spec.pca_state)
         loaded = model.load_state_dict({k: torch.tensor(v) for k, v in state.items()},
                                        strict=False)
@@ -131,25 +173,36 @@ def train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     inner = unwrap(model)
     optimizer = default_optimizer(model.parameters(), lr=cfg.lr)
+    if resumed is not None and resumed.get("optimizer_state"):
+        optimizer.load_state_dict(resumed["optimizer_state"])
     streams, heads = mcfg.streams, mcfg.heads
     train_data = ShardCache(ray.train.get_dataset_shard("train"), mcfg.streams, cfg.cache_data)
     val_data = ShardCache(ray.train.get_dataset_shard("val"), mcfg.streams, cfg.cache_data)
     rank = ray.train.get_context().get_world_rank()
-    history: list[dict] = []
-    for epoch in range(1, cfg.epochs + 1):
+    first = 1 if resumed is None else int(resumed["epoch"]) + 1
+    history = [h for h in history if h["epoch"] < first]  # each epoch once
+    if resumed is not None and rank == 0:
+        log.info(f"resumed from epoch {first - 1} (of {cfg.epochs})")
+    for epoch in range(first, cfg.epochs + 1):
+        # Every random draw of an epoch (shuffling, dropout) follows from (seed, epoch, rank),
+        # so an epoch redone after a restart draws what it drew the first time.
         seed = cfg.seed * 100_003 + epoch * 1_009 + rank
+        torch.manual_seed(seed)
         loss = train_one_epoch(model, train_data.batches(cfg.batch_size, seed),
                                optimizer, device, streams)
         loss = _mean_over_ranks(loss, device)
         # The unwrapped model: evaluation must not run DDP collectives.
         result = evaluate(inner, val_data.batches(cfg.batch_size), device, streams)
-        metrics = {"epoch": epoch, **epoch_metrics(result, loss, heads)}
+        metrics = {"epoch": epoch, **epoch_metrics(result, loss, heads),
+                   "weights_spread": weights_spread(inner, device)}
         history.append(metrics)
         if rank == 0 and spec.log_epochs:
             log.info(f"epoch {epoch}: " + "  ".join(
-                f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch" and isinstance(v, float)))
+                f"{k} {v:.4f}" for k, v in metrics.items()
+                if k not in ("epoch", "weights_spread") and isinstance(v, float)))
         report(epoch, metrics, history, lambda: {
             "model_state": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
+            "optimizer_state": optimizer.state_dict(),
             "model_config": mcfg.to_dict(), "label_names": list(spec.label_names),
             "features": spec.features, "store": spec.store,
             "train_config": cfg.to_dict(), "epoch": epoch, "metrics": metrics})

@@ -160,6 +160,10 @@ class TrainConfig:
     cpus_per_worker: float | None = opt(None, "CPUs each worker reserves (default: min(1, "
                                         "cluster CPUs / workers))")
     cache_data: bool = opt(True, "workers keep their data shard in memory after the first epoch")
+    name: str | None = opt(None, "a fixed run name: rerunning with the same name and storage "
+                           "continues the run where it stopped (default: a new unique name)")
+    max_failures: int = opt(3, "restarts of the worker group after a worker or node is lost; "
+                            "training resumes from the latest checkpoint (-1: no limit)")
 
     def __post_init__(self):
         _one_of(self, "fusion", FUSION_NAMES)
@@ -170,6 +174,9 @@ class TrainConfig:
                   "pca_max_vectors")
         _positive(self, "cpus_per_worker", allow_none=True)
         _check(self, 0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(self, self.max_failures >= -1, "max_failures", f"must be >= -1, got {self.max_failures}")
+        _check(self, self.name is None or (self.name.strip() and "/" not in self.name), "name",
+               f"must be a non-empty name without '/', got {self.name!r}")
 
     def resolved_storage(self) -> str:
         """Where Ray Train keeps checkpoints: an absolute local path or a URI."""
@@ -202,8 +209,16 @@ class SweepConfig:
                                      "each trial holding 1 CPU for its driver plus its workers')")
     mlflow_uri: str | None = opt(None, "MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
     experiment: str | None = opt(None, "MLflow experiment (default reslstm-sweep-<timestamp>)")
+    name: str | None = opt(None, "a fixed sweep name: the same command again resumes the sweep "
+                           "(finished trials are kept, unfinished ones continue from their last "
+                           "checkpoint); default: a new unique name")
+    retry_errored: bool = opt(False, "when resuming, also rerun the trials that failed")
+    register_model: str | None = opt("reslstm", "register the best model under this name in "
+                                     "MLflow's model registry, alias 'champion' ('none': don't)")
 
     def __post_init__(self):
+        if self.register_model is not None and self.register_model.lower() in ("", "none"):
+            self.register_model = None
         for name in SEARCHED:
             values = tuple(getattr(self, name))
             _check(self, bool(values), name, "needs at least one value")
@@ -215,6 +230,8 @@ class SweepConfig:
                     message = str(exc).split(": ", 1)[-1]
                     raise ValueError(f"{flag_of(self, name)}: value {v!r} {message}") from None
         _one_of(self, "search", SEARCHES)
+        _check(self, self.name is None or (self.name.strip() and "/" not in self.name), "name",
+               f"must be a non-empty name without '/', got {self.name!r}")
         _positive(self, "num_samples", "grace_period")
         _positive(self, "max_concurrent", allow_none=True)
 

@@ -1,8 +1,11 @@
 """distributed.tune and distributed.tracking: search space, concurrency, MLflow runs, a sweep."""
 
 import math
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from featurestore_fixture import make_feature_store
@@ -60,9 +63,19 @@ class FakeTrial:
         return f"trial_{self.trial_id}"
 
 
-def test_callback_runs_finish_also_when_stopped_early_and_fail_on_errors(tmp_path):
+def _callback(tmp_path, sweep="s1"):
     uri = f"sqlite:///{tmp_path}/m.db"
-    cb = tracking.MLflowTrialCallback(uri, "exp", {"lr": 0.001, "features": "/s"}, epochs=3)
+    client = MlflowClient(uri)
+    exp_id = tracking.ensure_experiment(client, "exp")
+    parent = client.create_run(exp_id, tags={tracking.SWEEP_TAG: sweep,
+                                             tracking.KIND_TAG: "sweep"}).info.run_id
+    cb = tracking.MLflowTrialCallback(uri, exp_id, parent, sweep, {"lr": 0.001, "features": "/s"},
+                                      epochs=3)
+    return uri, client, cb
+
+
+def test_callback_runs_finish_also_when_stopped_early_and_fail_on_errors(tmp_path):
+    uri, client, cb = _callback(tmp_path)
     cb.setup()
     trials = [FakeTrial(t, {"hidden": h, "depth": 1, "T": 5, "fusion": "rgb"})
               for t, h in (("full", 8), ("early", 16), ("broken", 32))]
@@ -76,8 +89,8 @@ def test_callback_runs_finish_also_when_stopped_early_and_fail_on_errors(tmp_pat
     cb.on_trial_complete(0, trials, trials[0])
     cb.on_trial_complete(0, trials, trials[1])  # ASHA stopped it after epoch 1
     cb.on_trial_error(0, trials, trials[2])
-    client = MlflowClient(uri)
-    runs = {r.data.tags["ray.trial_id"]: r for r in client.search_runs([cb.experiment_id])}
+    runs = {r.data.tags["ray.trial_id"]: r for r in client.search_runs(
+        [cb.experiment_id], filter_string="tags.`reslstm.kind` = 'trial'")}
     assert {t: r.info.status for t, r in runs.items()} == {
         "full": "FINISHED", "early": "FINISHED", "broken": "FAILED"}
     assert runs["early"].data.tags["stopped_early"] == "true"
@@ -88,6 +101,54 @@ def test_callback_runs_finish_also_when_stopped_early_and_fail_on_errors(tmp_pat
     history = client.get_metric_history(runs["full"].info.run_id, "val_top1")
     assert [(m.step, round(m.value, 6)) for m in history] == [(1, 0.1), (2, 0.2), (3, 0.3)]
     assert "time" not in runs["full"].data.metrics
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {cb.parent_run_id}
+
+
+def test_a_restored_callback_keeps_one_run_per_trial(tmp_path):
+    """After a restore, a trial keeps its run: from the callback's saved state, or found in
+    MLflow by its tags when the driver died before Tune saved that state."""
+    import pickle
+
+    uri, client, cb = _callback(tmp_path)
+    trials = [FakeTrial("a", {"hidden": 8}), FakeTrial("b", {"hidden": 16})]
+    for t in trials:
+        cb.on_trial_start(0, trials, t)
+    cb.on_trial_result(0, trials, trials[0], {"epoch": 1, "val_top1": 0.5})
+    saved = cb.get_state()
+    restored = pickle.loads(pickle.dumps(cb))  # as Tune brings back a sweep's run config
+    restored.run_ids.clear()
+    restored.set_state({"run_ids": {"a": saved["run_ids"]["a"]}})  # "b" started after the save
+    for t in trials:
+        restored.on_trial_start(0, trials, t)
+    assert restored.run_ids == cb.run_ids
+    restored.on_trial_result(0, trials, trials[0], {"epoch": 2, "val_top1": 0.75})
+    restored.on_trial_complete(0, trials, trials[0])
+    runs = client.search_runs([cb.experiment_id], filter_string="tags.`reslstm.kind` = 'trial'")
+    assert len(runs) == 2
+    history = client.get_metric_history(cb.run_ids["a"], "val_top1")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.75)]
+    # The sweep ends: a trial Tune never finished is ended, none stays RUNNING.
+    assert tracking.end_unfinished(uri, cb.experiment_id, "s1") == [cb.run_ids["b"]]
+    assert {r.info.status for r in client.search_runs(
+        [cb.experiment_id], filter_string="tags.`reslstm.kind` = 'trial'")} == {"FINISHED", "KILLED"}
+
+
+def test_trial_rows_take_the_best_epoch_and_mark_early_stops():
+    def result(path, vals, error=None):
+        df = pd.DataFrame({"epoch": list(range(1, len(vals) + 1)), "val_top1": vals,
+                           "checkpoint_path": [f"{path}/e{i}" for i in range(1, len(vals) + 1)]})
+        return SimpleNamespace(metrics_dataframe=df, metrics={}, path=f"/r/{path}", error=error,
+                               config={"hidden": 8, "depth": 1, "T": 5, "fusion": "rgb"})
+
+    grid = [result("t_full", [0.2, 0.6, 0.6, 0.4]), result("t_stopped", [0.1]),
+            result("t_broken", [0.3, 0.5], error=RuntimeError("x"))]
+    rows = rtune._rows(grid, epochs=4, run_ids={"t_full": "r1"})
+    by_id = {r.trial_id: r for r in rows}
+    assert (by_id["t_full"].val_top1, by_id["t_full"].epochs) == (0.6, 4)
+    assert by_id["t_full"].checkpoint == "t_full/e3"  # ties: the later epoch, as Ray keeps it
+    assert not by_id["t_full"].stopped_early and by_id["t_stopped"].stopped_early
+    assert by_id["t_broken"].status == "error: RuntimeError" and not by_id["t_broken"].stopped_early
+    assert by_id["t_full"].mlflow_run_id == "r1" and by_id["t_stopped"].mlflow_run_id is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +169,11 @@ def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(ray_local, 
     best = max(res.trials, key=lambda t: t.val_top1)
     assert res.best_val_top1 == best.val_top1
     assert res.best_config.depth in (1, 2) and res.best_config.fusion == "late-product"
-    assert "late-product" in res.table() and "stopped early" in res.table()
+    table = res.table().splitlines()
+    for t in res.trials:  # each trial's row, with its own stopped-early mark
+        (row,) = [ln for ln in table if ln.startswith(t.trial_id)]
+        assert row.split()[1:5] == ["late-product", "8", str(t.depth), "5"]
+        assert row.split()[7] == ("yes" if t.stopped_early else "no")
     for key in ("test_top1", "test_top5", "test_mean_class_acc", "test_top1_rgb",
                 "test_top1_flow"):
         assert 0.0 <= res.test_metrics[key] <= 1.0
@@ -116,8 +181,25 @@ def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(ray_local, 
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("sweep-test")
-    runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])}
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = {r.info.run_id: r for r in client.search_runs(
+        [exp.experiment_id], filter_string="tags.`reslstm.kind` = 'trial'")}
     assert len(runs) == 2
+    # One parent run per sweep: its settings, source, input, best metrics, report; FINISHED.
+    (parent,) = client.search_runs([exp.experiment_id],
+                                   filter_string="tags.`reslstm.kind` = 'sweep'")
+    assert parent.info.run_id == res.parent_run_id and parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {res.parent_run_id}
+    assert (parent.data.params["depth"], parent.data.params["lr"]) == ("1,2", "0.01")
+    assert parent.data.params["best_depth"] == str(res.best_config.depth)
+    assert parent.data.metrics["test_top1"] == pytest.approx(res.test_metrics["test_top1"])
+    assert parent.data.tags["mlflow.source.name"]
+    assert parent.data.tags["features.rgb.extractor"] == "synthetic"
+    assert parent.data.tags["features.flow.flow_method"] == "tvl1"
+    (dataset,) = parent.inputs.dataset_inputs
+    assert dataset.dataset.source_type == "local" and str(store.root) in dataset.dataset.source
+    assert {a.path for a in client.list_artifacts(res.parent_run_id)} >= {
+        "trials.csv", "trials.md", "val_curves.png"}
     for t in res.trials:
         run = runs[t.mlflow_run_id]
         assert run.info.status == "FINISHED"
@@ -141,7 +223,23 @@ def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(ray_local, 
     assert best_run.data.metrics["test_top1_flow"] == pytest.approx(
         res.test_metrics["test_top1_flow"])
     artifacts = {a.path for a in client.list_artifacts(res.best_run_id)}
-    assert {"confusion_fused.png", "per_class_fused.csv", "model"} <= artifacts
-    assert [a.path for a in client.list_artifacts(res.best_run_id, "model")] == ["model/model.pt"]
+    assert {"confusion_fused.png", "per_class_fused.csv", "checkpoint"} <= artifacts
+    assert [a.path for a in client.list_artifacts(res.best_run_id, "checkpoint")] == [
+        "checkpoint/model.pt"]
+    version = client.get_model_version_by_alias("reslstm", "champion")
+    assert version.run_id == res.best_run_id and str(version.version) == res.registered
     other = next(r for r in runs.values() if r.info.run_id != res.best_run_id)
     assert "test_top1" not in other.data.metrics
+
+    # The best model is registered; its alias loads a working model with what predicting needs.
+    from reslstm.distributed.checkpoints import load_checkpoint
+    from reslstm.distributed.registry import load_registered
+
+    model, payload = load_registered("models:/reslstm@champion", tracking_uri=uri)
+    assert payload["label_names"] == store.class_names
+    assert payload["features"]["rgb"]["extractor"] == "synthetic"
+    assert payload["model_config"]["num_layers"] == res.best_config.depth
+    kept, _ = load_checkpoint(res.report_files["model"])
+    x = {s: torch.randn(3, 5, store.feature_dim) for s in ("rgb", "flow")}
+    with torch.no_grad():
+        torch.testing.assert_close(model.probabilities(model(x)), kept.probabilities(kept(x)))
