@@ -245,6 +245,8 @@ class MLflowTrialCallback(tune.Callback):
         run_id = self.run_ids.get(trial.trial_id) or self._existing_run(trial.trial_id)
         if run_id is not None:  # a restarted or restored trial keeps its run
             self.run_ids[trial.trial_id] = run_id
+            logged = [m.step for m in self.client.get_metric_history(run_id, "val_top1")]
+            self.last_epoch[trial.trial_id] = max(logged, default=0)
             self.client.update_run(run_id, status="RUNNING")
             return
         params = {**self.base_params, **trial.config}
@@ -261,6 +263,8 @@ class MLflowTrialCallback(tune.Callback):
         epoch = result.get("epoch")
         if run_id is None or epoch is None:
             return
+        if int(epoch) <= self.last_epoch.get(trial.trial_id, 0):
+            return  # an epoch redone after a restart: the run has it already, once
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), now, int(epoch)) for k in EPOCH_METRICS
                    if isinstance(result.get(k), (int, float))]

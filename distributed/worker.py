@@ -183,6 +183,11 @@ def train_loop(config: dict) -> None:
     history = [h for h in history if h["epoch"] < first]  # each epoch once
     if resumed is not None and rank == 0:
         log.info(f"resumed from epoch {first - 1} (of {cfg.epochs})")
+    if first > cfg.epochs and history:
+        # Nothing left to train (a finished run started again, e.g. a sweep's trial restored
+        # before Tune recorded its end): report the last epoch again, so whoever waits for a
+        # result (Tune, ASHA) gets one. Its checkpoint is already the run's.
+        ray.train.report(history[-1], checkpoint=None)
     for epoch in range(first, cfg.epochs + 1):
         # Every random draw of an epoch (shuffling, dropout) follows from (seed, epoch, rank),
         # so an epoch redone after a restart draws what it drew the first time.

@@ -20,12 +20,14 @@ from reslstm.features import StoreError
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_config_arguments(p, TrainConfig, exclude=SEARCHED, required=("out",))
-    add_config_arguments(p, SweepConfig)
+    # A trial's run is named by the sweep, and its searched values come from the sweep's lists.
+    trial = add_config_arguments(p, TrainConfig, exclude=(*SEARCHED, "name"), required=("out",))
+    searched = add_config_arguments(p, SweepConfig)
     add_address(p)
     a = p.parse_args(argv)
     return run_job("tune", lambda: sweep(config_from_args(
-        SweepConfig, a, base=config_from_args(TrainConfig, a)), a.address) and 0, (StoreError,))
+        SweepConfig, a, only=searched, base=config_from_args(TrainConfig, a, only=trial)),
+        a.address) and 0, (StoreError,))
 
 
 if __name__ == "__main__":

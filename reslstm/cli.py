@@ -73,10 +73,12 @@ def _list_type(kind: Callable) -> Callable[[str], tuple]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, exclude: Sequence[str] = (),
-                         required: Sequence[str] = ()) -> None:
+                         required: Sequence[str] = ()) -> tuple[str, ...]:
     """One option per command-line field of dataclass ``cls`` (see the module docstring);
-    ``exclude`` leaves fields out, ``required`` makes options with a default required."""
+    ``exclude`` leaves fields out, ``required`` makes options with a default required. Returns
+    the fields added (for ``config_from_args(..., only=)`` when two configs share a name)."""
     hints = typing.get_type_hints(cls)
+    added = []
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if f.name in exclude or meta.get("cli", True) is False:
@@ -102,13 +104,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, exclude: Sequence
             if "choices" in meta:
                 kwargs["choices"] = list(meta["choices"])
         parser.add_argument(flag, **kwargs)
+        added.append(f.name)
+    return tuple(added)
 
 
-def config_from_args(cls, args: argparse.Namespace, **fixed):
-    """An instance of dataclass ``cls`` from parsed arguments (fields the parser lacks keep
-    their defaults; ``fixed`` sets fields that are not options)."""
+def config_from_args(cls, args: argparse.Namespace, only: Sequence[str] | None = None, **fixed):
+    """An instance of dataclass ``cls`` from parsed arguments (fields the parser lacks, or not
+    in ``only``, keep their defaults; ``fixed`` sets fields that are not options)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-              if f.name not in fixed and hasattr(args, f.name)}
+              if f.name not in fixed and hasattr(args, f.name) and (only is None or f.name in only)}
     return cls(**values, **fixed)
 
 

@@ -121,6 +121,7 @@ def test_a_restored_callback_keeps_one_run_per_trial(tmp_path):
     for t in trials:
         restored.on_trial_start(0, trials, t)
     assert restored.run_ids == cb.run_ids
+    restored.on_trial_result(0, trials, trials[0], {"epoch": 1, "val_top1": 0.6})  # redone
     restored.on_trial_result(0, trials, trials[0], {"epoch": 2, "val_top1": 0.75})
     restored.on_trial_complete(0, trials, trials[0])
     runs = client.search_runs([cb.experiment_id], filter_string="tags.`reslstm.kind` = 'trial'")
