@@ -50,6 +50,8 @@ class DemoResult:
     pairs: dict                  # {"reslstm": acc, "baseline": acc, "videos": n}
     mlflow_uri: str
     experiment: str
+    experiment_id: str | None = None
+    registered: str | None = None  # models:/NAME@ALIAS of the best model
 
     def targets(self) -> list[tuple[str, bool]]:
         margin = self.pairs["reslstm"] - self.pairs["baseline"]
@@ -73,11 +75,13 @@ def pair_accuracy(predictions, split: str = "test", pairs=ORDER_PAIRS) -> tuple[
     return float((probs.argmax(1) == labels).mean()), len(keep)
 
 
-def _log_baseline(uri: str, experiment: str, cfg: TrainConfig, test: dict, pairs: float) -> None:
-    """The baseline as one more run of the demo's MLflow experiment, to compare in the UI."""
+def _log_baseline(uri: str, experiment_id: str, parent: str, cfg: TrainConfig, test: dict,
+                  pairs: float) -> None:
+    """The baseline as one more run under the demo's sweep, to compare in the UI."""
     client = MlflowClient(uri)
-    run = client.create_run(tracking.ensure_experiment(client, experiment),
-                            run_name=f"baseline-meanpool-{cfg.fusion}")
+    run = client.create_run(experiment_id, run_name=f"baseline-meanpool-{cfg.fusion}",
+                            tags={tracking.PARENT: parent, tracking.KIND_TAG: "baseline",
+                                  **tracking.feature_tags(cfg.features)})
     for k, v in cfg.to_dict().items():
         client.log_param(run.info.run_id, k, "" if v is None else str(v))
     for head, acc in test.items():
@@ -99,7 +103,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         generate_synthetic(data_dir, videos_per_class=cfg.videos_per_class, seed=cfg.seed,
                            workers=cfg.synth_workers)
     log.info("features: tiny3d, random-init weights (a stand-in for a pretrained 3D CNN: these are "
-         f"not pretrained features), {cfg.flow} optical flow, centre crop")
+             f"not pretrained features), {cfg.flow} optical flow, centre crop")
     run_extraction(ExtractConfig(manifest=str(manifest), out=str(store), extractor="tiny3d",
                                  flow=cfg.flow, crops=1, address=cfg.address))
 
@@ -109,7 +113,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                        epochs=cfg.epochs, batch_size=cfg.batch_size, workers=cfg.workers,
                        seed=cfg.seed)
     log.info(f"sweep: h {list(cfg.hidden)} x L {list(cfg.depth)} x T {list(cfg.T)} x "
-         f"{list(cfg.fusion)}, {cfg.epochs} epochs each")
+             f"{list(cfg.fusion)}, {cfg.epochs} epochs each")
     res = sweep(SweepConfig(base=base, hidden=cfg.hidden, depth=cfg.depth, T=cfg.T,
                             fusion=cfg.fusion, grace_period=cfg.grace_period, mlflow_uri=uri,
                             experiment=experiment),
@@ -124,13 +128,14 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     ours, n_pairs = pair_accuracy(res.predictions["test"])
     theirs, _ = pair_accuracy(base_res.predictions["test"])
-    _log_baseline(uri, experiment, base_cfg, baseline, theirs)
+    _log_baseline(uri, res.experiment_id, res.parent_run_id, base_cfg, baseline, theirs)
     result = DemoResult(
         seconds=time.monotonic() - start, trials=res.trials,
         best={"hidden": best.hidden, "depth": best.depth, "T": best.T, "fusion": best.fusion,
               "val_top1": res.best_val_top1},
         test=test, baseline=baseline, pairs={"reslstm": ours, "baseline": theirs, "videos": n_pairs},
-        mlflow_uri=uri, experiment=experiment)
+        mlflow_uri=uri, experiment=experiment, experiment_id=res.experiment_id,
+        registered=res.registered)
     log.info(report(result, res.table()), extra={"block": True})
     return result
 
@@ -149,6 +154,7 @@ def report(r: DemoResult, trials_table: str) -> str:
               f"  Res-LSTM {r.pairs['reslstm']:.3f}   baseline {r.pairs['baseline']:.3f}   "
               f"difference {r.pairs['reslstm'] - r.pairs['baseline']:+.3f}", "", "Targets:"]
     lines += [f"  [{'x' if ok else ' '}] {text}" for text, ok in r.targets()]
-    lines += ["", "Compare the runs:", f"  mlflow ui --backend-store-uri {r.mlflow_uri}",
-              f"  (experiment {r.experiment})"]
+    lines += ["", f"MLflow experiment {r.experiment}: the sweep, its trials and the baseline"
+              + (f"; the best model is {r.registered}" if r.registered else "") + ".",
+              tracking.ui_hint(r.mlflow_uri, r.experiment_id)]
     return "\n".join(lines)

@@ -105,7 +105,7 @@ class SweepResult:
     scores: dict = field(default_factory=dict)
     parent_run_id: str | None = None
     name: str = ""
-    registered: str | None = None  # version of the registered model
+    registered: str | None = None  # models:/NAME@ALIAS of the registered best model
 
     def table(self) -> str:
         lines = [f"{'trial':<12} {'fusion':<14} {'h':>5} {'L':>2} {'T':>3} {'val top-1':>9} "
@@ -363,14 +363,16 @@ def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
     tracking.log_evaluation(uri, parent, {**test, "best_val_top1": best.val_top1}, report,
                             tags={"best_trial": best.trial_id, "best_run_id": best.mlflow_run_id or ""},
                             params={f"best_{k}": getattr(best, k) for k in SEARCHED})
+    version = None
     if scfg.register_model and best.mlflow_run_id:
-        result.registered = register_model(uri, best.mlflow_run_id, payload, scfg.register_model)
+        version = register_model(uri, best.mlflow_run_id, payload, scfg.register_model)
+        result.registered = f"models:/{scfg.register_model}@{ALIAS}"
     tracking.end_run(uri, parent)
     log.info(result.table(), extra={"block": True})
     log.info("best: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in test.items()))
     log.info(f"best checkpoint: {best.checkpoint}")
     if result.registered:
-        log.info(f"registered: models:/{scfg.register_model}@{ALIAS} (version {result.registered})")
+        log.info(f"best model: {result.registered} (version {version})")
     log.info(f"predictions: {', '.join(paths.values())}")
     log.info(tracking.ui_hint(uri, exp_id))
     return result

@@ -228,7 +228,7 @@ def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(ray_local, 
     assert [a.path for a in client.list_artifacts(res.best_run_id, "checkpoint")] == [
         "checkpoint/model.pt"]
     version = client.get_model_version_by_alias("reslstm", "champion")
-    assert version.run_id == res.best_run_id and str(version.version) == res.registered
+    assert version.run_id == res.best_run_id and res.registered == "models:/reslstm@champion"
     other = next(r for r in runs.values() if r.info.run_id != res.best_run_id)
     assert "test_top1" not in other.data.metrics
 
