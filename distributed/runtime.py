@@ -109,6 +109,8 @@ EXPECTED_WORKER_BLOCKS = tuple(re.compile(p) for p in (
     r"Graceful shutdown of backend failed\. This is expected if one of the workers has crashed",
     r"Connection closed by peer .* This is typically caused by a remote worker crashing",
     r"\(gcs_server\) gcs_actor_scheduler\.cc:\d+: Failed to kill actor .* Socket closed",
+    # Ray Data's file listing, interrupted when its (finished) dataset shuts down.
+    r"dynamic_work_queue\.py\", line \d+, in _signal_completion",
 ))
 
 

@@ -28,6 +28,21 @@ def test_pair_accuracy_counts_only_order_pair_classes(tmp_path):
     assert (acc, n) == (0.5, 2)
 
 
+def test_targets_hold_exactly_at_their_thresholds():
+    from reslstm.distributed.demo import DemoResult
+
+    def result(seconds, fused, ours, theirs):
+        return DemoResult(seconds=seconds, trials=[], best={}, test={"fused": fused}, baseline={},
+                          pairs={"reslstm": ours, "baseline": theirs, "videos": 60},
+                          mlflow_uri="sqlite:///x", experiment="e")
+
+    assert [ok for _, ok in result(600, 0.8, 0.8, 0.6).targets()] == [True, True, True]
+    assert [ok for _, ok in result(601, 0.79, 0.69, 0.5).targets()] == [False, False, False]
+    texts = [t for t, _ in result(90, 0.836, 0.75, 0.5).targets()]
+    assert texts == ["finishes in <= 10 min (1.5 min)", "fused test top-1 >= 0.8 (0.836)",
+                     "order pairs: Res-LSTM beats the baseline by >= 0.2 (+0.250)"]
+
+
 @pytest.mark.integration
 def test_demo_runs_end_to_end_at_toy_size(ray_local, tmp_path):
     buf = io.StringIO()
