@@ -4,13 +4,12 @@ Python API (``reslstm.distributed.tune``):
 
 - ``sweep(scfg: configs.SweepConfig, address=None) -> SweepResult``: runs the sweep,
   evaluates the best trial once on test, logs everything to MLflow and logs the trials table.
-- ``SweepResult``: ``trials`` (list of ``TrialRow``: trial_id, hidden, depth, T, fusion,
-  val_top1 (best epoch), epochs, stopped_early, status, checkpoint, mlflow_run_id) and
-  ``table()``; ``best_config`` (TrainConfig), ``best_trial_id``, ``best_checkpoint``,
-  ``best_val_top1``, ``test_metrics`` (test_top1/test_top5/test_mean_class_acc of the fused
-  output, plus ``test_top1_rgb``/``test_top1_flow``... per stream for late fusion),
-  ``predictions`` ({split: Parquet}), ``report_files``, ``mlflow_uri``, ``experiment``,
-  ``experiment_id``, ``best_run_id``, ``storage_path``.
+- ``SweepResult`` (``sweep_results``): the trials (``TrialRow``), the best one and its test
+  metrics, predictions, report files, MLflow ids, the registered model.
+
+Searched: hidden, depth, T, fusion, residual (comma lists) and, with ``--seeds N``, every
+configuration once per seed. ``--scheduler none`` trains every trial to the end (fair
+comparisons, as the paper presets need); ``--test-all`` evaluates every trial on test.
 
 The sweep's driver builds and materializes the datasets of every (streams, T) the sweep
 needs, once, before any trial starts (they stay in the object store for the sweep: one copy
@@ -39,27 +38,24 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import ray.train
-import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from reslstm.configs import SEARCHED, SweepConfig, TrainConfig
 from reslstm.fusion import streams_of
-from reslstm.predictions import FUSED, evaluate_run
 from reslstm.storage import resolve as storage_loc
 from reslstm.sweep_report import write_sweep_report
 
 from . import tracking
-from .checkpoints import CHECKPOINT_FILE, METRIC, load_checkpoint
+from .checkpoints import METRIC
 from .data import RunData, load_data
-from .evaluate import predict
 from .registry import ALIAS, register_model
 from .runtime import cluster_cpus, cluster_gpus, cpus_per_worker, init_ray, wants_gpu
+from .sweep_results import (SweepResult, checkpoint_at, curves, evaluate_checkpoint,
+                            rows_of)
 from .trainer import build_trainer, prepare
 
 log = logging.getLogger(__name__)
@@ -67,66 +63,19 @@ log = logging.getLogger(__name__)
 TRIAL_CPUS = 1.0
 
 
-@dataclass
-class TrialRow:
-    trial_id: str
-    hidden: int
-    depth: int
-    T: int
-    fusion: str
-    val_top1: float
-    epochs: int
-    stopped_early: bool
-    status: str
-    checkpoint: str | None
-    mlflow_run_id: str | None
-
-    def as_dict(self) -> dict:
-        return {"trial": self.trial_id, "fusion": self.fusion, "h": self.hidden,
-                "L": self.depth, "T": self.T, "val_top1": self.val_top1, "epochs": self.epochs,
-                "stopped_early": self.stopped_early, "status": self.status}
-
-
-@dataclass
-class SweepResult:
-    trials: list[TrialRow]
-    best_config: TrainConfig
-    best_trial_id: str
-    best_checkpoint: str
-    best_val_top1: float
-    test_metrics: dict[str, float]
-    predictions: dict[str, str]
-    report_files: dict[str, str]
-    mlflow_uri: str
-    experiment: str
-    experiment_id: str | None
-    best_run_id: str | None
-    storage_path: str
-    scores: dict = field(default_factory=dict)
-    parent_run_id: str | None = None
-    name: str = ""
-    registered: str | None = None  # models:/NAME@ALIAS of the registered best model
-
-    def table(self) -> str:
-        lines = [f"{'trial':<12} {'fusion':<14} {'h':>5} {'L':>2} {'T':>3} {'val top-1':>9} "
-                 f"{'epochs':>6}  stopped early"]
-        for r in sorted(self.trials, key=lambda r: -r.val_top1):
-            mark = " *" if r.trial_id == self.best_trial_id else ""
-            lines.append(f"{r.trial_id:<12} {r.fusion:<14} {r.hidden:>5} {r.depth:>2} {r.T:>3} "
-                         f"{100 * r.val_top1:>8.2f}% {r.epochs:>6}  "
-                         f"{'yes' if r.stopped_early else 'no'}"
-                         f"{'' if r.status == 'ok' else ' (' + r.status + ')'}{mark}")
-        return "\n".join(lines)
-
-
 def param_space(scfg: SweepConfig) -> dict:
+    """The searched values (and, with ``seeds`` > 1, the seeds: every configuration once per
+    seed, whatever the search)."""
     pick = tune.grid_search if scfg.search == "grid" else tune.choice
-    return {k: pick(list(getattr(scfg, k))) for k in SEARCHED}
+    space = {k: pick(list(getattr(scfg, k))) for k in SEARCHED}
+    if scfg.seeds > 1:
+        space["seed"] = tune.grid_search([scfg.base.seed + i for i in range(scfg.seeds)])
+    return space
 
 
 def trial_config(base: TrainConfig, params: dict) -> TrainConfig:
-    """The TrainConfig of one trial: the base with the searched values."""
-    return dataclasses.replace(base, **{k: params[k] for k in SEARCHED if k in params})
+    """The TrainConfig of one trial: the base with the searched values (and seed)."""
+    return dataclasses.replace(base, **{k: params[k] for k in (*SEARCHED, "seed") if k in params})
 
 
 def plan_concurrency(cpus: float, gpus: int, workers: int, cpw: float, use_gpu: bool,
@@ -198,29 +147,6 @@ class TrialProgress(tune.Callback):
                     f"{getattr(trial, 'error_file', None) or 'see the Tune results folder'}")
 
 
-def _rows(grid, epochs: int, run_ids: dict[str, str]) -> list[TrialRow]:
-    rows = []
-    for res in grid:
-        df = res.metrics_dataframe
-        trial_id = (res.metrics or {}).get("trial_id") or Path(res.path).name
-        cfg = res.config or {}
-        if df is not None and METRIC in df and df[METRIC].notna().any():
-            df = df[df[METRIC].notna()]
-            best = df.sort_values([METRIC, "epoch"]).iloc[-1]  # ties: the later epoch
-            val, ckpt = float(best[METRIC]), best.get("checkpoint_path")
-            last = int(df["epoch"].max())
-        else:
-            val, ckpt, last = float("nan"), None, 0
-        rows.append(TrialRow(
-            trial_id=trial_id, hidden=cfg.get("hidden"), depth=cfg.get("depth"), T=cfg.get("T"),
-            fusion=cfg.get("fusion"), val_top1=val, epochs=last,
-            stopped_early=res.error is None and last < epochs,
-            status="ok" if res.error is None else f"error: {type(res.error).__name__}",
-            checkpoint=None if ckpt is None or ckpt != ckpt else str(ckpt),
-            mlflow_run_id=run_ids.get(trial_id)))
-    return rows
-
-
 def _fs(loc) -> dict:
     return {} if loc.local else {"storage_filesystem": loc.filesystem}
 
@@ -232,46 +158,10 @@ def storage_kwargs(storage: str) -> dict:
         "storage_path": loc.path, "storage_filesystem": loc.filesystem}
 
 
-def checkpoint_at(path: str, storage: str):
-    """A checkpoint path as Tune reports it (no URI scheme) -> something ``load_checkpoint``
-    reads: the path itself on local storage, a ``Checkpoint`` on the storage's filesystem."""
-    loc = storage_loc(storage)
-    return path if loc.local else ray.train.Checkpoint(path, filesystem=loc.filesystem)
-
-
-def evaluate_best(checkpoint, data: RunData, out_dir: Path
-                  ) -> tuple[dict, dict, dict, dict, dict]:
-    """Predict val and test with a checkpoint into ``out_dir``; returns (test metrics,
-    {split: predictions path}, {name: report file}, {split: {head: scores}}, payload)."""
-    model, payload = load_checkpoint(checkpoint)
-    paths, scores = predict(model, data.only(("val", "test")).datasets, payload["label_names"],
-                            out_dir / "predictions")
-    report = evaluate_run(out_dir, "test", out_dir=out_dir / "report")
-    test = {f"test_{k}": v for k, v in scores["test"][FUSED].items()}
-    for head in ("rgb", "flow"):
-        if head in scores["test"]:
-            test.update({f"test_{k}_{head}": v for k, v in scores["test"][head].items()})
-    files = dict(report.files)
-    files["model"] = str(out_dir / CHECKPOINT_FILE)  # a local copy, also of a remote checkpoint
-    torch.save(payload, files["model"])
-    return test, paths, files, scores, payload
-
-
 def _trainable(base: TrainConfig, name: str, data: dict[str, RunData]):
     return tune.with_resources(
         tune.with_parameters(run_trial, base=base, sweep_name=name, data=data),
         {"CPU": TRIAL_CPUS})
-
-
-def _curves(grid) -> dict[str, list[tuple[int, float]]]:
-    out = {}
-    for res in grid:
-        df = res.metrics_dataframe
-        if df is not None and METRIC in df and "epoch" in df:
-            df = df[df[METRIC].notna()]
-            label = f"{Path(res.path).name.rsplit('_', 1)[-1]} {tracking.trial_label(res.config or {})}"
-            out[label] = [(int(e), float(v)) for e, v in zip(df["epoch"], df[METRIC])]
-    return out
 
 
 def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
@@ -295,6 +185,7 @@ def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
     params = {k: v for k, v in base.to_dict().items() if k not in SEARCHED}
     exp_id, parent = tracking.start_sweep_run(
         uri, experiment, name, {**params, **{k: ",".join(map(str, getattr(scfg, k))) for k in SEARCHED},
+                                "seeds": scfg.seeds, "scheduler": scfg.scheduler,
                                 "search": scfg.search, "num_samples": scfg.num_samples,
                                 "grace_period": scfg.grace_period}, base.features)
     log.info(f"{'resuming' if resuming else 'starting'} sweep {name}: {base.workers} worker(s) x "
@@ -324,8 +215,9 @@ def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
                 # ASHA judges trials by the epoch they report (after a restore too). Its max_t
                 # is one past the last epoch, so a trial that trains all its epochs ends by
                 # itself instead of being stopped (killed) by Tune at max_t.
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=base.epochs + 1,
-                                        grace_period=min(scfg.grace_period, base.epochs)),
+                scheduler=(ASHAScheduler(time_attr="epoch", max_t=base.epochs + 1,
+                                         grace_period=min(scfg.grace_period, base.epochs))
+                           if scfg.scheduler == "asha" else None),
                 max_concurrent_trials=concurrent, reuse_actors=False),
             run_config=tune.RunConfig(
                 name=name, verbose=0, **storage_kwargs(storage),
@@ -339,30 +231,38 @@ def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
         tracking.end_run(uri, parent, tracking.KILLED)
         raise
     tracking.end_unfinished(uri, exp_id, name)
-    rows = _rows(grid, base.epochs, tracking.trial_runs(uri, exp_id, name))
+    rows = rows_of(grid, base.epochs, tracking.trial_runs(uri, exp_id, name), base)
     done = [r for r in rows if r.checkpoint and r.val_top1 == r.val_top1]
     if not done:
         tracking.end_run(uri, parent, tracking.FAILED)
         raise RuntimeError(f"no trial of sweep {name} reported a checkpoint; see {sweep_dir}")
     best = max(done, key=lambda r: r.val_top1)
-    best_cfg = trial_config(base, {k: getattr(best, k) for k in SEARCHED})
-    test, paths, files, scores, payload = evaluate_best(
-        checkpoint_at(best.checkpoint, storage), data[data_key(best.fusion, best.T)],
-        out / "best")
-    if best.mlflow_run_id:
-        tracking.log_evaluation(uri, best.mlflow_run_id, test, files,
-                                tags={"best_trial": "true", "ray.checkpoint_path": best.checkpoint})
+    best_cfg = trial_config(base, {k: getattr(best, k) for k in (*SEARCHED, "seed")})
+    payload = paths = files = scores = None
+    for row in done if scfg.test_all else [best]:
+        is_best = row is best
+        test, row_paths, row_files, row_scores, row_payload = evaluate_checkpoint(
+            checkpoint_at(row.checkpoint, storage), data[data_key(row.fusion, row.T)],
+            out / ("best" if is_best else f"trials/{row.trial_id}"))
+        row.test = test
+        if is_best:
+            payload, paths, files, scores = row_payload, row_paths, row_files, row_scores
+        if row.mlflow_run_id:
+            tracking.log_evaluation(uri, row.mlflow_run_id, test, row_files if is_best else {},
+                                    tags={"best_trial": str(is_best).lower(),
+                                          "ray.checkpoint_path": row.checkpoint})
+    test = best.test
     result = SweepResult(
         trials=rows, best_config=best_cfg, best_trial_id=best.trial_id,
         best_checkpoint=best.checkpoint, best_val_top1=best.val_top1, test_metrics=test,
         predictions=paths, report_files=files, mlflow_uri=uri, experiment=experiment,
         experiment_id=exp_id, best_run_id=best.mlflow_run_id,
         storage_path=sweep_dir.uri, scores=scores, parent_run_id=parent, name=name)
-    report = write_sweep_report([r.as_dict() for r in rows], _curves(grid), out / "report",
+    report = write_sweep_report([r.as_dict() for r in rows], curves(grid), out / "report",
                                 f"sweep {name}", best=None)
     tracking.log_evaluation(uri, parent, {**test, "best_val_top1": best.val_top1}, report,
                             tags={"best_trial": best.trial_id, "best_run_id": best.mlflow_run_id or ""},
-                            params={f"best_{k}": getattr(best, k) for k in SEARCHED})
+                            params={f"best_{k}": getattr(best, k) for k in (*SEARCHED, "seed")})
     version = None
     if scfg.register_model and best.mlflow_run_id:
         version = register_model(uri, best.mlflow_run_id, payload, scfg.register_model)

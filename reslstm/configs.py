@@ -189,7 +189,17 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-SEARCHED = ("hidden", "depth", "T", "fusion")
+SEARCHED = ("hidden", "depth", "T", "fusion", "residual")  # SweepConfig's comma lists
+
+
+def parse_bool(text: str) -> bool:
+    """on/off, true/false, yes/no, 1/0 (a value of a comma list of booleans)."""
+    value = str(text).strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"{text!r} is not on/off")
 
 
 @dataclass
@@ -201,6 +211,13 @@ class SweepConfig:
     depth: tuple[int, ...] = opt((2,), "depths L", items=int)
     T: tuple[int, ...] = opt((25,), "clips per video", items=int)
     fusion: tuple[str, ...] = opt(("late-product",), f"of {', '.join(FUSION_NAMES)}", items=str)
+    residual: tuple[bool, ...] = opt((True,), "residual connections: on, off or on,off",
+                                     items=parse_bool)
+    seeds: int = opt(1, "seeds per configuration (--seed, --seed + 1, ...); results are "
+                     "reported as mean +- std over them")
+    scheduler: str = opt("asha", "asha: stop weak trials early; none: train every trial to the "
+                         "end (compare configurations fairly)", choices=("asha", "none"))
+    test_all: bool = opt(False, "evaluate every trial on test (default: only the best)")
     search: str = opt("grid", "grid: every combination (x --num-samples); random: "
                       "--num-samples draws from the lists", choices=SEARCHES)
     num_samples: int = opt(1, "see --search")
@@ -230,6 +247,8 @@ class SweepConfig:
                     message = str(exc).split(": ", 1)[-1]
                     raise ValueError(f"{flag_of(self, name)}: value {v!r} {message}") from None
         _one_of(self, "search", SEARCHES)
+        _one_of(self, "scheduler", ("asha", "none"))
+        _positive(self, "seeds")
         _check(self, self.name is None or (self.name.strip() and "/" not in self.name), "name",
                f"must be a non-empty name without '/', got {self.name!r}")
         _positive(self, "num_samples", "grace_period")

@@ -74,7 +74,8 @@ def test_every_train_option_reaches_the_config(monkeypatch):
 def test_every_tune_option_reaches_the_sweep_and_its_trials(monkeypatch):
     tune = job("tune")
     calls = captured(monkeypatch, tune, "sweep")
-    trial_args = [t for t in TRAIN_ARGS if t[2] not in ("fusion", "hidden", "depth", "T", "name")]
+    trial_args = [t for t in TRAIN_ARGS
+                  if t[2] not in ("fusion", "hidden", "depth", "T", "residual", "name")]
     sweep_args = [("--hidden", "8,16", "hidden", (8, 16)), ("--depth", "1,2", "depth", (1, 2)),
                   ("--T", "5,9", "T", (5, 9)), ("--fusion", "rgb,mid-sum", "fusion", ("rgb", "mid-sum")),
                   ("--search", "random", "search", "random"), ("--num-samples", "3", "num_samples", 3),
@@ -83,6 +84,8 @@ def test_every_tune_option_reaches_the_sweep_and_its_trials(monkeypatch):
                   ("--mlflow-uri", "http://127.0.0.1:5000", "mlflow_uri", "http://127.0.0.1:5000"),
                   ("--experiment", "e1", "experiment", "e1"), ("--name", "sw", "name", "sw"),
                   ("--retry-errored", None, "retry_errored", True),
+                  ("--residual", "on,off", "residual", (True, False)), ("--seeds", "3", "seeds", 3),
+                  ("--scheduler", "none", "scheduler", "none"), ("--test-all", None, "test_all", True),
                   ("--register-model", "none", "register_model", None)]
     assert tune.main(_argv(trial_args) + _argv(sweep_args)) == 0
     (scfg, _), _ = calls[0]

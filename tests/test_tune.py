@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from featurestore_fixture import make_feature_store
 from reslstm.distributed import tracking
 from reslstm.distributed import tune as rtune
+from reslstm.distributed.sweep_results import rows_of
 from reslstm.cli import parse_list
 from reslstm.configs import SweepConfig, TrainConfig
 
@@ -26,7 +27,11 @@ def test_param_space_grid_and_random():
     base = TrainConfig(features="f")
     grid = rtune.param_space(SweepConfig(base, hidden=[8, 16], depth=[1], T=[5],
                                                fusion=["rgb"]))
-    assert grid["hidden"] == {"grid_search": [8, 16]}
+    assert grid["hidden"] == {"grid_search": [8, 16]} and "seed" not in grid
+    seeded = rtune.param_space(SweepConfig(TrainConfig(features="f", seed=7), residual=[True, False],
+                                           seeds=3, search="random"))
+    assert seeded["seed"] == {"grid_search": [7, 8, 9]}  # every configuration once per seed
+    assert sorted(seeded["residual"].categories) == [False, True]
     rnd = rtune.param_space(SweepConfig(base, hidden=[8, 16], search="random"))
     assert sorted(rnd["hidden"].categories) == [8, 16]
     with pytest.raises(ValueError, match="--search: must be one of grid, random"):
@@ -36,8 +41,9 @@ def test_param_space_grid_and_random():
 def test_trial_config_overrides_only_the_searched_values():
     base = TrainConfig(features="f", lr=0.5, hidden=4)
     cfg = rtune.trial_config(base, {"hidden": 8, "depth": 3, "T": 7, "fusion": "mid-sum",
-                                    "ignored": 1})
+                                    "residual": False, "seed": 4, "ignored": 1})
     assert (cfg.hidden, cfg.depth, cfg.T, cfg.fusion, cfg.lr) == (8, 3, 7, "mid-sum", 0.5)
+    assert (cfg.residual, cfg.seed) == (False, 4)
 
 
 def test_concurrency_counts_each_trial_driver_cpu():
@@ -143,7 +149,7 @@ def test_trial_rows_take_the_best_epoch_and_mark_early_stops():
 
     grid = [result("t_full", [0.2, 0.6, 0.6, 0.4]), result("t_stopped", [0.1]),
             result("t_broken", [0.3, 0.5], error=RuntimeError("x"))]
-    rows = rtune._rows(grid, epochs=4, run_ids={"t_full": "r1"})
+    rows = rows_of(grid, epochs=4, run_ids={"t_full": "r1"})
     by_id = {r.trial_id: r for r in rows}
     assert (by_id["t_full"].val_top1, by_id["t_full"].epochs) == (0.6, 4)
     assert by_id["t_full"].checkpoint == "t_full/e3"  # ties: the later epoch, as Ray keeps it
@@ -173,8 +179,8 @@ def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(ray_local, 
     table = res.table().splitlines()
     for t in res.trials:  # each trial's row, with its own stopped-early mark
         (row,) = [ln for ln in table if ln.startswith(t.trial_id)]
-        assert row.split()[1:5] == ["late-product", "8", str(t.depth), "5"]
-        assert row.split()[7] == ("yes" if t.stopped_early else "no")
+        assert row.split()[1:7] == ["late-product", "8", str(t.depth), "5", "on", "0"]
+        assert row.split()[9] == ("yes" if t.stopped_early else "no")
     for key in ("test_top1", "test_top5", "test_mean_class_acc", "test_top1_rgb",
                 "test_top1_flow"):
         assert 0.0 <= res.test_metrics[key] <= 1.0
