@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 STAGES = (  # logger name prefix -> console tag (first match wins)
     ("reslstm.distributed.demo", "demo"),
+    ("reslstm.distributed.paper", "paper"),
     ("reslstm.datasets.synthetic", "synth"),
     ("reslstm.distributed.tune", "tune"),
     ("reslstm.distributed.tracking", "tune"),
@@ -97,7 +98,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, exclude: Sequence
         elif "items" in meta:
             kwargs["type"] = _list_type(meta["items"])
             kwargs["metavar"] = "A,B,..."
-            if has_default:  # shown as typed on the command line
+            if has_default and f.default is not None:  # shown as typed on the command line
                 kwargs["default"] = tuple(f.default)
         else:
             kwargs["type"] = kind
