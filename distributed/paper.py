@@ -97,7 +97,7 @@ def run_preset(pcfg: PaperConfig, address: str | None = None) -> PresetResult:
         cells = aggregate(rows, fields)
     files = write_table(preset, cells if preset.kind != "final" else [], verdicts, out,
                         pcfg.quick, note=_final_note(cells) if preset.kind == "final" else "")
-    title = f"{preset.source}: {preset.name} (mean +- std over {scfg.seeds} seeds)"
+    title = f"{preset.source}: {preset.name} (mean ± std over {scfg.seeds} seeds)"
     if preset.kind != "final":
         files["figure"] = str(plot_preset(preset, cells, out / f"{preset.name}.png", title))
     else:
