@@ -43,7 +43,14 @@ STAGES = (  # logger name prefix -> console tag (first match wins)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The job's docstring as written, and every option's default."""
+    """The job's docstring as written, and every option's default (unless its help already
+    says what the default is, or there is none to show)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def parse_list(text: str, kind: Callable = str) -> tuple:
