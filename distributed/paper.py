@@ -91,12 +91,11 @@ def run_preset(pcfg: PaperConfig, address: str | None = None) -> PresetResult:
     fields = list(preset.grid)
     verdicts = [check(c, rows) for c in preset.claims(pcfg.quick)]
     if preset.kind == "final":
-        cells = [dataclasses.replace(c, config={"head": HEADS[m]})
+        cells = [dataclasses.replace(c, config={**c.config, "head": HEADS[m]})
                  for m in HEADS for c in aggregate(rows, fields, metric=m)]
     else:
         cells = aggregate(rows, fields)
-    files = write_table(preset, cells if preset.kind != "final" else [], verdicts, out,
-                        pcfg.quick, note=_final_note(cells) if preset.kind == "final" else "")
+    files = write_table(preset, cells, verdicts, out, pcfg.quick)
     title = f"{preset.source}: {preset.name} (mean ± std over {scfg.seeds} seeds)"
     if preset.kind != "final":
         files["figure"] = str(plot_preset(preset, cells, out / f"{preset.name}.png", title))
@@ -111,12 +110,6 @@ def run_preset(pcfg: PaperConfig, address: str | None = None) -> PresetResult:
     log.info(table, extra={"block": True})
     log.info(f"report: {out}")
     return PresetResult(preset.name, res, rows, verdicts, files, table)
-
-
-def _final_note(cells) -> str:
-    lines = ["## Test top-1 per head (%), mean +- std over seeds", ""]
-    lines += [f"- {c.config['head']}: {c.text()}" for c in cells]
-    return "\n".join(lines)
 
 
 def _final_figures(pcfg: PaperConfig, res: SweepResult, out: Path) -> dict[str, str]:

@@ -99,6 +99,8 @@ EXPECTED_WORKER_LINES = tuple(re.compile(p) for p in (
     # The raylet, when Ray Data and Ray Train start more worker processes than a 2-CPU node
     # starts at once; they are needed and reused.
     r"WARNING: \d+ PYTHON worker processes have been started on node",
+    # Abseil's mutex tracing (gRPC inside a worker), now and then when a trial's worker exits.
+    r"\[mutex\.cc : \d+\] RAW: (Lock blocking|Lock returning|Unlock) 0x[0-9a-f]+ ",
 ))
 
 

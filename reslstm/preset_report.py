@@ -118,14 +118,17 @@ def table_rows(preset: Preset, cells: Sequence[Cell], quick: bool) -> list[dict]
     grid = list(preset.grid)
     rows = []
     for cell in cells:
+        head = cell.config.get("head")  # the final preset: one row per head of the model
         row = {f: ("on" if v is True else "off" if v is False else v)
-               for f, v in cell.config.items() if f in grid}
+               for f, v in cell.config.items() if f in grid or f == "head"}
         key = cell_key(preset, cell)
         if quick:  # the paper's cell at the same position of the scaled grid
             fields = [f for f in grid]
             idx = [preset.quick[f].index(cell.config[f]) for f in fields]
             paper_key = tuple(preset.grid[f][i] for f, i in zip(fields, idx))
             key = paper_key[0] if len(paper_key) == 1 else paper_key
+        if head not in (None, "fused"):
+            key = (key, head)  # the paper's numbers are of the fused model
         row["ours (test top-1 %)"] = cell.text()
         for dataset, label in (("hmdb51", "paper HMDB-51"), ("ucf101", "paper UCF-101")):
             value = paper_value(preset.name, dataset, key)

@@ -60,9 +60,10 @@ def write_sweep_report(rows: Sequence[Mapping], curves: Mapping[str, Sequence[tu
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"trials_csv": out / "trials.csv", "trials_md": out / "trials.md"}
-    columns = list(rows[0].keys()) if rows else ["trial"]
+    # every key of every row (trials of different fusions report different heads), in order
+    columns = list(dict.fromkeys(k for r in rows for k in r)) or ["trial"]
     with open(files["trials_csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
     files["trials_md"].write_text(f"# {title}\n\n" + markdown_table(rows, columns))

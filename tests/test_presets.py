@@ -86,6 +86,30 @@ def test_table_sets_ours_beside_the_papers_numbers(tmp_path):
     assert open(files["fusion_csv"]).read().startswith("fusion,ours (test top-1 %),paper HMDB-51")
 
 
+def test_final_table_has_one_row_per_head_and_the_paper_beside_the_fused_one(tmp_path):
+    import dataclasses
+
+    preset = PRESETS["final"]
+    rows = [{"fusion": "late-product", "seed": s, "test_top1": f, "test_top1_rgb": r}
+            for s, f, r in ((0, 0.70, 0.50), (1, 0.72, 0.54))]
+    cells = [dataclasses.replace(c, config={**c.config, "head": head})
+             for metric, head in (("test_top1", "fused"), ("test_top1_rgb", "rgb"))
+             for c in aggregate(rows, ["fusion"], metric=metric)]
+    md = open(write_table(preset, cells, [], tmp_path, quick=False)["final_md"]).read()
+    assert "| late-product | fused | 71.0 +- 1.4 (n=2) | 68.0 | n/r |" in md
+    assert "| late-product | rgb | 52.0 +- 2.8 (n=2) | n/r | n/r |" in md
+
+
+def test_trial_table_keeps_every_column_of_every_trial(tmp_path):
+    from reslstm.sweep_report import write_sweep_report
+
+    rows = [{"trial": "a", "fusion": "mid-sum", "test_top1": 0.5},
+            {"trial": "b", "fusion": "late-sum", "test_top1": 0.6, "test_top1_rgb": 0.4}]
+    files = write_sweep_report(rows, {"a": [(1, 0.5)], "b": [(1, 0.6)]}, tmp_path, "t")
+    lines = open(files["trials_csv"]).read().splitlines()
+    assert lines == ["trial,fusion,test_top1,test_top1_rgb", "a,mid-sum,0.5,", "b,late-sum,0.6,0.4"]
+
+
 def test_figures_are_written(tmp_path):
     rows = [{"depth": L, "residual": r, "hidden": 32, "seed": s, "test_top1": 0.5 + 0.05 * L * r + 0.01 * s}
             for L in (1, 2, 3) for r in (True, False) for s in (0, 1)]

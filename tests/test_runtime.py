@@ -53,3 +53,24 @@ def test_use_gpu_auto_follows_the_cluster():
     assert wants_gpu("no", 2) is False
     with pytest.raises(ValueError, match="no GPU"):
         wants_gpu("yes", 0)
+
+
+def test_worker_log_filter_drops_expected_notes_and_keeps_the_rest(monkeypatch):
+    import ray._private.worker as ray_worker
+
+    from reslstm.distributed.runtime import filter_worker_logs
+
+    printed = []
+    monkeypatch.setattr(ray_worker, "print_worker_logs", lambda data, *a, **k: printed.append(data))
+    filter_worker_logs()
+    ray_worker.print_worker_logs({"pid": 1, "lines": [
+        "[mutex.cc : 452] RAW: Lock blocking 0x556e103a74e0   @ 0x7f67cb42b1a2",
+        "WARNING: 9 PYTHON worker processes have been started on node abc",
+        "RuntimeError: a real error"]})
+    ray_worker.print_worker_logs({"pid": 2, "lines": [  # a crashed worker's traceback: expected
+        "Traceback (most recent call last):",
+        "Graceful shutdown of backend failed. This is expected if one of the workers has crashed"]})
+    ray_worker.print_worker_logs({"pid": 3, "lines": ["Progress bars disabled. To enable, set X"]})
+    assert printed == [{"pid": 1, "lines": ["RuntimeError: a real error"]}]
+    filter_worker_logs()  # a second call does not wrap the filter again
+    assert getattr(ray_worker.print_worker_logs, "filtered", False)
