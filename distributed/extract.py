@@ -35,6 +35,7 @@ from reslstm.configs import ExtractConfig
 from reslstm.extraction.driver import ExtractSummary, drive, read_manifest, start
 from reslstm.extraction.settings import ExtractError
 from reslstm.extraction.stages import StageConfig
+from reslstm.flow import needs_gpu
 
 from .extract_pipeline import PipelinePlan, build_pipeline
 from .runtime import cluster_cpus, cluster_gpus, init_ray
@@ -43,10 +44,22 @@ log = logging.getLogger(__name__)
 
 
 def _check_cluster(cfg: ExtractConfig, stage: StageConfig) -> None:
-    if stage.flow_on_device and "flow" in cfg.streams and not cluster_gpus() \
-            and not cfg.allow_cpu_raft:
+    """Refuse RAFT without a GPU (unless allowed); say what tvl1-torch will cost on CPUs, and
+    that it exists on a GPU cluster still running OpenCV's TV-L1 (never switched to by itself:
+    see ``reslstm.flow``)."""
+    if "flow" not in cfg.streams:
+        return
+    gpus = cluster_gpus()
+    if needs_gpu(stage.flow_method) and not gpus and not cfg.allow_cpu_raft:
         raise ExtractError(f"--flow {cfg.flow} needs a GPU and the cluster has none: pick tvl1, "
-                           "farneback or dis, or pass --allow-cpu-raft (very slow)")
+                           "tvl1-torch, farneback or dis, or pass --allow-cpu-raft (very slow)")
+    if stage.flow_method == "tvl1-torch" and not gpus:
+        log.warning("--flow tvl1-torch on a cluster without GPUs: the feature actors compute "
+                    "the flow on their CPUs, correctly but several times slower than --flow "
+                    "tvl1 (OpenCV)")
+    elif stage.flow_method == "tvl1" and gpus:
+        log.info("the flow is OpenCV's TV-L1 on the CPUs; --flow tvl1-torch computes the same "
+                 "flow on the GPUs (a store records which one made its features)")
 
 
 def run_extraction(cfg: ExtractConfig) -> ExtractSummary:

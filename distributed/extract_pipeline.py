@@ -3,7 +3,8 @@ resources, block size and object-store budget.
 
     from_items -> decode_segments (CPU tasks, PyAV)
                -> flow_stage      (CPU tasks, flow stream with a CPU flow method)
-               -> FeatureStage    (autoscaling actor pool: num_gpus=1 each on a GPU cluster)
+               -> FeatureStage    (autoscaling actor pool: num_gpus=1 each on a GPU cluster;
+                                   computes the flow of a device method, tvl1-torch or RAFT)
 
 ``PipelinePlan.make(...)`` sizes it once (actors, the bytes of a segment, the block target and
 the budget) from the stage config and the cluster; ``build_pipeline(items, plan)`` returns the
@@ -16,7 +17,11 @@ most of the time: a CPU reserved for either sat unused while flow tasks queued f
 and share the cores. It also makes the pipeline deadlock-free: a decode task paused by
 backpressure holds no CPU, so the flow tasks that drain it can always start, also after a node
 is lost. Stages differ in resources, so Ray Data never fuses them. ``actor_cpus`` reserves CPUs
-(and torch threads) per actor when the model is the slow stage (I3D on a CPU).
+(and torch threads) per actor when the model is the slow stage (I3D on a CPU). With a device
+flow method (tvl1-torch, RAFT) there is no flow task: the actors compute the flow where the
+model runs, so on GPUs decoded uint8 frames go to the device once and the flow never queues
+for CPUs; on a CPU-only cluster the actors are then the flow stage and reserve one CPU each
+(one actor per CPU), as the flow tasks would.
 
 Memory does not grow with the length of a video: every task holds one segment at a time; every
 row a stage emits leaves it as a block of its own (``DataContext.target_max_block_size`` below
@@ -52,12 +57,15 @@ def segment_bytes(stage: StageConfig, stream: str) -> int:
     return frames * side * (side * 16 // 9) * 3  # widest common aspect ratio
 
 
-def actor_resources(gpus: int, actor_cpus: float | None) -> dict:
+def actor_resources(gpus: int, actor_cpus: float | None, computes_flow: bool = False) -> dict:
     """Ray resources of one feature actor: with GPUs one GPU and (by default) one CPU to feed
-    it; on a CPU-only cluster no reserved CPU by default (see the module docstring)."""
+    it; on a CPU-only cluster no reserved CPU by default (see the module docstring), but one
+    when the actors compute the flow (a device flow method on CPUs): then they are the flow
+    stage."""
     if gpus:
         return {"num_gpus": 1, "num_cpus": 1 if actor_cpus is None else actor_cpus}
-    return {"num_cpus": 0 if actor_cpus is None else actor_cpus}
+    default = 1 if computes_flow else 0
+    return {"num_cpus": default if actor_cpus is None else actor_cpus}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +85,13 @@ class PipelinePlan:
     def make(cls, stage: StageConfig, streams: tuple[str, ...], cpus: int, gpus: int,
              cluster_store_bytes: float, actors: int | None = None,
              actor_cpus: float | None = None, limit_gb: float | None = None) -> "PipelinePlan":
-        resources = actor_resources(gpus, actor_cpus)
+        actor_flow = "flow" in streams and stage.flow_on_device
+        resources = actor_resources(gpus, actor_cpus, actor_flow)
         # A task that reserved one CPU (or none) runs torch and OpenCV on one thread.
         stage = dataclasses.replace(stage, task_threads=1,
                                     actor_threads=max(1, int(round(resources["num_cpus"]))))
-        n_actors = actors or gpus or max(1, cpus // 2)
+        # Actors that compute the flow on CPUs take every CPU, one each, as flow tasks would.
+        n_actors = actors or gpus or (max(1, cpus) if actor_flow else max(1, cpus // 2))
         seg = max(segment_bytes(stage, s) for s in streams)
         budget = (int(limit_gb * 1024 ** 3) if limit_gb else
                   int(min(SEGMENTS_IN_FLIGHT * seg * max(cpus + n_actors, 1),

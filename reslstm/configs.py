@@ -72,8 +72,10 @@ class ExtractConfig:
     weights: str | None = opt(None, "RGB weights: a file, a torchvision name (KINETICS400_V1) "
                               "or 'none' (random init, recorded as random-init)")
     flow_weights: str | None = opt(None, "flow weights, likewise")
-    flow: str = opt("tvl1", "optical flow: tvl1 (what pretrained flow models expect), "
-                    "farneback, dis (CPU), raft (GPU)", choices=("tvl1", "farneback", "dis", "raft"))
+    flow: str = opt("tvl1", "optical flow: tvl1 (OpenCV's TV-L1 on CPUs, what pretrained flow "
+                    "models expect), farneback, dis (CPU); tvl1-torch (the same TV-L1 in PyTorch, "
+                    "in the feature actors: on their GPUs), raft (GPU)",
+                    choices=("tvl1", "farneback", "dis", "tvl1-torch", "raft"))
     clip_len: int | None = opt(None, "frames per clip (default: the model's, 16)")
     clip_stride: int = opt(8, "a clip starts every N frames")
     crops: int = opt(10, "10 crops (eq. 5) or the centre crop", choices=CROPS)

@@ -2,12 +2,23 @@
 
 CPU methods (OpenCV): "tvl1" (TV-L1, the I3D/two-stream choice), "farneback" and "dis", made by
 ``make_flow_method``; ``compute_flow`` / ``iter_flow`` run one over a frame array or stream.
-Device methods (``DEVICE_METHODS``, run where the model runs, on a GPU when there is one):
-"raft" (``RaftFlow``, torchvision RAFT small/large). Every method returns float32 flow in
-pixels, (H, W, 2) with channels (dx, dy): frame t at (y, x) moves to (y + dy, x + dx) in frame
-t + 1. ``make_flow(method)`` gives any of them as one callable over a frame array, and
+Device methods (``DEVICE_METHODS``, computed inside the feature actor, on its GPU when it has
+one): "raft" (``RaftFlow``, torchvision RAFT small/large) and "tvl1-torch" (``reslstm.tvl1``,
+a PyTorch port of OpenCV's TV-L1 that gives OpenCV's flow to float noise, batched: all pairs
+of a segment in one call). Every method returns float32 flow in pixels, (H, W, 2) with
+channels (dx, dy): frame t at (y, x) moves to (y + dy, x + dx) in frame t + 1.
+``make_flow(method)`` gives any of them as one callable over a frame array, and
 ``flow_clip_frames`` is the one flow step of extraction (flow, uint8 storage, padding), whatever
-the method.
+the method; for "tvl1-torch" the flow stays on the device, quantised there, and goes to the
+extractor without a round trip through host memory.
+
+"tvl1" always means OpenCV on the CPU, also on a cluster with GPUs: it never switches to
+"tvl1-torch" by itself. A feature store records the method and refuses to resume with another,
+so a method chosen by the hardware at hand would make a store started on CPU nodes refuse a
+rerun on GPU nodes (or, recorded under one name, mix two implementations, which agree to float
+noise only on OpenCV builds that round like OpenCV 5 with IPP and FMA). Ask for "tvl1-torch"
+on GPU clusters; it runs on CPUs too, correctly but ~0.4x as fast as OpenCV per core. RAFT
+needs a GPU unless explicitly allowed (``needs_gpu``).
 
 The I3D convention is a separate, pure step: ``to_i3d_range`` clips to [-20, 20] px and scales
 to [-1, 1]; ``quantize_flow`` / ``dequantize_flow`` store the same range as uint8 (128 + 255/40 f)
@@ -17,6 +28,7 @@ so flow travels and caches like an image, at a step of 40/255 px.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Iterable, Iterator
 
 import cv2
@@ -62,12 +74,32 @@ def make_flow_method(method: str) -> FlowFn:
         factory = FLOW_METHODS[method]
     except KeyError:
         raise ValueError(f"unknown flow method {method!r}; choose one of "
-                         f"{sorted(FLOW_METHODS)} (or RaftFlow on a GPU)") from None
+                         f"{sorted(FLOW_METHODS)} (or a device method: make_flow)") from None
     return factory()
 
 
-DEVICE_METHODS = ("raft",)  # computed inside the feature actor, on its device
+TVL1_TORCH_BATCH = 64  # pairs per batch on the device: ~6 GB at 256 x 455 (I3D's frames)
+
+
+def _raft(device=None, **options):
+    return RaftFlow(device=device, **options)
+
+
+def _tvl1_torch(device=None, batch_size: int = TVL1_TORCH_BATCH, compile: bool = False,
+                params=None):
+    from reslstm.tvl1 import TorchTVL1, TVL1Params
+
+    # flow_tensor: the flow stays on the device (a float32 tensor), for flow_clip_frames to
+    # quantise there and the extractor to take as it is.
+    return TorchTVL1(params or TVL1Params(), device=device, batch_size=batch_size,
+                     compile=compile).flow_tensor
+
+
+# Computed inside the feature actor, on its device: name -> factory(device, **options).
+DEVICE_FLOWS: dict[str, Callable] = {"raft": _raft, "tvl1-torch": _tvl1_torch}
+DEVICE_METHODS = tuple(DEVICE_FLOWS)
 METHODS = tuple(FLOW_METHODS) + DEVICE_METHODS
+GPU_METHODS = ("raft",)  # refused without a GPU unless allowed: far too slow on CPUs
 
 
 def runs_on_device(method: str) -> bool:
@@ -77,12 +109,30 @@ def runs_on_device(method: str) -> bool:
     return method in DEVICE_METHODS
 
 
-def make_flow(method: str, device=None, **options) -> Callable[[np.ndarray], np.ndarray]:
+def needs_gpu(method: str) -> bool:
+    """True for methods a job refuses to run without a GPU unless told to (RAFT); "tvl1-torch"
+    runs on CPUs too (slower than "tvl1"), so it is not one of them."""
+    return runs_on_device(method) and method in GPU_METHODS
+
+
+def tvl1_torch_id(params=None) -> str:
+    """What a feature store records for "tvl1-torch": the name, plus the parameters that differ
+    from OpenCV's defaults after a colon (``reslstm.tvl1.params_id``), e.g. "tvl1-torch" or
+    "tvl1-torch:nscales=3"."""
+    from reslstm.tvl1 import params_id
+
+    extra = params_id(params) if params is not None else ""
+    return "tvl1-torch" + (f":{extra}" if extra else "")
+
+
+def make_flow(method: str, device=None, **options) -> Callable:
     """Any flow method as one callable: uint8 RGB frames (N, H, W, 3) -> float32 (N - 1, H, W,
-    2) pixels. ``device`` and ``options`` go to the device methods (e.g. RAFT's size,
-    weights, allow_cpu)."""
+    2) pixels, a NumPy array (CPU methods, RAFT) or a tensor on ``device`` ("tvl1-torch").
+    ``device`` and ``options`` go to the device methods: RAFT's size, weights, allow_cpu,
+    batch_size; tvl1-torch's batch_size (pairs per batch, ``TVL1_TORCH_BATCH``), compile,
+    params (a ``reslstm.tvl1.TVL1Params``)."""
     if runs_on_device(method):
-        return RaftFlow(device=device, **options)
+        return DEVICE_FLOWS[method](device=device, **options)
     if options:
         raise ValueError(f"flow method {method!r} takes no options, got {sorted(options)}")
     return lambda frames: compute_flow(frames, method)
@@ -92,9 +142,10 @@ class TooShortForFlow(ValueError):
     kind = "too_short_for_flow"
 
 
-def flow_clip_frames(rgb: np.ndarray, num_real: int, clip_len: int, flow) -> np.ndarray:
+def flow_clip_frames(rgb, num_real: int, clip_len: int, flow):
     """The flow step of extraction: quantised uint8 flow (n - 1, H, W, 2) of an RGB segment
-    (n, H, W, 3) by ``flow`` (a ``make_flow`` callable).
+    (n, H, W, 3) by ``flow`` (a ``make_flow`` callable): a NumPy array, or a uint8 tensor on
+    the flow's device when the method returns a tensor ("tvl1-torch").
 
     ``num_real`` < n means the segment was padded (a video shorter than one flow clip): the
     flow is computed on the real frames and padded to ``clip_len`` flow frames
@@ -147,9 +198,15 @@ def to_i3d_range(flow: np.ndarray) -> np.ndarray:
     return (np.clip(flow, -FLOW_BOUND, FLOW_BOUND) / FLOW_BOUND).astype(np.float32)
 
 
-def quantize_flow(flow: np.ndarray) -> np.ndarray:
-    """Flow in pixels -> uint8 128 + 255/40 f, rounded and clipped (values beyond +-20 px
-    saturate). Round trip error inside [-20, 20] is at most half a step, 20/255 px."""
+def quantize_flow(flow):
+    """Flow in pixels -> uint8 128 + 255/40 f, rounded (half to even) and clipped (values
+    beyond +-20 px saturate). Round trip error inside [-20, 20] is at most half a step, 20/255
+    px. A NumPy array, or a torch tensor (quantised on its device, with the same float32
+    arithmetic, so both give the same bytes)."""
+    torch = sys.modules.get("torch")  # a tensor means torch is imported; no need to import it
+    if torch is not None and isinstance(flow, torch.Tensor):
+        q = torch.round(128.0 + _Q_SCALE * flow.to(torch.float32))
+        return q.clamp_(0, 255).to(torch.uint8)
     q = np.rint(128.0 + _Q_SCALE * np.asarray(flow, dtype=np.float32))
     return np.clip(q, 0, 255).astype(np.uint8)
 

@@ -1,5 +1,6 @@
 """Optical flow: known translations per CPU method, streaming = batch, the I3D range and uint8
-storage, RAFT shapes on the CPU (random init) and on a GPU when there is one."""
+storage (of arrays and of tensors), the tvl1-torch device method, RAFT shapes on the CPU
+(random init) and on a GPU when there is one."""
 
 import cv2
 import numpy as np
@@ -11,11 +12,17 @@ from reslstm.flow import (
     RaftFlow,
     compute_flow,
     dequantize_flow,
+    flow_clip_frames,
     iter_flow,
+    make_flow,
     make_flow_method,
+    needs_gpu,
     quantize_flow,
+    runs_on_device,
     to_i3d_range,
+    tvl1_torch_id,
 )
+from reslstm.tvl1 import TorchTVL1, TVL1Params
 
 CPU_METHODS = sorted(FLOW_METHODS)
 HALF_STEP = 40.0 / 255.0 / 2.0
@@ -92,6 +99,46 @@ def test_quantize_round_trip_and_clipping():
     back = dequantize_flow(quantize_flow(field))
     assert back.shape == field.shape and back.dtype == np.float32
     assert np.abs(to_i3d_range(back) - to_i3d_range(field)).max() <= HALF_STEP / 20 + 1e-6
+
+
+def test_quantize_flow_of_a_tensor_gives_the_same_bytes_on_its_device():
+    rng = np.random.default_rng(0)
+    flow = np.concatenate([rng.normal(0, 8, 20000), np.linspace(-21, 21, 50001),
+                           (np.arange(-128, 128) + 0.5) / (255 / 40), [np.inf, -np.inf]])
+    flow = flow.astype(np.float32)
+    q = quantize_flow(torch.from_numpy(flow))
+    assert isinstance(q, torch.Tensor) and q.dtype == torch.uint8
+    np.testing.assert_array_equal(q.numpy(), quantize_flow(flow))
+
+
+# ---------------------------------------------------------------------------------------------
+# tvl1-torch (reslstm.tvl1 has its own tests against OpenCV)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def one_torch_thread():
+    """TV-L1 is thousands of small operations: on a small shared CPU threads slow it down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tvl1_torch_is_a_device_method_that_runs_anywhere(one_torch_thread):
+    assert runs_on_device("tvl1-torch") and not needs_gpu("tvl1-torch")
+    assert runs_on_device("raft") and needs_gpu("raft") and not needs_gpu("tvl1")
+    frames = shifted_pair(2, 1, size=40)
+    flow = make_flow("tvl1-torch", device="cpu", batch_size=1)
+    out = flow(frames)  # the flow stays a tensor on the device
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    np.testing.assert_array_equal(out.numpy(), TorchTVL1(device="cpu")(frames))
+    q = flow_clip_frames(frames, 2, 16, flow)  # quantised there, padded to one clip
+    assert isinstance(q, torch.Tensor) and q.dtype == torch.uint8 and tuple(q.shape) == (16, 40, 40, 2)
+    np.testing.assert_array_equal(q.numpy(), quantize_flow(np.repeat(out.numpy(), 16, axis=0)))
+    assert tvl1_torch_id() == tvl1_torch_id(TVL1Params()) == "tvl1-torch"
+    assert tvl1_torch_id(TVL1Params(nscales=3, tau=0.2)) == "tvl1-torch:tau=0.2,nscales=3"
+    with pytest.raises(TypeError, match="size"):
+        make_flow("tvl1-torch", size="small")  # RAFT's option
 
 
 # ---------------------------------------------------------------------------------------------

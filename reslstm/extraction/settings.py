@@ -3,9 +3,10 @@ a model.
 
 ``resolve_settings(cfg)`` reads the extractor's static metadata (``extractor_info``) and the
 identity of its weights (``weights_identity``: a file's sha256, a torchvision weights name, or
-random-init; RAFT's likewise), checks the options against them, and returns the ``StageConfig``
-every stage gets plus the ``StreamSettings`` of each stream. The feature actors build the models
-once, where they run, and check that they load the weights recorded here.
+random-init; RAFT's likewise; for TV-L1, which implementation), checks the options against
+them, and returns the ``StageConfig`` every stage gets plus the ``StreamSettings`` of each
+stream. The feature actors build the models once, where they run, and check that they load
+the weights recorded here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from reslstm import __version__
 from reslstm.configs import ExtractConfig
 from reslstm.features import StreamSettings
-from reslstm.flow import raft_weights_id
+from reslstm.flow import raft_weights_id, tvl1_torch_id
 
 from .stages import StageConfig
 
@@ -43,8 +44,12 @@ def _weights_arg(cfg: ExtractConfig, stream: str):
 
 
 def _flow_method(cfg: ExtractConfig) -> tuple[str, dict]:
-    """The flow method the store records (RAFT: with its size and weights) and the options
+    """The flow method the store records (RAFT: with its size and weights; tvl1-torch: with
+    its parameters when they are not OpenCV's, ``flow.tvl1_torch_id``) and the options
     ``flow.make_flow`` gets."""
+    if cfg.flow == "tvl1-torch" and "flow" in cfg.streams:
+        # Its own name, not "tvl1": the store refuses to mix it with OpenCV's flow (see flow.py)
+        return tvl1_torch_id(), {}
     if cfg.flow != "raft" or "flow" not in cfg.streams:
         return cfg.flow, {}
     weights = None if str(cfg.raft_weights).lower() == "none" else cfg.raft_weights

@@ -4,7 +4,8 @@
     decode_segments (CPU task)   work item -> RGB frame segments, or a failure row
     flow_stage      (CPU task)   flow segments: RGB frames -> quantised optical flow (CPU methods)
     FeatureStage    (actor)      frames -> clip features (the 3D CNN, crops averaged); computes
-                                 the flow itself for device methods (RAFT), on its GPU
+                                 the flow itself for device methods (RAFT, tvl1-torch), on its
+                                 GPU, where the flow stays for the extractor
 
 Work travels as one-row segment tables (``extraction.segments``). A segment of the flow stream is
 cut with clips of ``clip_len + 1`` RGB frames, because flow frame i is the motion between RGB
@@ -36,7 +37,7 @@ class StageConfig:
     clip_stride: int
     clips_per_segment: int
     resize_short: dict             # stream -> short side frames are decoded at
-    flow_method: str               # tvl1 | farneback | dis | raft
+    flow_method: str               # tvl1 | farneback | dis | tvl1-torch | raft
     min_frame_ratio: float | None  # decoded / declared frames below this: a failure
     extractor: str
     weights: dict                  # stream -> weights argument of create_extractor
