@@ -4,9 +4,9 @@ read back.
 A checkpoint is a directory (local or on the run's storage, e.g. ``s3://``) with ``model.pt``
 (a torch payload: ``model_state``, ``model_config``, ``label_names``, ``features`` (how the
 features of each stream were made: the store's settings, extractor, weights id, clips, crops,
-flow method, size), ``store``, ``train_config``, ``epoch``, ``metrics``) and ``history.json`` (the metrics of every epoch so far). Rank 0
-writes one per epoch through ``ray.train.report``; Ray keeps the best by ``METRIC`` and,
-always, the latest. PCA buffers are part of the model's state_dict, hence of every checkpoint.
+flow method, size), ``store``, ``train_config``, ``epoch``, ``metrics``) and ``history.json``
+(the metrics of every epoch so far). Rank 0 writes one per epoch through ``ray.train.report``;
+Ray keeps the best by ``METRIC`` and, always, the latest. PCA buffers are part of the model's state_dict, hence of every checkpoint.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from pathlib import Path
 import ray.train
 import torch
 
-from reslstm.model import ActionModel, build_model
+from reslstm import checkpoint
+from reslstm.checkpoint import CHECKPOINT_FILE
+from reslstm.model import ActionModel
 
-CHECKPOINT_FILE = "model.pt"
 HISTORY_FILE = "history.json"
 METRIC = "val_top1"
 
@@ -40,27 +41,19 @@ def report(epoch: int, metrics: dict, history: list[dict], payload) -> None:
 
 
 def load_payload(path, map_location="cpu") -> dict:
-    """The model.pt payload of a checkpoint: a directory, the file, a URI or a Checkpoint."""
-    if isinstance(path, ray.train.Checkpoint) or "://" in str(path):
-        ckpt = path if isinstance(path, ray.train.Checkpoint) else ray.train.Checkpoint(str(path))
-        with ckpt.as_directory() as d:  # downloads a remote checkpoint
-            return load_payload(Path(d), map_location)
-    file = Path(path)
-    file = file / CHECKPOINT_FILE if file.is_dir() else file
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no such checkpoint file (expected a checkpoint "
-                                f"directory holding {CHECKPOINT_FILE}, or the file itself)")
-    return torch.load(file, map_location=map_location, weights_only=False)
+    """The model.pt payload of a checkpoint: a ``Checkpoint``, or any reference
+    ``reslstm.checkpoint.load_payload`` reads (a directory, the file, a run directory, a URI)."""
+    if isinstance(path, ray.train.Checkpoint):
+        with path.as_directory() as d:  # downloads a remote checkpoint
+            return checkpoint.load_payload(d, map_location)
+    return checkpoint.load_payload(path, map_location)
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[ActionModel, dict]:
     """Rebuild the model saved in a checkpoint (directory, model.pt, URI or Checkpoint);
     returns (model in eval mode, the saved payload)."""
     payload = load_payload(path, map_location)
-    model = build_model(payload["model_config"])
-    model.load_state_dict(payload["model_state"])
-    model.eval()
-    return model, payload
+    return checkpoint.model_from_payload(payload), payload
 
 
 def best_checkpoint(result) -> tuple[ray.train.Checkpoint, dict]:

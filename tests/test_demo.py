@@ -63,7 +63,12 @@ def test_demo_runs_end_to_end_at_toy_size(ray_local, tmp_path):
     client = MlflowClient(r.mlflow_uri)
     exp = client.get_experiment_by_name(r.experiment)
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 3 and all(run.info.status == "FINISHED" for run in runs)
+    assert all(run.info.status == "FINISHED" for run in runs)
+    kinds = sorted(run.data.tags.get("reslstm.kind") for run in runs)
+    assert kinds == ["baseline", "sweep", "trial", "trial"]  # one parent, all nested under it
+    parent = next(run for run in runs if run.data.tags["reslstm.kind"] == "sweep")
+    assert {run.data.tags.get("mlflow.parentRunId") for run in runs if run is not parent} == {
+        parent.info.run_id}
     baseline = [run for run in runs if run.info.run_name.startswith("baseline-meanpool")]
     assert len(baseline) == 1 and "test_top1_order_pairs" in baseline[0].data.metrics
     assert np.isfinite(baseline[0].data.metrics["test_top1"])

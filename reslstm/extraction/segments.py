@@ -6,12 +6,14 @@ Arrow table of ``SEGMENT_SCHEMA``: the work item's keys, where the segment sits 
 ``data`` + ``shape``: uint8 frames (RGB, or quantised flow) before the feature stage, float32
 clip features after it. A failure travels in the same schema (``kind = "failure"``) with the
 stage, a typed error and a message naming the file, so one bad video never stops the others.
-The stages (``extraction.stages``) make these rows; the store writer (``features.writer``)
-joins the features of a video's segments back into one row.
+The stages (``extraction.stages``) make these rows. ``SegmentJoiner`` joins the features of a
+video's segments back in order (arriving in any order, duplicates of retried tasks ignored);
+the store writer (``features.writer``) and prediction (``reslstm.predict``) both use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 
 import numpy as np
@@ -91,3 +93,80 @@ def is_systemic(exc: BaseException) -> bool:
     return (name in ("OutOfMemoryError", "AcceleratorError")
             or any(k in text for k in ("CUDA error", "CUDA out of memory", "CUBLAS_STATUS",
                                         "CUDNN_STATUS", "NCCL error")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Joining the segments of a video
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class JoinedVideo:
+    """The clip features of one (video, stream), its segments joined in order."""
+
+    key: tuple[str, str]       # (video_id, stream)
+    first: dict                # the first segment row that arrived (the work item's keys)
+    last: dict                 # the last segment (total_frames, padded, fps, warning)
+    features: np.ndarray       # (K_v, d_f) float32
+
+    @property
+    def num_frames(self) -> int:
+        """Frames of this stream's sequence: RGB frames decoded, one fewer for flow."""
+        rgb = self.last["total_frames"]
+        return rgb - 1 if self.key[1] == "flow" else rgb
+
+    def problem(self, clip_len: int, clip_stride: int, feature_dim: int
+                ) -> tuple[str, str, str] | None:
+        """(stage, error_type, message) when the joined features are not what the video's
+        frames give (a clip lost or doubled, another feature size, NaN or inf); else None."""
+        from reslstm.sampling import num_clips
+
+        want = num_clips(max(self.num_frames, 1), clip_len, clip_stride)
+        feats, path = self.features, self.first.get("path")
+        if len(feats) != want or feats.shape[1] != feature_dim:
+            return ("assemble", "SegmentJoinError",
+                    f"{path}: joined {feats.shape} features, expected ({want}, {feature_dim}) "
+                    f"for {self.num_frames} frames")
+        if not np.isfinite(feats).all():
+            return ("features", "NonFiniteFeatures",
+                    f"{path}: the extractor produced NaN or inf features")
+        return None
+
+
+@dataclasses.dataclass
+class _Pending:
+    first: dict
+    segments: dict = dataclasses.field(default_factory=dict)   # seg_index -> (K_j, d_f)
+    last_index: int | None = None
+    last: dict | None = None
+
+
+class SegmentJoiner:
+    """Collects the feature segment rows of any number of (video, stream) pairs; ``add``
+    returns the ``JoinedVideo`` once a pair's last segment and every one before it arrived."""
+
+    def __init__(self):
+        self.pending: dict[tuple[str, str], _Pending] = {}
+
+    def add(self, row: dict) -> JoinedVideo | None:
+        key = (row["video_id"], row["stream"])
+        pend = self.pending.get(key)
+        if pend is None:
+            pend = self.pending[key] = _Pending(first=row)
+        pend.segments.setdefault(row["seg_index"], features_of(row).copy())
+        if row["is_last"]:
+            pend.last_index, pend.last = row["seg_index"], row
+        if pend.last_index is None or len(pend.segments) != pend.last_index + 1:
+            return None
+        del self.pending[key]
+        feats = np.concatenate([pend.segments[i] for i in range(pend.last_index + 1)], axis=0)
+        return JoinedVideo(key, pend.first, pend.last, feats)
+
+    def discard(self, key: tuple[str, str]) -> None:
+        """Forget a pair's partial segments (it failed, or its work is sent again)."""
+        self.pending.pop(key, None)
+
+    def incomplete(self) -> list[tuple[tuple[str, str], dict, str]]:
+        """(key, first row, what arrived) of every pair still waiting for segments."""
+        return [(key, p.first, f"segments {sorted(p.segments)} of "
+                               f"{'?' if p.last_index is None else p.last_index + 1}")
+                for key, p in self.pending.items()]

@@ -2,9 +2,9 @@
 
 The extraction driver feeds every output row of the pipeline (``extraction.segments``) to
 ``StoreWriter.consume``. For each (video, stream) it keeps the features of the segments that
-arrived (in any order, duplicates from retried tasks ignored) and, once the last segment and all
-before it are in, makes one row. Rows are flushed in part files that appear only when complete
-(``store.write_part``), so a job killed at any moment leaves only complete files and a rerun
+arrived (in any order, duplicates from retried tasks ignored: ``segments.SegmentJoiner``) and,
+once the last segment and all before it are in, makes one row. Rows are flushed in part files
+that appear only when complete (``store.write_part``), so a job killed at any moment leaves only complete files and a rerun
 extracts exactly what is missing. A failure row discards that video's partial segments and is
 recorded in the failures table. ``close`` reports anything still incomplete as a failure:
 nothing is silently skipped.
@@ -13,25 +13,14 @@ nothing is silently skipped.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import time
 
-import numpy as np
 import pyarrow as pa
 
-from reslstm.extraction.segments import features_of
-from reslstm.sampling import num_clips as expected_clips
+from reslstm.extraction.segments import JoinedVideo, SegmentJoiner
 
 from .schema import FAILURE_SCHEMA, StreamSettings, feature_schema, features_to_arrow
 from .store import FeatureStore, write_part
-
-
-@dataclasses.dataclass
-class _Pending:
-    meta: dict
-    segments: dict = dataclasses.field(default_factory=dict)   # seg_index -> (K_j, d_f)
-    last_index: int | None = None
-    last_row: dict | None = None
 
 
 class StoreWriter:
@@ -45,7 +34,7 @@ class StoreWriter:
         self.run_id = run_id
         self.rows_per_file = rows_per_file
         self.flush_every_s = flush_every_s
-        self.pending: dict[tuple[str, str], _Pending] = {}
+        self.joiner = SegmentJoiner()
         self.finished: set[tuple[str, str]] = set()
         self.rows: dict[str, list[dict]] = collections.defaultdict(list)
         self.failures: list[dict] = []
@@ -65,20 +54,15 @@ class StoreWriter:
             if row["kind"] == "failure":
                 self._fail(key, row)
                 continue
-            pend = self.pending.get(key)
-            if pend is None:
-                pend = self.pending[key] = _Pending(meta=row)
-            pend.segments.setdefault(row["seg_index"], features_of(row).copy())
-            if row["is_last"]:
-                pend.last_index, pend.last_row = row["seg_index"], row
-            if pend.last_index is not None and len(pend.segments) == pend.last_index + 1:
-                self._complete(key, pend)
+            joined = self.joiner.add(row)
+            if joined is not None:
+                self._complete(joined)
         if time.monotonic() - self.last_flush > self.flush_every_s:
             self.flush()
 
     def _fail(self, key, row: dict, stage: str | None = None, error_type: str | None = None,
               message: str | None = None) -> None:
-        self.pending.pop(key, None)
+        self.joiner.discard(key)
         self.finished.add(key)
         rec = {"video_id": key[0], "stream": key[1], "path": row.get("path"),
                "stage": stage or row.get("stage"), "error_type": error_type or row.get("error_type"),
@@ -86,29 +70,19 @@ class StoreWriter:
         self.failures.append(rec)
         self.failed[rec["error_type"]] += 1
 
-    def _complete(self, key, pend: _Pending) -> None:
-        del self.pending[key]
-        s = self.settings[key[1]]
-        feats = np.concatenate([pend.segments[i] for i in range(pend.last_index + 1)], axis=0)
-        rgb_frames = pend.last_row["total_frames"]
-        num_frames = rgb_frames - 1 if key[1] == "flow" else rgb_frames
-        want = expected_clips(max(num_frames, 1), s.clip_len, s.clip_stride)
-        if len(feats) != want or feats.shape[1] != s.feature_dim:
-            self._fail(key, pend.meta, "assemble", "SegmentJoinError",
-                       f"{pend.meta['path']}: joined {feats.shape} features, expected "
-                       f"({want}, {s.feature_dim}) for {num_frames} frames")
-            return
-        if not np.isfinite(feats).all():
-            self._fail(key, pend.meta, "features", "NonFiniteFeatures",
-                       f"{pend.meta['path']}: the extractor produced NaN or inf features")
+    def _complete(self, joined: JoinedVideo) -> None:
+        key, s = joined.key, self.settings[joined.key[1]]
+        problem = joined.problem(s.clip_len, s.clip_stride, s.feature_dim)
+        if problem is not None:
+            self._fail(key, joined.first, *problem)
             return
         self.finished.add(key)
-        last = pend.last_row
+        last, feats = joined.last, joined.features
         self.rows[key[1]].append({
             "video_id": key[0], "label": last["label"], "label_name": last["label_name"],
-            "split": last["split"], "stream": key[1], "num_frames": num_frames, "fps": last["fps"],
-            "num_clips": len(feats), "padded": bool(last["padded"]), "warning": last["warning"],
-            "features": feats})
+            "split": last["split"], "stream": key[1], "num_frames": joined.num_frames,
+            "fps": last["fps"], "num_clips": len(feats), "padded": bool(last["padded"]),
+            "warning": last["warning"], "features": feats})
         self.clips += len(feats)
         self.warnings += last["warning"] is not None
         if len(self.rows[key[1]]) >= self.rows_per_file:
@@ -141,17 +115,15 @@ class StoreWriter:
         partial segments are dropped, as a rerun of the pipeline sends them all again."""
         todo = [it for it in items if (it["video_id"], it["stream"]) not in self.finished]
         for it in todo:
-            self.pending.pop((it["video_id"], it["stream"]), None)
+            self.joiner.discard((it["video_id"], it["stream"]))
         return todo
 
     def close(self, expected: list[dict] | None = None) -> None:
         """Flush everything; (video, stream) pairs still incomplete, or ``expected`` work items
         the pipeline never returned anything for, become failure rows."""
-        for key, pend in list(self.pending.items()):
-            have = sorted(pend.segments)
-            self._fail(key, pend.meta, "assemble", "IncompleteVideo",
-                       f"{pend.meta['path']}: the pipeline ended with segments {have} of "
-                       f"{'?' if pend.last_index is None else pend.last_index + 1}; rerun to retry")
+        for key, first, have in self.joiner.incomplete():
+            self._fail(key, first, "assemble", "IncompleteVideo",
+                       f"{first['path']}: the pipeline ended with {have}; rerun to retry")
         for it in expected or []:
             key = (it["video_id"], it["stream"])
             if key not in self.finished:

@@ -1,0 +1,319 @@
+"""Prediction in one process (reslstm.predict, reslstm.checkpoint, jobs/predict.py on files): the
+chain reproduces extraction exactly, late fusion scores both streams, weights are checked
+against the model's record, bad videos get extraction's typed errors, every model reference
+kind resolves. No Ray."""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from predict_fixture import CLASSES, T, extract_config, payload, save_payload, write_videos
+from reslstm import features as fs
+from reslstm.checkpoint import ModelRefError, load_checkpoint, load_payload
+from reslstm.configs import PredictConfig
+from reslstm.datasets.manifest import write_manifest
+from reslstm.extraction.driver import run_local
+from reslstm.fusion import late_fuse
+from reslstm.predict import (BATCH_SCHEMA, PredictError, Predictor, VideoFailed, chain_settings,
+                             join_video, prediction_rows)
+from reslstm.sampling import sample_pair
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_job(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_job", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return write_videos(tmp_path_factory.mktemp("videos"))
+
+
+@pytest.fixture(scope="module")
+def store(videos, tmp_path_factory):
+    """The two good videos extracted by extraction itself (run_local, tiny3d, 1 crop, DIS)."""
+    root = tmp_path_factory.mktemp("store")
+    rows = [{"video_id": name, "path": str(videos[name]), "label": i, "label_name": name,
+             "split": "test"} for i, name in enumerate(CLASSES[:2])]
+    write_manifest(pa.Table.from_pylist(rows), root / "manifest.parquet")
+    run_local(extract_config(manifest=str(root / "manifest.parquet"), out=str(root / "store")))
+    return root / "store"
+
+
+@pytest.fixture(scope="module")
+def late_model(tmp_path_factory):
+    return save_payload(tmp_path_factory.mktemp("model") / "model.pt", payload("late-product"))
+
+
+@pytest.fixture(scope="module")
+def predictor(late_model):
+    model, doc = load_checkpoint(late_model)
+    return Predictor(model, doc, PredictConfig(model=str(late_model)))
+
+
+def test_the_chain_reproduces_the_stores_features_and_the_models_scores(store, videos, predictor):
+    """Features of a new video equal what extraction stored for it, bit for bit, and the
+    probabilities are the model's on the T clips training samples (sample_pair)."""
+    recorded = fs.read_metadata(store)
+    assert {s: v.weights_id for s, v in recorded.items()} == \
+        {s: v.weights_id for s, v in predictor.settings.items()}
+    name = CLASSES[0]
+    joined, failures = join_video(predictor.segment_rows(str(videos[name]), name),
+                                  ("rgb", "flow"), predictor.settings)
+    assert not failures
+    for stream in ("rgb", "flow"):
+        table = fs.read_stream(store, stream)
+        stored = dict(zip(table.column("video_id").to_pylist(),
+                          fs.features_to_numpy(table.column("features"))))[name]
+        np.testing.assert_array_equal(joined[stream].features, stored)
+    pred = predictor.predict(videos[name], video_id=name)
+    rgb, flow = sample_pair(joined["rgb"].features, joined["flow"].features, T)
+    model = predictor.head.model
+    with torch.no_grad():
+        logits = model({"rgb": torch.tensor(rgb)[None], "flow": torch.tensor(flow)[None]})
+    np.testing.assert_array_equal(pred.probs["rgb"], torch.softmax(logits["rgb"], -1)[0].numpy())
+    np.testing.assert_array_equal(pred.probs["fused"], model.probabilities(logits)[0].numpy())
+
+
+def test_late_fusion_scores_both_streams_and_fuses_them_as_trained(videos, predictor):
+    pred = predictor.predict(videos[CLASSES[1]])
+    assert list(pred.probs) == ["rgb", "flow", "fused"]
+    np.testing.assert_allclose(pred.probs["fused"],
+                               late_fuse(pred.probs["rgb"], pred.probs["flow"], "product"),
+                               rtol=1e-6)
+    top = pred.top("fused", 5)
+    assert len(top) == len(CLASSES)  # k is capped by the classes there are
+    assert [p for _, _, p in top] == sorted((p for _, _, p in top), reverse=True)
+    assert {name for _, name, _ in top} == set(CLASSES)
+    doc = json.loads(json.dumps(pred.to_dict(top_k=2, probabilities=True)))
+    assert set(doc["top"]) == {"rgb", "flow", "fused"} and len(doc["top"]["fused"]) == 2
+    assert doc["top"]["fused"][0]["probability"] == float(pred.probs["fused"].max())
+    assert doc["probabilities"]["flow"] == [float(x) for x in pred.probs["flow"]]
+    assert doc["num_clips"] == {"rgb": pred.num_clips["rgb"], "flow": pred.num_clips["flow"]}
+    text = pred.text(top_k=3)
+    assert "fused (late-product)" in text and "rgb" in text and "flow" in text
+    table = prediction_rows([pred], top_k=2)
+    assert table.schema.remove_metadata() == BATCH_SCHEMA
+    assert json.loads(table.schema.metadata[b"labels"]) == CLASSES
+    row = table.to_pylist()[0]
+    assert row["fused_top_labels"] == [name for _, name, _ in pred.top("fused", 2)]
+    assert row["flow_probs"] == pytest.approx(pred.probs["flow"].tolist(), abs=0)
+
+
+def test_join_video_orders_segments_ignores_duplicates_and_names_what_is_missing():
+    from reslstm.extraction.segments import encode, failure_row, segment_row
+
+    settings = {s: fs.StreamSettings("tiny3d", "random-init", 3, 16, 8, 1, 64, 72,
+                                     flow_method="dis" if s == "flow" else None)
+                for s in ("rgb", "flow")}
+
+    def seg(stream, index, first, k, last=False):
+        feats = np.arange(k * 3, dtype=np.float32).reshape(k, 3) + 100 * first
+        row = segment_row({"video_id": "v", "stream": stream, "path": "v.mp4"}, seg_index=index,
+                          first_clip=first, num_clips=k, is_last=last,
+                          total_frames=64 if last else -1, **encode(feats))
+        return row.to_pylist()[0], feats
+
+    # 64 RGB frames: 7 RGB clips (segments of 3, 3, 1) and 63 flow frames: 6 flow clips.
+    (r0, f0), (r1, f1) = seg("rgb", 0, 0, 3), seg("rgb", 1, 3, 3)
+    r2, f2 = seg("rgb", 2, 6, 1, True)
+    flow, ff = seg("flow", 0, 0, 6, True)
+    joined, failures = join_video([r2, flow, r0, r0, r1, r2], ("rgb", "flow"), settings)
+    assert not failures
+    np.testing.assert_array_equal(joined["rgb"].features, np.concatenate([f0, f1, f2]))
+    np.testing.assert_array_equal(joined["flow"].features, ff)
+    bad = failure_row({"video_id": "v", "stream": "flow", "path": "v.mp4"}, "flow",
+                      ValueError("no motion")).to_pylist()[0]
+    joined, failures = join_video([r0, bad, r1, r2, flow], ("rgb", "flow"), settings)
+    assert list(joined) == ["rgb"]
+    assert [(f["stream"], f["stage"], f["error_type"]) for f in failures] == \
+        [("flow", "flow", "ValueError")]
+    _, failures = join_video([r0, r2], ("rgb", "flow"), settings)
+    assert [(f["stream"], f["error_type"]) for f in failures] == \
+        [("rgb", "IncompleteVideo"), ("flow", "IncompleteVideo")]
+    assert "segments [0, 2] of 3" in failures[0]["message"]
+    assert "no flow features came back" in failures[1]["message"]
+
+
+def test_a_single_stream_model_reads_one_stream(tmp_path, videos):
+    doc = payload("flow")
+    model, _ = load_checkpoint(save_payload(tmp_path / "model.pt", doc))
+    pred = Predictor(model, doc, PredictConfig(model="m")).predict(videos[CLASSES[0]])
+    assert list(pred.probs) == ["fused"] and list(pred.num_clips) == ["flow"]
+    assert pred.probs["fused"].sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_short_video_is_padded_with_a_note_and_broken_ones_fail_with_typed_errors(videos,
+                                                                                  predictor):
+    pred = predictor.predict(videos["short"])
+    assert pred.padded and pred.num_frames == 9 and pred.num_clips == {"rgb": 1, "flow": 1}
+    assert any("shorter than one clip" in n and "padded" in n for n in pred.notes)
+    expected = {"truncated": "VideoDecodeError:truncated", "not_a_video":
+                "VideoDecodeError:not_a_video", "empty": "VideoDecodeError:empty"}
+    for name, error_type in expected.items():
+        with pytest.raises(VideoFailed) as info:
+            predictor.predict(videos[name])
+        assert info.value.error_type == error_type
+        assert {f["stream"] for f in info.value.failures} == {"rgb", "flow"}
+        assert all(f["stage"] == "decode" and str(videos[name]) in f["message"]
+                   for f in info.value.failures)
+    with pytest.raises(VideoFailed, match="VideoDecodeError:missing"):
+        predictor.predict(videos["empty"].parent / "nowhere.mp4")
+
+
+def test_weights_must_be_the_ones_the_features_were_extracted_with(tmp_path):
+    """A model whose features came from a weights file: that file is required, and another
+    one is refused with both ids named."""
+    from reslstm.extractors import create_extractor
+    from reslstm.extractors.base import file_sha256
+
+    files = {}
+    for seed in (1, 2):
+        files[seed] = tmp_path / f"tiny3d_seed{seed}.pt"
+        torch.save(create_extractor("tiny3d", "rgb", seed=seed).state_dict(), files[seed])
+    doc = payload("rgb", extract=extract_config(streams=("rgb",), weights=str(files[1])))
+    recorded = file_sha256(files[1])
+    assert doc["features"]["rgb"]["weights_id"] == recorded
+    with pytest.raises(PredictError, match=f"sha256 {recorded}; pass that file with --weights"):
+        chain_settings(doc, PredictConfig(model="m"))
+    other = file_sha256(files[2])
+    with pytest.raises(PredictError) as info:
+        chain_settings(doc, PredictConfig(model="m", weights=str(files[2])))
+    assert other in str(info.value) and recorded in str(info.value)
+    stage, _ = chain_settings(doc, PredictConfig(model="m", weights=str(files[1])))
+    assert stage.weights == {"rgb": str(files[1])} and stage.weights_ids == {"rgb": recorded}
+
+
+def test_recorded_weights_names_and_flow_methods_are_reproduced():
+    """A torchvision weights name, random init and RAFT's recorded size and weights come back
+    from the record without being passed (nothing is loaded here)."""
+    doc = payload("late-product")
+    doc["features"]["rgb"].update(extractor="r3d_18",
+                                  weights_id="torchvision:R3D_18_Weights.KINETICS400_V1")
+    doc["features"]["flow"].update(extractor="r3d_18", weights_id="random-init",
+                                   flow_method="raft-small:random-init")
+    stage, _ = chain_settings(doc, PredictConfig(model="m", allow_cpu_raft=True))
+    assert stage.weights == {"rgb": "KINETICS400_V1", "flow": None}
+    assert stage.flow_method == "raft"
+    assert stage.flow_options == {"size": "small", "weights": None, "allow_cpu": True}
+    doc["features"]["flow"]["flow_method"] = "raft-small:" + "ab" * 32
+    with pytest.raises(PredictError, match="--raft-weights"):
+        chain_settings(doc, PredictConfig(model="m"))
+    from reslstm.tvl1 import TVL1Params
+
+    doc["features"]["flow"]["flow_method"] = "tvl1-torch"  # TV-L1 in torch: its parameters
+    stage, _ = chain_settings(doc, PredictConfig(model="m"))
+    assert (stage.flow_method, stage.flow_options) == ("tvl1-torch", {})
+    doc["features"]["flow"]["flow_method"] = "tvl1-torch:nscales=3"
+    stage, _ = chain_settings(doc, PredictConfig(model="m"))
+    assert stage.flow_options == {"params": TVL1Params(nscales=3)}
+    doc["features"].pop("flow")
+    with pytest.raises(PredictError, match=r"no extraction settings for stream\(s\) \['flow'\]"):
+        chain_settings(doc, PredictConfig(model="m"))
+
+
+def test_every_model_reference_kind_resolves(tmp_path, late_model):
+    """A model.pt, a checkpoint directory, a run directory (summary.json's best checkpoint),
+    a file:// URI; clear errors otherwise."""
+    from reslstm.distributed.predict import load_model
+
+    ckpt = tmp_path / "run" / "ray_results" / "epoch_0002"
+    ckpt.mkdir(parents=True)
+    shutil.copy(late_model, ckpt / "model.pt")
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"best_checkpoint": str(ckpt)}))
+    want = load_payload(late_model)["model_state"]
+    for ref in (late_model, ckpt, tmp_path / "run", f"file://{late_model}"):
+        model, doc = load_model(str(ref))
+        assert all(torch.equal(doc["model_state"][k], want[k]) for k in want)
+        assert not model.training
+    with pytest.raises(ModelRefError, match="no such file or directory"):
+        load_model(str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelRefError, match="without model.pt or summary.json"):
+        load_model(str(tmp_path / "empty"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelRefError, match="not a checkpoint payload"):
+        load_model(str(tmp_path / "junk.pt"))
+
+
+def test_a_registered_model_predicts_as_its_checkpoint(tmp_path, videos, late_model, predictor):
+    """models:/NAME@ALIAS through the MLflow registry (reslstm.distributed.registry): the same
+    payload, hence the same probabilities as the checkpoint file."""
+    from mlflow import MlflowClient
+
+    from reslstm.distributed.predict import load_model
+    from reslstm.distributed.registry import register_model
+    from reslstm.distributed.tracking import ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(ensure_experiment(client, "predict-test"))  # artifacts in tmp_path
+    register_model(uri, run.info.run_id, load_payload(late_model), "reslstm-test")
+    model, doc = load_model("models:/reslstm-test@champion", mlflow_uri=uri)
+    pred = Predictor(model, doc, PredictConfig(model="models:/reslstm-test@champion"))
+    video = videos[CLASSES[0]]
+    want = predictor.predict(video)
+    for head, p in pred.predict(video).probs.items():
+        np.testing.assert_array_equal(p, want.probs[head])
+    with pytest.raises(PredictError, match="cannot load it from the MLflow registry"):
+        load_model("models:/reslstm-test@nosuchalias", mlflow_uri=uri)
+
+
+def test_the_command_line_prints_tables_json_and_a_sheet(tmp_path, videos, late_model, capsys):
+    job = load_job("predict")
+    good = [str(videos[CLASSES[0]]), str(videos["short"])]
+    assert job.main([*good, "--model", str(late_model), "--top-k", "2",
+                     "--sheet", str(tmp_path / "sheet.png")]) == 0
+    out = capsys.readouterr().out
+    assert "fused (late-product)" in out and "note: rgb: shorter than one clip" in out
+    assert (tmp_path / "sheet.png").stat().st_size > 10_000
+    assert job.main([*good, "--model", str(late_model), "--json"]) == 0
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["path"] for d in docs] == good
+    assert all(set(d["top"]) == {"rgb", "flow", "fused"} and len(d["top"]["fused"]) == 3
+               for d in docs)
+
+
+def test_the_command_line_fails_clearly(tmp_path, videos, late_model, capsys):
+    job = load_job("predict")
+    code = job.main([str(videos[CLASSES[0]]), str(videos["truncated"]), "--model", str(late_model)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "fused (late-product)" in captured.out  # the good one is still printed
+    assert "1 of 2 video(s) could not be classified" in captured.err
+    assert f"{videos['truncated']}: VideoDecodeError:truncated (decode)" in captured.err
+    assert "Traceback" not in captured.err
+    assert job.main([str(videos["empty"]), "--model", str(tmp_path / "none")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    assert job.main(["--model", str(late_model)]) == 2
+    assert "give video files, or --manifest" in capsys.readouterr().err
+
+
+def test_real_videos(shared_videos, predictor):
+    from conftest import SHARED_VIDEO_FRAMES
+
+    for name in ("kinetics_demo_340x256.mp4", "xvid_mp3_320x240.avi"):
+        pred = predictor.predict(shared_videos / name)
+        assert pred.num_frames == SHARED_VIDEO_FRAMES[name]
+        assert pred.num_clips["rgb"] == (SHARED_VIDEO_FRAMES[name] - 16) // 8 + 1
+        assert np.isfinite(pred.probs["fused"]).all()
+
+
+def test_classifying_files_imports_no_ray():
+    """reslstm/ never imports Ray, and jobs/predict.py on files does not need it either."""
+    import subprocess
+    import sys
+
+    code = ("import sys, reslstm.predict, reslstm.checkpoint, reslstm.sheet, "
+            "reslstm.distributed.predict; assert 'ray' not in sys.modules, 'Ray was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -1,0 +1,152 @@
+"""Batch prediction on Ray Data (reslstm.distributed.predict.run_batch, jobs/predict.py
+--manifest): one row per video with exactly the in-process probabilities, bad videos in the
+failures table with extraction's typed errors, reruns that resume, another model's output
+refused; and a model really trained by jobs/train.py's fit, referenced by its run directory."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from predict_fixture import CLASSES, payload, save_payload, write_videos
+from reslstm.checkpoint import load_checkpoint
+from reslstm.configs import PredictConfig
+from reslstm.predict import BATCH_SCHEMA, PredictError, Predictor
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_videos(tmp_path_factory.mktemp("videos"))
+
+
+@pytest.fixture(scope="module")
+def manifest(files, tmp_path_factory):
+    names = ["grow_then_shrink", "slide_up", "short", "truncated", "not_a_video"]
+    rows = [{"video_id": n, "path": str(files[n])} for n in names]
+    rows.append({"video_id": "missing", "path": str(files["empty"].parent / "nowhere.mp4")})
+    path = tmp_path_factory.mktemp("manifest") / "videos.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def in_process(model_file, paths) -> dict:
+    model, doc = load_checkpoint(model_file)
+    predictor = Predictor(model, doc, PredictConfig(model=str(model_file)))
+    return {p: predictor.predict(p) for p in paths}
+
+
+def test_batch_rows_equal_in_process_predictions_and_reruns_resume(ray_local, tmp_path, files,
+                                                                   manifest):
+    from reslstm.distributed.predict import run_batch
+
+    model_file = save_payload(tmp_path / "model.pt", payload("late-product"))
+    out = tmp_path / "out"
+    cfg = PredictConfig(model=str(model_file), manifest=str(manifest), out=str(out), top_k=2,
+                        chunk_videos=4)  # two pipeline runs
+    summary = run_batch(cfg)
+    assert summary.predicted == 3
+    assert summary.failed == {"VideoDecodeError:truncated": 1, "VideoDecodeError:not_a_video": 1,
+                              "VideoDecodeError:missing": 1}
+    table = pq.read_table(out / "predictions")
+    assert table.schema.remove_metadata() == BATCH_SCHEMA
+    assert json.loads(table.schema.metadata[b"labels"]) == CLASSES
+    rows = {r["video_id"]: r for r in table.to_pylist()}
+    assert sorted(rows) == ["grow_then_shrink", "short", "slide_up"]
+    expected = in_process(model_file, [str(files[v]) for v in rows])
+    for vid, row in rows.items():
+        pred = expected[row["path"]]
+        for head in ("rgb", "flow", "fused"):
+            np.testing.assert_array_equal(np.asarray(row[f"{head}_probs"], np.float32),
+                                          pred.probs[head])
+            assert row[f"{head}_top_labels"] == [n for _, n, _ in pred.top(head, 2)]
+        assert row["num_frames"] == pred.num_frames and row["padded"] == pred.padded
+    assert "shorter than one clip" in rows["short"]["notes"]
+    failures = pq.read_table(out / "failures").to_pylist()
+    assert {(f["video_id"], f["stream"], f["error_type"]) for f in failures} == {
+        (v, s, e) for s in ("rgb", "flow") for v, e in (
+            ("truncated", "VideoDecodeError:truncated"),
+            ("not_a_video", "VideoDecodeError:not_a_video"),
+            ("missing", "VideoDecodeError:missing"))}
+    # A rerun does nothing; one with --retry-failed tries the three again, nothing twice.
+    again = run_batch(cfg)
+    assert (again.predicted, again.skipped_done, again.skipped_failed) == (0, 3, 3)
+    retry = run_batch(PredictConfig(**{**cfg.__dict__, "retry_failed": True}))
+    assert (retry.predicted, sum(retry.failed.values()), retry.skipped_done) == (0, 3, 3)
+    assert pq.read_table(out / "predictions").num_rows == 3
+    # Another model's predictions do not mix with these.
+    other = save_payload(tmp_path / "other.pt", payload("late-product", seed=1))
+    with pytest.raises(PredictError, match="holds predictions of another model"):
+        run_batch(PredictConfig(**{**cfg.__dict__, "model": str(other)}))
+
+
+def test_prepare_out_overwrites_only_when_asked(tmp_path):
+    from reslstm import storage
+    from reslstm.distributed.predict import prepare_out
+
+    out = storage.resolve(tmp_path / "out")
+    prepare_out(out, {"model": "a", "fingerprint": "1"}, overwrite=False)
+    (tmp_path / "out" / "predictions").mkdir()
+    (tmp_path / "out" / "predictions" / "part-0.parquet").write_bytes(b"x")
+    prepare_out(out, {"model": "a", "fingerprint": "1"}, overwrite=False)  # same model: resume
+    assert (tmp_path / "out" / "predictions" / "part-0.parquet").exists()
+    with pytest.raises(PredictError, match="--overwrite"):
+        prepare_out(out, {"model": "b", "fingerprint": "2"}, overwrite=False)
+    prepare_out(out, {"model": "b", "fingerprint": "2"}, overwrite=True)
+    assert not (tmp_path / "out" / "predictions").exists()
+    assert json.loads((tmp_path / "out" / "model.json").read_text())["model"] == "b"
+
+
+@pytest.fixture(scope="module")
+def trained_run(ray_local, tmp_path_factory) -> Path:
+    """A late-product Res-LSTM trained for one epoch by fit, on a small store whose metadata
+    says its features are tiny3d's (1 crop, DIS): what real videos give with that chain."""
+    import dataclasses
+
+    from featurestore_fixture import make_feature_store
+    from predict_fixture import extract_config
+    from reslstm import features as fs
+    from reslstm.configs import TrainConfig
+    from reslstm.distributed.trainer import fit
+    from reslstm.extraction.settings import resolve_settings
+
+    root = tmp_path_factory.mktemp("trained")
+    make_feature_store(root / "store", feature_dim=512, split_sizes={"train": 3, "val": 1})
+    _, settings = resolve_settings(extract_config())
+    fs.write_metadata(root / "store", {s: dataclasses.replace(v) for s, v in settings.items()})
+    fit(TrainConfig(features=str(root / "store"), out=str(root / "run"), fusion="late-product",
+                    hidden=8, depth=2, T=4, input_proj="linear", epochs=1, batch_size=8,
+                    workers=1))
+    return root / "run"
+
+
+def test_a_trained_run_classifies_a_folder_by_its_run_directory(trained_run, files, tmp_path,
+                                                                capsys):
+    """jobs/predict.py --manifest FOLDER --model RUN_DIR: the best checkpoint of a real run
+    (weights-only load), the same probabilities as in this process."""
+    folder = tmp_path / "clips"
+    (folder / "a").mkdir(parents=True)
+    for name, where in (("grow_then_shrink", "a/one.mp4"), ("slide_up", "two.mp4")):
+        (folder / where).write_bytes(files[name].read_bytes())
+    (folder / "readme.txt").write_text("not a video suffix: not listed")
+    spec = importlib.util.spec_from_file_location("predict_job", REPO / "jobs" / "predict.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.main(["--manifest", str(folder), "--out", str(tmp_path / "out"),
+                     "--model", str(trained_run)]) == 0
+    assert "predicted: 2 videos" in capsys.readouterr().out
+    table = pq.read_table(tmp_path / "out" / "predictions")
+    rows = {r["video_id"]: r for r in table.to_pylist()}
+    assert sorted(rows) == ["a/one", "two"]
+    summary = json.loads((trained_run / "summary.json").read_text())
+    expected = in_process(Path(summary["best_checkpoint"]) / "model.pt",
+                          [rows["a/one"]["path"], rows["two"]["path"]])
+    for row in rows.values():
+        np.testing.assert_array_equal(np.asarray(row["fused_probs"], np.float32),
+                                      expected[row["path"]].probs["fused"])
