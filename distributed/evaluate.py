@@ -15,6 +15,7 @@ import numpy as np
 import ray.data
 import torch
 
+from reslstm import storage
 from reslstm.features import write_part
 from reslstm.metrics import score
 from reslstm.model import ActionModel
@@ -25,8 +26,8 @@ from reslstm.predictions import FUSED, prediction_table
 def predict(model: ActionModel, datasets: dict[str, "ray.data.Dataset"],
             label_names: Sequence[str], out_dir, batch_size: int = 64
             ) -> tuple[dict[str, str], dict[str, dict[str, dict[str, float]]]]:
-    """Write ``out_dir/<split>.parquet`` for each dataset and score it; returns
-    ({split: path}, {split: {head: {top1, top5, mean_class_acc}}})."""
+    """Write ``out_dir/<split>.parquet`` (a path, URI or ``storage.Location``) for each dataset
+    and score it; returns ({split: path or URI without options}, {split: {head: {top1, top5, mean_class_acc}}})."""
     model.eval()
     paths, scores = {}, {}
     for split, ds in datasets.items():
@@ -44,6 +45,7 @@ def predict(model: ActionModel, datasets: dict[str, "ray.data.Dataset"],
         y = np.concatenate(labels)
         probs = {h: np.concatenate(ps) for h, ps in per_head.items()}
         table = prediction_table(ids, y, label_names, split, probs)
-        paths[split] = write_part(out_dir, table, name=f"{split}.parquet")
+        write_part(out_dir, table, name=f"{split}.parquet")
+        paths[split] = storage.resolve(out_dir).join(f"{split}.parquet").uri
         scores[split] = {h: score(p, y, len(label_names)) for h, p in probs.items()}
     return paths, scores

@@ -31,6 +31,7 @@ from collections import Counter
 import ray
 
 from reslstm import features as fs
+from reslstm import storage
 from reslstm.configs import ExtractConfig
 from reslstm.extraction.driver import ExtractSummary, drive, read_manifest, start
 from reslstm.extraction.settings import ExtractError
@@ -109,11 +110,12 @@ def verify(out: str, manifest: str | None = None) -> bool:
     (the one recorded in its metadata unless given); log the report; True when all is well."""
     store = fs.FeatureStore(out)
     if not store.root.join(fs.METADATA_FILE).exists():
-        raise ExtractError(f"{out}: no {fs.METADATA_FILE}; not a feature store")
+        raise ExtractError(f"{store}: no {fs.METADATA_FILE}; not a feature store")
     manifest = manifest or store.read_metadata_extra().get("manifest")
-    table = read_manifest(manifest) if manifest else None
+    # A recorded manifest on the store's object storage is read with the store's filesystem.
+    table = read_manifest(storage.resolve(manifest, like=store.root)) if manifest else None
     report = fs.verify_store(store, table)
-    log.info(f"[verify] {out}" + (f" against {manifest}" if manifest
+    log.info(f"[verify] {store}" + (f" against {storage.display(manifest)}" if manifest
                                   else " (no manifest to check coverage)"), extra={"block": True})
     log.info(report.text(), extra={"block": True})
     return report.ok

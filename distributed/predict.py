@@ -204,7 +204,7 @@ class BatchSummary:
 
     def report(self) -> str:
         nfail = sum(self.failed.values())
-        table = storage.resolve(self.out).join("failures")
+        table = storage.join(self.out, "failures")  # self.out: printable, no credentials
         lines = [f"predictions: {self.out}", f"  predicted: {self.predicted} videos",
                  f"  failed: {nfail} videos" + (f" (failures table: {table})" if nfail else "")]
         lines += [f"    {n:6d}  {err}"
@@ -301,6 +301,11 @@ def run_batch(cfg: PredictConfig) -> BatchSummary:
     stage, settings = chain_settings(payload, cfg)  # weights checked before anything starts
     streams = model_streams(payload)
     out = storage.resolve(cfg.out)
+    # Option-free video URIs (what read_videos lists for a folder or manifest on S3) are read
+    # with the manifest's filesystem (endpoint, credentials), else the output's, on every node.
+    remote = [loc for loc in (storage.resolve(cfg.manifest), out) if not loc.local]
+    if remote:
+        stage = dataclasses.replace(stage, videos=remote[0])
     prepare_out(out, {"model": str(cfg.model), "fingerprint": fingerprint(payload),
                       "fusion": model.config.fusion, "labels": list(payload["label_names"]),
                       "features": {s: dataclasses.asdict(v) for s, v in settings.items()}},

@@ -31,7 +31,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -168,8 +167,8 @@ def build_trainer(cfg: TrainConfig, data: RunData, spec: RunSpec, name: str,
 
 def fit(cfg: TrainConfig, address: str | None = None) -> TrainResult:
     """Train one run end to end (see the module docstring) and log a summary."""
-    run_dir = Path(cfg.out).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = storage.resolve(cfg.out)  # a local directory or a prefix on object storage
+    run_dir.mkdir()
     log.info(f"ray: {init_ray(address)}")
     data = load_data(cfg.features, streams_of(cfg.fusion), cfg.T)
     spec = prepare(cfg, data)
@@ -186,23 +185,25 @@ def fit(cfg: TrainConfig, address: str | None = None) -> TrainResult:
     history = checkpoints.history(result.checkpoint or ckpt)
     model, _ = checkpoints.load_checkpoint(ckpt)
     paths, scores = predict(model, data.only(("val", "test")).datasets, spec.label_names,
-                            run_dir / "predictions")
-    out = TrainResult(run_dir=str(run_dir), ray_run_path=str(result.path),
+                            run_dir.join("predictions"))
+    out = TrainResult(run_dir=run_dir.uri, ray_run_path=str(result.path),
                       best_checkpoint=str(ckpt.path), best_epoch=int(best.get("epoch", 0)),
                       best_metrics={k: float(v) for k, v in best.items()
                                     if isinstance(v, (int, float))},
                       history=history, predictions=paths, scores=scores, train_config=cfg,
                       label_names=list(spec.label_names))
-    write_summary(out)
+    write_summary(out, run_dir)
     log.info(summary_text(out), extra={"block": True})
     return out
 
 
-def write_summary(res: TrainResult) -> Path:
+def write_summary(res: TrainResult, run_dir=None) -> storage.Location:
+    """``summary.json`` in the run directory (``run_dir``: its ``storage.Location``, which
+    keeps an object store's endpoint and credentials; default ``res.run_dir``)."""
     doc = {k: v for k, v in dataclasses.asdict(res).items() if k != "history"}
-    path = Path(res.run_dir) / "summary.json"
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    return path
+    loc = storage.resolve(run_dir or res.run_dir).join("summary.json")
+    loc.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return loc
 
 
 def summary_text(res: TrainResult) -> str:
@@ -214,5 +215,5 @@ def summary_text(res: TrainResult) -> str:
             lines.append(f"{split:<5} {head:<6} top-1 {100 * s['top1']:.2f}%  "
                          f"top-5 {100 * s['top5']:.2f}%  mean class {100 * s['mean_class_acc']:.2f}%")
     lines += [f"predictions: {p}" for p in res.predictions.values()]
-    lines.append(f"summary: {Path(res.run_dir) / 'summary.json'}")
+    lines.append(f"summary: {storage.join(res.run_dir, 'summary.json')}")
     return "\n".join(lines)

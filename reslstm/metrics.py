@@ -125,7 +125,8 @@ def per_class_table(conf, class_names: Sequence[str]) -> list[dict]:
 
 
 def plot_confusion(conf, class_names: Sequence[str], path, title: str | None = None) -> Path:
-    """Write the row-normalised confusion matrix as a PNG with class names on both axes.
+    """Write the row-normalised confusion matrix as a PNG with class names on both axes, to
+    ``path`` (a file path, or a binary file object).
 
     Figure and font sizes scale with the class count so that 101 names stay readable. Draws on
     an Agg canvas of its own (no pyplot), so no global matplotlib state is touched.
@@ -158,6 +159,9 @@ def plot_confusion(conf, class_names: Sequence[str], path, title: str | None = N
     ax.set_title(title or "confusion matrix (rows normalised)", fontsize=big * 1.2)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="fraction of the true class")
     fig.tight_layout()
+    if hasattr(path, "write"):  # a binary file (e.g. storage.Location.open_output for S3)
+        fig.savefig(path, format="png")
+        return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")

@@ -17,7 +17,9 @@ with head ``fused`` (the model's combined output) and, for late fusion, ``rgb`` 
 - ``Report``: ``rows`` {name: {top1, top5, mean_class_acc, n}}, ``table()`` (printable),
   ``confusion`` (C, C), ``class_names``, ``files`` {name: path} of the PNG and CSVs.
 
-Reports written to ``out_dir``: ``confusion_<name>.png`` (``metrics.plot_confusion``),
+Paths may be local or filesystem URIs (``s3://bucket/runs/late``; ``reslstm.storage``); each
+report file appears whole (written locally under a hidden name and renamed, uploaded once to
+object storage). Reports written to ``out_dir``: ``confusion_<name>.png`` (``metrics.plot_confusion``),
 ``per_class_<name>.csv`` (``metrics.per_class_table``) and, with ``categories``
 (``ucf101`` | ``hmdb51`` | ``synthetic``), ``categories_<name>.csv``, for the fused (or only) head.
 """
@@ -25,6 +27,7 @@ Reports written to ``out_dir``: ``confusion_<name>.png`` (``metrics.plot_confusi
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -34,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from reslstm import metrics
+from reslstm import metrics, storage
 from reslstm.datasets.categories import categories_for
 from reslstm.fusion import LATE_OPS, late_fuse
 from reslstm.metrics import score
@@ -77,22 +80,29 @@ def prediction_table(video_ids: Sequence[str], labels: Sequence[int], label_name
 # Reading predictions
 # ---------------------------------------------------------------------------------------------
 
-def prediction_files(path, split: str) -> list[Path]:
-    """The Parquet file(s) of ``split`` under a run directory, a predictions folder or a file."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    for folder in (path / "predictions", path):
-        if (folder / f"{split}.parquet").is_file():
-            return [folder / f"{split}.parquet"]
-    raise PredictionError(f"{path}: no {split}.parquet here nor in {path / 'predictions'}; "
+def _prediction_locations(path, split: str) -> list[storage.Location]:
+    loc = storage.resolve(path)
+    if loc.is_file():
+        return [loc]
+    for folder in (loc.join("predictions"), loc):
+        if folder.join(f"{split}.parquet").is_file():
+            return [folder.join(f"{split}.parquet")]
+    raise PredictionError(f"{loc}: no {split}.parquet here nor in {loc.join('predictions')}; "
                           "pass a run directory written by jobs/train.py or a predictions file")
 
 
+def prediction_files(path, split: str) -> list[Path | str]:
+    """The Parquet file(s) of ``split`` under a run directory, a predictions folder or a file
+    (local ``Path``s, or URIs without options for files on object storage)."""
+    return [Path(loc.path) if loc.local else loc.uri for loc in _prediction_locations(path, split)]
+
+
 def load_predictions(path, split: str = "test", head: str | None = None) -> pa.Table:
-    """Rows of ``split`` (and ``head``) from ``path``, sorted by (head, video_id)."""
-    files = prediction_files(path, split)
-    table = pa.concat_tables(pq.read_table(f) for f in files)
+    """Rows of ``split`` (and ``head``) from ``path`` (a path or URI), sorted by (head,
+    video_id)."""
+    locs = _prediction_locations(path, split)
+    files = [loc.uri for loc in locs]
+    table = pa.concat_tables(pq.read_table(loc.path, filesystem=loc.filesystem) for loc in locs)
     missing = set(PREDICTION_SCHEMA.names) - set(table.column_names)
     if missing:
         raise PredictionError(f"{files[0]}: not a predictions file (lacks {sorted(missing)})")
@@ -168,14 +178,16 @@ def _write_reports(report: Report, name: str, probs: np.ndarray, labels: np.ndar
     c = len(report.class_names)
     conf = metrics.confusion_matrix(probs.argmax(axis=1), labels, c)
     report.confusion = conf
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    png = metrics.plot_confusion(conf, report.class_names, out / f"confusion_{name}.png",
-                                 title=f"{name} ({report.split}) confusion, rows normalised")
-    report.files[f"confusion_{name}"] = str(png)
-    per_class = out / f"per_class_{name}.csv"
+    out = storage.resolve(out_dir)
+    out.mkdir()
+    png = out.join(f"confusion_{name}.png")
+    with png.open_output() as f:
+        metrics.plot_confusion(conf, report.class_names, f,
+                               title=f"{name} ({report.split}) confusion, rows normalised")
+    report.files[f"confusion_{name}"] = png.uri
+    per_class = out.join(f"per_class_{name}.csv")
     _write_csv(per_class, metrics.per_class_table(conf, report.class_names))
-    report.files[f"per_class_{name}"] = str(per_class)
+    report.files[f"per_class_{name}"] = per_class.uri
     if categories:
         mapping = categories_for(categories)
         try:
@@ -183,17 +195,18 @@ def _write_reports(report: Report, name: str, probs: np.ndarray, labels: np.ndar
         except KeyError as exc:
             raise PredictionError(f"--categories {categories}: {exc.args[0]}; the predictions "
                                   f"are not of the {categories} classes") from None
-        cat_csv = out / f"categories_{name}.csv"
+        cat_csv = out.join(f"categories_{name}.csv")
         _write_csv(cat_csv, [{"category": k, "accuracy": v}
                              for k, v in sorted(report.categories.items())])
-        report.files[f"categories_{name}"] = str(cat_csv)
+        report.files[f"categories_{name}"] = cat_csv.uri
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["class"])
-        writer.writeheader()
-        writer.writerows(rows)
+def _write_csv(loc: storage.Location, rows: list[dict]) -> None:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["class"])
+    writer.writeheader()
+    writer.writerows(rows)
+    loc.write_text(text.getvalue())
 
 
 def evaluate_run(path, split: str = "test", out_dir=None,
@@ -201,7 +214,7 @@ def evaluate_run(path, split: str = "test", out_dir=None,
     """Score every head of one run's predictions; reports for the fused head."""
     table = load_predictions(path, split)
     heads = heads_of(table)
-    where = str(prediction_files(path, split)[0])
+    where = str(_prediction_locations(path, split)[0])
     rows, arrays = {}, {}
     for h in heads:
         _, probs, labels = _arrays(table.filter(pc.equal(table.column("head"), h)), where)
@@ -236,7 +249,7 @@ def evaluate_fusion(rgb, flow, op: str = "product", split: str = "test", out_dir
         raise ValueError(f"unknown late fusion {op!r}; valid: {', '.join(LATE_OPS)}")
     sides = {}
     for stream, path, head in (("rgb", rgb, rgb_head), ("flow", flow, flow_head)):
-        where = str(prediction_files(path, split)[0])
+        where = str(_prediction_locations(path, split)[0])
         table = load_predictions(path, split)
         h = _pick_head(table, stream, head, where)
         sub = table.filter(pc.equal(table.column("head"), h))

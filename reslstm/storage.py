@@ -7,30 +7,61 @@ pickles (the filesystem object travels with it, credentials included), so Ray ta
 nodes write where the driver asked.
 
 Writes are all-or-nothing for readers: ``write_bytes`` / ``open_output`` on a local disk write a
-hidden temporary file, fsync it and rename it into place; on object storage an object becomes
-visible only once its upload completes, so the final name is written directly, once. Readers of
-this project (and pyarrow datasets) ignore names starting with ``.`` or ``_``.
+hidden temporary file, fsync it and rename it into place. Object storage (S3, GCS) has no
+rename, but an object becomes visible only once its upload completes: the content is built in
+memory and uploaded to the final name once, after the block that writes it succeeded (pyarrow's
+output streams complete an upload when closed, even on an error, so an error inside the block
+must never reach one). Readers of this project (and pyarrow datasets) ignore names starting
+with ``.`` or ``_``. Directories do not exist on object storage: ``mkdir`` does nothing there.
+
+Reading: ``open_input`` gives a seekable binary file; on object storage it reads ranges of
+``block_size`` bytes on demand and keeps the last few in memory (a bounded read cache), so a
+video is streamed, never downloaded whole. ``resolve(path, like=location)`` opens an option-free
+URI of ``location``'s scheme (``s3://bucket/videos/a.mp4`` in a manifest) with ``location``'s
+filesystem, so paths listed in a file carry neither endpoint nor credentials.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import io
 import os
 import posixpath
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
 HIDDEN = (".", "_")
+OBJECT_STORES = ("s3", "gcs")  # pyarrow's type_name of filesystems without directories or rename
+READ_BLOCK = 4 * 2 ** 20       # bytes one ranged read of an object fetches
+READ_BLOCKS = 4                # blocks an open object keeps in memory
 
 
 def is_uri(path) -> bool:
     """True for ``scheme://...`` (s3, gs, hdfs, file, ...), False for a plain path."""
     return "://" in str(path)
+
+
+def _split_uri(uri: str) -> tuple[str, str, str, str]:
+    """(scheme, user-info, ``bucket/key``, query) of ``scheme://[user-info@]bucket/key[?query]``,
+    the key taken literally (an object key may hold ``#`` or spaces)."""
+    scheme, _, rest = uri.partition("://")
+    rest, _, query = rest.partition("?")
+    netloc, slash, key = rest.partition("/")
+    userinfo, _, host = netloc.rpartition("@")
+    return scheme, userinfo, host + slash + key, query
+
+
+def _normpath(path: str) -> str:
+    """``posixpath.normpath`` that keeps an empty path empty and a URI's ``scheme://``."""
+    if is_uri(path):
+        scheme, _, rest = path.partition("://")
+        return f"{scheme}://{_normpath(rest)}"
+    return posixpath.normpath(path) if path else path
 
 
 @dataclass(frozen=True)
@@ -48,6 +79,11 @@ class Location:
         return isinstance(self.filesystem, pafs.LocalFileSystem)
 
     @property
+    def object_store(self) -> bool:
+        """S3 or GCS: no directories, no rename, objects visible once uploaded."""
+        return self.filesystem.type_name in OBJECT_STORES
+
+    @property
     def name(self) -> str:
         return posixpath.basename(self.path.rstrip("/"))
 
@@ -55,9 +91,12 @@ class Location:
         return self.uri
 
     def join(self, *parts: str) -> "Location":
-        parts = tuple(str(p).strip("/") for p in parts if str(p))
-        return Location(self.filesystem, posixpath.join(self.path, *parts),
-                        posixpath.join(self.uri, *parts))
+        """A location inside this one (``..`` and ``.`` are resolved)."""
+        parts = tuple(str(p).strip("/") for p in parts if str(p).strip("/"))
+        if not parts:
+            return self
+        return Location(self.filesystem, _normpath(posixpath.join(self.path, *parts)),
+                        _normpath(posixpath.join(self.uri, *parts)))
 
     def parent(self) -> "Location":
         return Location(self.filesystem, posixpath.dirname(self.path.rstrip("/")),
@@ -100,6 +139,13 @@ class Location:
         return sorted(out)
 
     # -- reading ------------------------------------------------------------------------------
+    def open_input(self, block_size: int = READ_BLOCK, max_blocks: int = READ_BLOCKS):
+        """A seekable binary file (``read``, ``seek``, ``tell``, ``size``); on object storage a
+        ``BlockReader``: ranged reads of ``block_size`` bytes, at most ``max_blocks`` kept."""
+        if self.local:
+            return open(self.path, "rb")
+        return BlockReader(self.filesystem.open_input_file(self.path), block_size, max_blocks)
+
     def read_bytes(self) -> bytes:
         with self.filesystem.open_input_stream(self.path) as f:
             return f.read()
@@ -109,7 +155,9 @@ class Location:
 
     # -- writing ------------------------------------------------------------------------------
     def mkdir(self) -> None:
-        self.filesystem.create_dir(self.path, recursive=True)
+        """Create this directory and its parents (nothing to do on object storage)."""
+        if not self.object_store:
+            self.filesystem.create_dir(self.path, recursive=True)
 
     @contextlib.contextmanager
     def open_output(self) -> Iterator:
@@ -118,8 +166,10 @@ class Location:
         parent = self.parent()
         parent.mkdir()
         if not self.local:
+            buffer = io.BytesIO()
+            yield buffer
             with self.filesystem.open_output_stream(self.path) as f:
-                yield f
+                f.write(buffer.getbuffer())
             return
         tmp = os.path.join(parent.path, f".{self.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
@@ -150,13 +200,92 @@ class Location:
             self.filesystem.delete_dir(self.path)
 
 
-def resolve(path) -> Location:
+class BlockReader(io.RawIOBase):
+    """A seekable, read-only file over a pyarrow random-access file (an object in S3 or GCS)
+    that fetches ``block_size``-byte ranges on demand and keeps the ``max_blocks`` most recently
+    used in memory: FFmpeg's small reads and seeks (an MP4's index at the end, then its data)
+    cost one request per block, and memory stays bounded however large the object."""
+
+    def __init__(self, source, block_size: int = READ_BLOCK, max_blocks: int = READ_BLOCKS):
+        super().__init__()
+        self._source = source
+        self._size = source.size()
+        self._block = int(block_size)
+        self._max = max(1, int(max_blocks))
+        self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._pos = 0
+        self.requests = 0  # ranged reads made (for tests and benchmarks)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        return self._size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}.get(whence)
+        if base is None:
+            raise ValueError(f"invalid whence {whence}")
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def _get(self, index: int) -> bytes:
+        data = self._cache.get(index)
+        if data is None:
+            data = bytes(self._source.read_at(self._block, index * self._block))
+            self.requests += 1
+            self._cache[index] = data
+            if len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(index)
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        out = []
+        while self._pos < end:
+            index, offset = divmod(self._pos, self._block)
+            chunk = self._get(index)[offset: offset + end - self._pos]
+            if not chunk:
+                break
+            out.append(chunk)
+            self._pos += len(chunk)
+        return b"".join(out)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._cache.clear()
+            self._source.close()
+        super().close()
+
+
+def resolve(path, like: Location | None = None) -> Location:
     """A ``Location`` for a local path (made absolute) or a filesystem URI such as
     ``s3://bucket/prefix?region=us-east-1&endpoint_override=http://127.0.0.1:9000``.
-    ``Location`` objects pass through unchanged."""
+    ``Location`` objects pass through unchanged. With ``like`` (a location on object storage),
+    a URI of its scheme without options or credentials is opened with ``like``'s filesystem
+    (same endpoint and credentials): what a manifest or a store's metadata lists."""
     if isinstance(path, Location):
         return path
     text = os.fspath(path) if not isinstance(path, str) else path
+    if like is not None and not like.local and is_uri(text):
+        scheme, userinfo, key, query = _split_uri(text)
+        if scheme == _split_uri(like.uri)[0] and not userinfo and not query:
+            return Location(like.filesystem, _normpath(key).rstrip("/"), _normpath(text).rstrip("/"))
     if not is_uri(text) or text.startswith("file://"):
         local = text[len("file://"):] if text.startswith("file://") else text
         absolute = str(Path(local).expanduser().absolute())
@@ -164,13 +293,34 @@ def resolve(path) -> Location:
     try:
         filesystem, fs_path = pafs.FileSystem.from_uri(text)
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError / ValueError by backend
-        raise ValueError(f"{_display(text)}: cannot open this URI with pyarrow ({exc}); use a "
-                         "local path or a URI such as s3://bucket/prefix") from exc
-    return Location(filesystem, fs_path.rstrip("/"), _display(text).rstrip("/"))
+        # pyarrow's message quotes the whole URI: keep its credentials out of ours (and out of
+        # the traceback, hence ``from None``).
+        reason = str(exc).replace(text, display(text))
+        userinfo = _split_uri(text)[1]
+        if userinfo:
+            reason = reason.replace(userinfo, "***")
+        raise ValueError(f"{display(text)}: cannot open this URI with pyarrow ({reason}); use a "
+                         "local path or a URI such as s3://bucket/prefix") from None
+    return Location(filesystem, fs_path.rstrip("/"), display(text).rstrip("/"))
 
 
-def _display(uri: str) -> str:
+def join(path: str, *parts: str) -> str:
+    """``path`` (a local path or a URI, options and credentials kept) with ``parts`` appended:
+    ``join("s3://k:s@b/runs?region=x", "ray_results")`` is ``"s3://k:s@b/runs/ray_results?region=x"``,
+    a string that ``resolve`` opens with the same endpoint and credentials."""
+    parts = [str(p).strip("/") for p in parts if str(p).strip("/")]
+    if not is_uri(path):
+        return os.path.join(path, *parts)
+    base, mark, query = str(path).partition("?")
+    return posixpath.join(base.rstrip("/"), *parts) + mark + query
+
+
+def display(uri: str) -> str:
     """``scheme://bucket/path``: without credentials in the user-info part or the query
-    (endpoints and options), so a printed location never shows a secret."""
-    parts = urlsplit(uri)
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
+    (endpoints and options), so a printed location never shows a secret. Plain paths pass."""
+    if not is_uri(uri):
+        return uri
+    scheme, _, key, _ = _split_uri(uri)
+    return f"{scheme}://{key}"
+
+

@@ -5,6 +5,12 @@ resized in the same swscale pass as the colour conversion, turned upright when t
 carries a display rotation; ``probe`` reads what the container says about its video stream.
 Every way a file can be unreadable raises one typed ``VideoDecodeError`` whose message names
 the file and what to do. Clip geometry lives in ``reslstm.clips``, crops with the extractors.
+
+A video is a local path, a filesystem URI (``s3://bucket/videos/a.mp4?region=...``) or a
+``storage.Location``. Objects are streamed: PyAV reads through ``Location.open_input``, ranged
+reads with a small bounded cache, never a download of the whole file; a missing, empty or
+truncated object raises the same ``VideoDecodeError`` kinds as a file, and one the credentials
+may not read raises ``permission``.
 """
 
 from __future__ import annotations
@@ -66,12 +72,13 @@ class VideoInfo:
     rotation: int
 
 
-def _container_kind(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(189)
-    except OSError:
-        return None
+def _container_kind(path: str, head: bytes | None = None) -> str | None:
+    if head is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(189)
+        except OSError:
+            return None
     for offset, magics, name in _SIGNATURES:
         if any(head[offset:offset + len(m)] == m for m in magics):
             return name
@@ -80,8 +87,20 @@ def _container_kind(path: str) -> str | None:
     return None
 
 
-def _open(path: str) -> av.container.InputContainer:
-    """``av.open`` with every failure mapped to a VideoDecodeError kind."""
+def _source(path):
+    """(the name messages use, the ``storage.Location`` of an object or None for a local file)."""
+    from reslstm.video_source import source
+
+    return source(path)
+
+
+def _open(path: str, loc=None) -> av.container.InputContainer:
+    """``av.open`` with every failure mapped to a VideoDecodeError kind (``loc``: the
+    ``storage.Location`` of an object on object storage, streamed). Close it when done."""
+    if loc is not None:
+        from reslstm.video_source import open_object
+
+        return open_object(path, loc)
     if not os.path.lexists(path):
         raise VideoDecodeError(path, "missing", "no such file. Check the path and the video root "
                                "the manifest was built with.")
@@ -161,8 +180,8 @@ def _stream_info(container, stream, path: str, rotation: int) -> VideoInfo:
 def probe(path) -> VideoInfo:
     """Frame rate, declared frame count, upright size, codec, duration and rotation of the
     first video stream. Decodes only the first frame (to read the display rotation)."""
-    path = os.fspath(path)
-    container = _open(path)
+    path, loc = _source(path)
+    container = _open(path, loc)
     try:
         stream = _video_stream(container, path)
         rotation = 0
@@ -171,6 +190,8 @@ def probe(path) -> VideoInfo:
                 rotation = _upright_rotation(frame)
                 break
         except (av.error.FFmpegError, OSError) as e:
+            if loc is not None and not isinstance(e, av.error.FFmpegError):
+                raise  # reading the object failed (network, credentials), not the video
             raise VideoDecodeError(path, "corrupt", f"decoding the first frame failed ({e}). The "
                                    "file is damaged; re-download or re-encode it.") from e
         return _stream_info(container, stream, path, rotation)
@@ -197,7 +218,8 @@ def output_size(height: int, width: int, short_side: int | None = None,
 
 
 class VideoReader:
-    """Iterable over the uint8 RGB frames (H, W, 3) of the first video stream of ``path``.
+    """Iterable over the uint8 RGB frames (H, W, 3) of the first video stream of ``path`` (a
+    local path, a filesystem URI or a ``storage.Location``; module docstring).
 
     Streams: holds one decoded frame at a time (plus FFmpeg's own small reorder buffers).
     Other streams (audio, subtitles) are never decoded. After a full iteration
@@ -217,7 +239,7 @@ class VideoReader:
             raise ValueError(f"size must be (height, width) in positive pixels, got {size}")
         if min_frame_ratio is not None and not 0.0 < min_frame_ratio <= 1.0:
             raise ValueError(f"min_frame_ratio must be in (0, 1] or None, got {min_frame_ratio}")
-        self.path = os.fspath(path)
+        self.path, self._loc = _source(path)
         self.short_side = short_side
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.min_frame_ratio = min_frame_ratio
@@ -230,7 +252,7 @@ class VideoReader:
     def info(self) -> VideoInfo:
         """The video's VideoInfo: filled by the first decoded frame, or probed on demand."""
         if self._info is None:
-            self._info = probe(self.path)
+            self._info = probe(self._loc or self.path)
         return self._info
 
     def _reformat_size(self, frame) -> tuple[int, int]:
@@ -245,7 +267,7 @@ class VideoReader:
     def __iter__(self) -> Iterator[np.ndarray]:
         path = self.path
         self.decoded_frames = 0
-        container = _open(path)
+        container = _open(path, self._loc)
         try:
             stream = _video_stream(container, path)
             stream.thread_type = "AUTO"  # frame + slice threads; helps most on large frames
@@ -272,6 +294,8 @@ class VideoReader:
                     rgb = reformatter.reformat(frame, width=w, height=h, format="rgb24",
                                                interpolation="BILINEAR", threads=1).to_ndarray()
                 except (av.error.FFmpegError, OSError) as e:
+                    if self._loc is not None and not isinstance(e, av.error.FFmpegError):
+                        raise  # reading the object failed (network, credentials), not the video
                     raise VideoDecodeError(
                         path, "corrupt", f"decoding failed at frame {self.decoded_frames} ({e}). "
                         "The file is damaged; re-download or re-encode it, or drop it from the "

@@ -162,7 +162,6 @@ def _register_finalize_s3() -> None:
 
 def start_s3_server(log_dir: str | None = None) -> tuple[S3Server, subprocess.Popen]:
     """Start a moto server; returns it and its process (stop it with ``stop_s3_server``)."""
-    import moto.server  # noqa: F401  (fail here, clearly, when moto[server] is missing)
 
     log_dir = log_dir or tempfile.mkdtemp(prefix="moto-")
     last_error: Exception | None = None

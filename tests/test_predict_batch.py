@@ -5,6 +5,7 @@ refused; and a model really trained by jobs/train.py's fit, referenced by its ru
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from predict_fixture import CLASSES, payload, save_payload, write_videos
+from s3_fixture import s3_server_fixture  # noqa: F401  (the fixture s3_server)
 from reslstm.checkpoint import load_checkpoint
 from reslstm.configs import PredictConfig
 from reslstm.predict import BATCH_SCHEMA, PredictError, Predictor
@@ -150,3 +152,35 @@ def test_a_trained_run_classifies_a_folder_by_its_run_directory(trained_run, fil
     for row in rows.values():
         np.testing.assert_array_equal(np.asarray(row["fused_probs"], np.float32),
                                       expected[row["path"]].probs["fused"])
+
+
+def test_a_folder_on_s3_is_classified_into_s3_with_credentials_only_in_the_uris(
+        ray_local, s3_server, files, tmp_path, monkeypatch):
+    """Videos in a bucket (a folder, listed into option-free URIs), predictions and failures
+    written to the bucket: the decode tasks read the objects with the folder's endpoint and
+    credentials; nothing needs AWS variables."""
+    import pyarrow.fs as pafs
+
+    from reslstm.distributed.predict import run_batch
+
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3 = s3_server.filesystem()
+    s3_server.bucket("predict-tests")
+    for name in ("grow_then_shrink", "slide_up", "not_a_video"):
+        pafs.copy_files(str(files[name]), f"predict-tests/videos/{files[name].name}",
+                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3)
+    model_file = save_payload(tmp_path / "model.pt", payload("late-product"))
+    cfg = PredictConfig(model=str(model_file), manifest=s3_server.uri("predict-tests", "videos"),
+                        out=s3_server.uri("predict-tests", "out"), top_k=2)
+    summary = run_batch(cfg)
+    assert summary.predicted == 2 and summary.failed == {"VideoDecodeError:not_a_video": 1}
+    table = pq.read_table("predict-tests/out/predictions", filesystem=s3)
+    rows = {r["video_id"]: r for r in table.to_pylist()}
+    assert sorted(rows) == ["grow_then_shrink", "slide_up"]
+    assert rows["slide_up"]["path"] == f"s3://predict-tests/videos/{files['slide_up'].name}"
+    expected = in_process(model_file, [str(files["slide_up"])])[str(files["slide_up"])]
+    np.testing.assert_array_equal(np.asarray(rows["slide_up"]["fused_probs"], np.float32),
+                                  expected.probs["fused"])
+    assert s3_server.secret_key not in json.dumps(table.to_pylist())

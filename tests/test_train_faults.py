@@ -50,7 +50,7 @@ def test_a_killed_worker_costs_only_time(ray_local, store, tmp_path, capfd):
             errors.append(exc)
 
     killed = []
-    with console_lines() as lines:
+    with console_lines():
         thread = threading.Thread(target=run)
         thread.start()
         run_dir = Path(cfg.resolved_storage()) / "faulty"

@@ -3,8 +3,9 @@
 A manifest is a Parquet table with one row per video (``MANIFEST_SCHEMA``):
 
 - ``video_id``   unique, ``"<class>/<file stem>"``
-- ``path``       absolute path of the video file (readers always write absolute paths;
-                 ``read_manifest`` resolves a relative path against the manifest's folder)
+- ``path``       absolute path or filesystem URI of the video file (readers always write
+                 absolute paths; ``read_manifest`` resolves a relative path against the
+                 manifest's folder, or its prefix for a manifest on S3/GCS)
 - ``label``      int32, 0-based class index
 - ``label_name`` class name; one-to-one with ``label``
 - ``split``      ``"train"``, ``"val"``, ``"test"`` or ``"unused"``
@@ -15,6 +16,11 @@ Readers, one module each: ``ucf101.read_ucf101``, ``hmdb51.read_hmdb51``,
 the shared tail: duplicate ids (with the file and line of both), missing files, the split
 policy (``splits``) and the validated table. Bad input raises ``ManifestError`` naming the file
 (and line) and what to do about it.
+
+``write_manifest`` and ``read_manifest`` take a local path or a filesystem URI
+(``s3://bucket/data/manifest.parquet?region=...``; ``reslstm.storage``). Video URIs listed in a
+manifest on object storage need no endpoint or credentials of their own: they are read with the
+manifest's (``storage.resolve(path, like=...)``), so the table never holds a secret.
 """
 
 from __future__ import annotations
@@ -185,8 +191,18 @@ def validate_manifest(table: pa.Table, source: str = "manifest table") -> pa.Tab
                                 schema=pa.schema([*MANIFEST_SCHEMA, *extra]))
 
 
-def write_manifest(table: pa.Table, path: Path | str) -> Path:
-    """Validate and write the manifest as Parquet (atomically: a temp file then a rename)."""
+def write_manifest(table: pa.Table, path: Path | str) -> Path | str:
+    """Validate and write the manifest as Parquet, so that it appears only when complete (a
+    local temp file then a rename; one upload on object storage). Returns the local ``Path``,
+    or the URI as given."""
+    from reslstm import storage
+
+    if storage.is_uri(path) and not storage.resolve(path).local:
+        loc = storage.resolve(path)
+        table = validate_manifest(table, source=f"manifest for {loc}")
+        with loc.open_output() as f:
+            pq.write_table(table, f)
+        return path
     path = Path(path)
     table = validate_manifest(table, source=f"manifest for {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,19 +212,41 @@ def write_manifest(table: pa.Table, path: Path | str) -> Path:
     return path
 
 
-def read_manifest(path: Path | str) -> pa.Table:
-    """Read and validate a manifest; relative video paths are resolved against its folder."""
-    path = Path(path).expanduser().absolute()
-    if not path.is_file():
-        raise ManifestError(f"manifest not found: {path}")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ManifestError(f"{path}: not a readable Parquet manifest ({exc})") from exc
-    table = validate_manifest(table, source=str(path))
+def _absolute(p: str) -> bool:
+    from reslstm.storage import is_uri
+
+    return is_uri(p) or os.path.isabs(p)
+
+
+def read_manifest(path) -> pa.Table:
+    """Read and validate a manifest (a path, URI or ``storage.Location``); relative video paths are resolved against
+    its folder (its prefix on object storage)."""
+    from reslstm import storage
+
+    loc = storage.resolve(path) if isinstance(path, storage.Location) or storage.is_uri(path) else None
+    if loc is not None and not loc.local:
+        if not loc.is_file():
+            raise ManifestError(f"manifest not found: {loc}")
+        try:
+            table = pq.read_table(loc.path, filesystem=loc.filesystem)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ManifestError(f"{loc}: not a readable Parquet manifest ({exc})") from exc
+        folder = loc.parent()
+        table = validate_manifest(table, source=str(loc))
+        resolve_relative = (lambda p: folder.join(p).uri)  # noqa: E731
+    else:
+        path = Path(loc.path if loc is not None else path).expanduser().absolute()
+        if not path.is_file():
+            raise ManifestError(f"manifest not found: {path}")
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ManifestError(f"{path}: not a readable Parquet manifest ({exc})") from exc
+        table = validate_manifest(table, source=str(path))
+        resolve_relative = (lambda p: str(path.parent / p))  # noqa: E731
     paths = table.column("path").to_pylist()
-    if not all(os.path.isabs(p) for p in paths):
-        resolved = pa.array([p if os.path.isabs(p) else str(path.parent / p) for p in paths], pa.string())
+    if not all(_absolute(p) for p in paths):
+        resolved = pa.array([p if _absolute(p) else resolve_relative(p) for p in paths], pa.string())
         table = table.set_column(1, MANIFEST_SCHEMA.field("path"), resolved)
     return table
 

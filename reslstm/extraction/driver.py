@@ -102,25 +102,36 @@ class Run:
     skipped_failed: int
 
 
-def read_manifest(path: str) -> pa.Table:
+def read_manifest(path) -> pa.Table:
     from reslstm.datasets.manifest import read_manifest as read
 
-    if not storage.resolve(path).exists():
-        raise ExtractError(f"--manifest {path}: no such file (make one with jobs/synth.py or "
+    loc = storage.resolve(path)
+    if not loc.exists():
+        raise ExtractError(f"--manifest {loc}: no such file (make one with jobs/synth.py or "
                            "reslstm.datasets)")
-    return read(path)
+    return read(loc)
 
 
-def _file_size(path: str) -> int:
+def _file_size(path: str, like: storage.Location | None = None) -> int:
     """Bytes of a video file; 0 when it cannot be read (its decode task records why)."""
     try:
-        return storage.resolve(path).size()
+        return storage.resolve(path, like=like).size()
     except (OSError, ValueError):
         return 0
 
 
-def plan_work(cfg: ExtractConfig, manifest: pa.Table, store: FeatureStore | None = None
-              ) -> tuple[list[dict], int, int]:
+def video_location(cfg: ExtractConfig) -> storage.Location | None:
+    """Where option-free video URIs of the manifest are read from (``StageConfig.videos``):
+    the manifest's own object storage, else the store's; None when both are local."""
+    for where in (cfg.manifest, cfg.out):
+        loc = storage.resolve(where)
+        if not loc.local:
+            return loc
+    return None
+
+
+def plan_work(cfg: ExtractConfig, manifest: pa.Table, store: FeatureStore | None = None,
+              videos: storage.Location | None = None) -> tuple[list[dict], int, int]:
     """The (video, stream) pairs to extract, and how many were skipped as done / failed.
 
     Largest files first (the streams of one video together, flow first): the longest work
@@ -131,7 +142,7 @@ def plan_work(cfg: ExtractConfig, manifest: pa.Table, store: FeatureStore | None
     rows = manifest.select(["video_id", "path", "label", "label_name", "split"]).to_pylist()
     paths = sorted({r["path"] for r in rows})
     with ThreadPoolExecutor(16) as pool:  # stat() on network storage: overlap the round trips
-        size = dict(zip(paths, pool.map(_file_size, paths)))
+        size = dict(zip(paths, pool.map(lambda p: _file_size(p, videos), paths)))
     rows.sort(key=lambda r: -size[r["path"]])
     streams = sorted(cfg.streams, key=lambda s: s != "flow")
     return store.plan(rows, streams, cfg.retry_failed)
@@ -145,11 +156,13 @@ def start(cfg: ExtractConfig, check: Callable[[StageConfig], None] = lambda stag
     has the GPU a flow method needs)."""
     manifest = read_manifest(cfg.manifest)
     stage, settings = resolve_settings(cfg)
+    stage = dataclasses.replace(stage, videos=video_location(cfg))
     store = FeatureStore(cfg.out)
     with store.lock():
         check(stage)
+        # The manifest as a person reads it: a URI without options or credentials.
         store.prepare(settings, overwrite=cfg.overwrite, manifest=str(storage.resolve(cfg.manifest)))
-        items, done, failed = plan_work(cfg, manifest, store)
+        items, done, failed = plan_work(cfg, manifest, store, stage.videos)
         yield Run(cfg, store, stage, settings, items, done, failed)
 
 

@@ -47,6 +47,9 @@ class StageConfig:
     batch_size: int
     flow_options: dict = dataclasses.field(default_factory=dict)  # flow.make_flow options
     device: str | None = None      # None: CUDA when the worker has a GPU, else CPU
+    # Object storage the manifest (or the store) is on: video URIs of its scheme without
+    # options are read with its filesystem (endpoint, credentials), here and on every node.
+    videos: object = None          # storage.Location | None
     task_threads: int | None = None   # torch/OpenCV threads in the CPU tasks (None: as is)
     actor_threads: int | None = None  # torch threads of a CPU feature actor (None: as is)
 
@@ -86,6 +89,7 @@ def _real_frames(row: dict, frames: np.ndarray) -> int:
 def decode_segments(batch: pa.Table, cfg: StageConfig) -> Iterator[pa.Table]:
     """Work items (manifest rows with a ``stream`` column) -> one table per frame segment, or
     a failure row."""
+    from reslstm import storage
     from reslstm.clips import iter_segments
     from reslstm.video import VideoReader
 
@@ -93,7 +97,8 @@ def decode_segments(batch: pa.Table, cfg: StageConfig) -> Iterator[pa.Table]:
     for item in batch.to_pylist():
         stream = item["stream"]
         try:
-            reader = VideoReader(item["path"], short_side=cfg.resize_short[stream],
+            path = storage.resolve(item["path"], like=cfg.videos) if cfg.videos else item["path"]
+            reader = VideoReader(path, short_side=cfg.resize_short[stream],
                                  min_frame_ratio=cfg.min_frame_ratio)
             segments = iter_segments(reader, cfg.segment_clip_len(stream), cfg.clip_stride,
                                      cfg.clips_per_segment)

@@ -12,21 +12,32 @@ this package. The object owns what a writer needs: the settings check and reset 
 (``prepare``), one writer at a time (``lock``) and the sets of written and failed video ids,
 read once per object (``written_ids`` / ``failed_ids``, used by ``plan``).
 
-The promises, and how each is kept on a local disk and on object storage (S3, GCS):
+The promises, and how each is kept on a local disk and on object storage (S3, GCS), which has
+neither rename nor file locks, but makes an object visible only once its upload completed and
+lists strongly consistently (S3 since 2020, GCS always: a listing made after an upload
+completed shows it):
 
-- Files appear only when complete: part files are written under a hidden name and renamed on a
-  disk; an object store makes an object visible only when its upload completes, so the final,
-  unique (time-ordered) name is written directly (``storage.Location.open_output``).
-- A rerun never duplicates a row: the writer skips videos whose id is already in a committed
-  part file; killed mid-run, it leaves only complete files behind.
-- Two writers are refused: an ``fcntl`` lock on ``STORE/.lock`` on a disk (released by the OS
-  when the process dies); on object storage, a lease: each writer puts a marker
-  ``STORE/_lock/<time>-<id>.json`` with an expiry, lists the markers, and only the oldest live
-  one proceeds (listing is strongly consistent on S3 and GCS, so two writers that raced both
-  see both markers and agree); the holder renews its expiry while it runs, and a marker left by
-  a killed job stops counting once it expires (``LEASE_S``).
-- Settings mismatches are refused: ``prepare`` compares the requested settings with
-  metadata.json for every stream that holds rows or failures.
+- Files appear only when complete. On a disk a part file is written under a hidden name, fsynced
+  and renamed. On object storage it is built in memory and uploaded once, under its final,
+  unique, time-ordered name, only after it was written without an error
+  (``storage.Location.open_output``); a job killed during the upload leaves no object (an
+  unfinished multipart upload is invisible; a bucket lifecycle rule aborts such uploads).
+- A rerun never duplicates a row. The plan skips every video whose id is in a committed part
+  file (``written_ids``, read from a listing made under the lock); within a run the writer
+  commits each (video, stream) once, ignoring segments that retried tasks send twice. A killed
+  job leaves only complete files, so the rerun's listing shows exactly what was committed.
+- Two writers are refused. On a disk: an ``fcntl`` lock on ``STORE/.lock``, released by the OS
+  when the process dies. On object storage: a lease. Each writer puts a marker
+  ``STORE/_lock/<time>-<id>.json`` (host, PID, expiry), then lists the markers, and proceeds
+  only if its own is the only live one; otherwise it deletes its marker and, after two more
+  tries a moment apart, is refused. Of two writers, the one that listed last saw the other's
+  marker (it was put before the other listed), so at most one proceeds. The holder rewrites
+  its expiry every ``LEASE_S / 4`` seconds; it stops committing (``check_lock``) when it could
+  not renew for ``LEASE_S / 2``, before another job may take over. A marker is stale once its
+  expiry passed, or at once when its writer ran on this host and has ended (a killed job
+  rerun on the same machine need not wait); stale markers are deleted by the next writer.
+- Settings mismatches are refused: under the lock, ``prepare`` compares the requested settings
+  with metadata.json (one object, replaced whole) for every stream that holds rows or failures.
 """
 
 from __future__ import annotations
@@ -35,8 +46,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import socket
-import threading
 import time
 import uuid
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -48,6 +57,7 @@ import pyarrow.parquet as pq
 
 from reslstm import storage
 
+from .lease import Lease
 from .schema import (FAILURE_SCHEMA, FAILURES_DIR, METADATA_FILE, STORE_FORMAT_VERSION, STREAMS,
                      StoreError, StreamSettings)
 
@@ -88,6 +98,7 @@ class FeatureStore:
         self.root = storage.resolve(root)
         self._written: dict[str, set[str]] | None = None
         self._failures: pa.Table | None = None
+        self._lease: Lease | None = None
 
     def __str__(self) -> str:
         return self.root.uri
@@ -248,10 +259,10 @@ class FeatureStore:
         another job holds it."""
         busy = (f"{self.root} is being written by another extraction job; wait for it or use "
                 "another --out")
-        self.root.mkdir()
         if self.root.local:
             import fcntl
 
+            self.root.mkdir()
             with open(os.path.join(self.root.path, LOCK_FILE), "w") as fh:
                 try:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -259,54 +270,19 @@ class FeatureStore:
                     raise StoreError(busy) from None
                 yield
             return
-        with _Lease(self.root.join(LOCK_DIR), busy):
-            yield
-
-
-class _Lease:
-    """The object-storage lock: a marker with an expiry, renewed by a thread (module docstring)."""
-
-    def __init__(self, directory: storage.Location, busy: str):
-        self.dir, self.busy = directory, busy
-        self.marker = directory.join(f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json")
-        self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def _put(self) -> None:
-        self.marker.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                           "expires": time.time() + LEASE_S}))
-
-    def _live(self) -> list[str]:
-        live = []
-        for path in self.dir.list(".json"):
-            loc = storage.Location(self.dir.filesystem, path, path)
+        with Lease(self.root.join(LOCK_DIR), busy, LEASE_S) as lease:
+            self._lease = lease
             try:
-                expires = json.loads(loc.read_text())["expires"]
-            except (OSError, ValueError, KeyError):  # gone meanwhile, or being written
-                expires = time.time() + LEASE_S if path == self.marker.path else 0
-            if expires > time.time():
-                live.append(path)
-            elif path != self.marker.path:
-                loc.delete()  # a killed job's marker
-        return sorted(live)
+                yield
+            finally:
+                self._lease = None
 
-    def _renew(self) -> None:
-        while not self.stop.wait(LEASE_S / 4):
-            self._put()
+    def check_lock(self) -> None:
+        """Raise ``StoreError`` when this object holds an object-storage lease that it could not
+        renew in time: another job may own the store by now, so nothing more may be committed."""
+        if self._lease is not None:
+            self._lease.check()
 
-    def __enter__(self):
-        self._put()
-        live = self._live()
-        if not live or live[0] != self.marker.path:
-            self.marker.delete()
-            raise StoreError(self.busy + f" (its lease marker: {self.dir}; a killed job's "
-                             f"marker expires {LEASE_S:.0f} s after its last renewal)")
-        self.thread = threading.Thread(target=self._renew, daemon=True, name="store-lease")
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join()
-        self.marker.delete()
+    def __getstate__(self) -> dict:
+        # Ray workers get the location and ids, never the lease (its thread stays here).
+        return {**self.__dict__, "_lease": None}

@@ -98,6 +98,7 @@ class StoreWriter:
         feats = features_to_arrow([r.pop("features") for r in rows], dim)
         table = pa.Table.from_pylist(rows, schema=schema.remove(schema.get_field_index("features")))
         table = table.append_column(schema.field("features"), feats)
+        self.store.check_lock()
         self.files.append(write_part(self.store.stream_dir(stream), table))
         self.written[stream] += len(rows)
 
@@ -106,6 +107,7 @@ class StoreWriter:
             self._flush_stream(stream)
         if self.failures:
             table = pa.Table.from_pylist(self.failures, schema=FAILURE_SCHEMA)
+            self.store.check_lock()
             write_part(self.store.failures_dir, table)
             self.failures = []
         self.last_flush = time.monotonic()

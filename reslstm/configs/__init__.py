@@ -1,0 +1,18 @@
+"""The settings of every job, as typed dataclasses: extraction, training, sweeps, the demo.
+
+Each field carries its command-line help in its metadata (``opt``), so ``reslstm.cli`` turns a
+config into arguments and back without restating it, and every job documents the same
+defaults. Configs check their values where they are made (``__post_init__``): a bad value
+fails at once with the option's name, not later inside a Ray worker. Ray workers receive these
+objects as they are (``train_loop_config``); nothing here imports Ray.
+"""
+
+from .experiments import PRESET_NAMES, DemoConfig, PaperConfig
+from .extract import ExtractConfig
+from .options import ARCHS, CROPS, PROJECTIONS, SEARCHES, STREAMS, USE_GPU, flag_of, opt
+from .predict import PredictConfig, ServeConfig
+from .train import SEARCHED, SweepConfig, TrainConfig, parse_bool
+
+__all__ = ["ARCHS", "CROPS", "PROJECTIONS", "SEARCHED", "SEARCHES", "STREAMS", "USE_GPU",
+           "PRESET_NAMES", "DemoConfig", "ExtractConfig", "PaperConfig", "PredictConfig",
+           "ServeConfig", "SweepConfig", "TrainConfig", "flag_of", "opt", "parse_bool"]

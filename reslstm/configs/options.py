@@ -1,0 +1,48 @@
+"""What every config is made of: ``opt`` (a field with its command-line help), the
+checks configs run where they are made, and the choices options share."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Any
+
+STREAMS = ("rgb", "flow")
+CROPS = (1, 10)
+PROJECTIONS = ("pca", "linear", "none")
+ARCHS = ("reslstm", "meanpool")
+USE_GPU = ("auto", "yes", "no")
+SEARCHES = ("grid", "random")
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, **meta) -> Any:
+    """A dataclass field with command-line metadata: ``help``; ``flag`` (another option name);
+    ``choices``; ``items`` (element type of a comma list); ``cli=False`` (not an option). A
+    field without a default is a required option."""
+    kwargs = {"default_factory": factory} if factory is not None else {"default": default}
+    return field(**kwargs, metadata={"help": help, **meta})
+
+
+def flag_of(cls_or_cfg, name: str) -> str:
+    """The command-line option of field ``name``: ``--batch-size``, or its ``flag`` metadata."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls_or_cfg)}.get(name, {})
+    return "--" + meta.get("flag", name).replace("_", "-")
+
+
+def _check(cfg, ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{flag_of(cfg, name)}: {message}")
+
+
+def _positive(cfg, *names: str, allow_none: bool = False) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None and allow_none:
+            continue
+        _check(cfg, value is not None and value > 0, name, f"must be > 0, got {value!r}")
+
+
+def _one_of(cfg, name: str, choices) -> None:
+    value = getattr(cfg, name)
+    _check(cfg, value in choices, name,
+           f"must be one of {', '.join(map(str, choices))}, got {value!r}")

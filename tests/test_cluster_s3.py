@@ -1,0 +1,168 @@
+"""A user's cluster with its storage on S3: a real Ray head (no CPUs) and two worker nodes of
+``cluster/local/up.sh --workers 2``, each its own raylet started by ``ray start``, none of them
+with AWS settings in its environment, and ``jobs/extract.py`` submitted with
+``ray job submit``, its manifest, videos and feature store on the local S3 API. The
+credentials travel in the URIs (worker nodes do not inherit the driver's environment): the
+decode tasks on the worker nodes stream the videos from the bucket, the driver writes the
+store there, and the store verifies. ``down.sh`` leaves no process behind."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from reslstm import features as fs
+from s3_fixture import s3_server_fixture  # noqa: F401  (the fixture s3_server)
+from s3_videos import MISSING_ID, synthetic_on_s3
+from test_cluster_local import _free_port, _live, _processes_marked, _processes_naming
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "cluster-tests"
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to check the nodes")]
+
+# Run on the cluster by the test (a driver with the token): where each decode task ran.
+TASK_NODES = r"""
+import json, sys
+from ray.util.state import list_nodes, list_tasks
+head = [n.node_id for n in list_nodes(address=sys.argv[1]) if n.is_head_node]
+tasks = list_tasks(address=sys.argv[1], filters=[("job_id", "=", sys.argv[2])], limit=10000,
+                   raise_on_missing_output=False)
+print(json.dumps({"head": head, "decode": sorted({t.node_id for t in tasks if "decode_segments" in t.name
+                                                 and t.state == "FINISHED"})}))
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (0 CPUs) + 2 worker nodes (1 CPU each) on this machine; stopped by down.sh, which
+    must leave none of their processes."""
+    venv = Path(sys.prefix)
+    if not (venv / "bin" / "ray").exists():
+        pytest.skip(f"no ray command in {venv}/bin")
+    tmp = tmp_path_factory.mktemp("cluster")
+    state = tmp / "head"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AWS_") and k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN",
+                                                      "RAY_num_workers_soft_limit")}
+    env.update({"VENV": str(venv), "RAY_HEAD_DIR": str(state), "RAY_PORT": str(_free_port()),
+                "RAY_DASHBOARD_PORT": str(_free_port()), "RAY_AGENT_PORT": str(_free_port()),
+                "RAY_CLIENT_PORT": str(_free_port()), "RAY_NUM_CPUS": "0",
+                "RAY_WORKER_CPUS": "1", "RAY_WORKER_OBJECT_STORE_MEMORY": str(200 * 2 ** 20),
+                "RAY_AUTH_TOKEN_PATH": str(tmp / "token"), "AWS_EC2_METADATA_DISABLED": "true"})
+    temp_dirs, pids = [], []
+    try:
+        up = subprocess.run(["bash", str(REPO / "cluster/local/up.sh"), "--workers", "2"], env=env,
+                            capture_output=True, text=True, timeout=300)
+        temp_dirs = [(state / "temp_dir").read_text().strip(),
+                     *(state / "worker_temp_dirs").read_text().split()]
+        pids = [int(p) for f in ("head.pids", "workers.pids") for p in (state / f).read_text().split()]
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield {"env": {**env, "RAY_AUTH_MODE": "token"}, "dashboard": f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}",
+               "pids": pids}
+    finally:
+        down = subprocess.run(["bash", str(REPO / "cluster/local/down.sh")], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not [p for p in pids if _live(p)]
+        for d in temp_dirs:
+            assert _processes_naming(d) == [] and _processes_marked(d) == [], d
+
+
+def _submit(cluster, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.prefix) / "bin" / "ray"), "job", "submit", "--address",
+                           cluster["dashboard"], "--working-dir", str(REPO), "--", *args],
+                          env=cluster["env"], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def extracted(cluster, s3_server, tmp_path_factory):
+    """``jobs/extract.py`` submitted to the cluster, manifest, videos and store on S3 (the
+    credentials in the URIs only); the feature store a training job on the cluster reads."""
+    data = synthetic_on_s3(s3_server, BUCKET, "synth", tmp_path_factory.mktemp("synth"), seed=3,
+                           every_split=True)
+    out = s3_server.uri(BUCKET, "features")
+    job = _submit(cluster, "python", "jobs/extract.py", "--manifest", data["manifest"], "--out", out,
+                  "--extractor", "tiny3d", "--flow", "dis", "--crops", "1", "--clips-per-segment", "4",
+                  "--max-failed", "1")
+    return {**data, "features": out, "job": job}
+
+
+def test_extract_on_two_worker_nodes_with_storage_on_s3(cluster, extracted):
+    job, out = extracted["job"], extracted["features"]
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
+    assert "3 node(s)" in job.stdout
+    assert "rgb: 11 videos written" in job.stdout and "flow: 11 videos written" in job.stdout
+    # The store, read here through the same endpoint: every video once, the absent one a failure.
+    for stream in ("rgb", "flow"):
+        ids = fs.read_stream(out, stream, columns=["video_id"]).column("video_id").to_pylist()
+        assert sorted(ids) == sorted(extracted["ids"])
+    failures = fs.read_failures(out).to_pylist()
+    assert {(f["video_id"], f["error_type"]) for f in failures} == {(MISSING_ID, "VideoDecodeError:missing")}
+    assert fs.verify_store(out).ok
+    # The worker nodes read the videos: decode tasks ran on nodes other than the head.
+    submission = next(ln.split("'")[1] for ln in job.stdout.splitlines() if "Job '" in ln)
+    where = subprocess.run([sys.executable, "-c", TASK_NODES, cluster["dashboard"],
+                            _ray_job_id(cluster, submission)],
+                           env=cluster["env"], capture_output=True, text=True, timeout=120)
+    assert where.returncode == 0, where.stderr[-3000:]
+    nodes = json.loads(where.stdout.strip().splitlines()[-1])
+    assert nodes["decode"] and set(nodes["decode"]) - set(nodes["head"]), nodes
+    # --verify as a job on the cluster, against the manifest recorded in the store.
+    check = _submit(cluster, "python", "jobs/extract.py", "--verify", "--out", out, timeout=300)
+    assert check.returncode == 0 and "OK: no problems found" in check.stdout, check.stdout[-3000:]
+
+
+def _ray_job_id(cluster, submission_id: str) -> str:
+    """The Ray job id (e.g. 02000000) of a submitted job, for the state API's task filter."""
+    code = ("import sys; from ray.job_submission import JobSubmissionClient as C; "
+            "print(C(sys.argv[1]).get_job_info(sys.argv[2]).job_id)")
+    got = subprocess.run([sys.executable, "-c", code, cluster["dashboard"], submission_id],
+                         env=cluster["env"], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr[-2000:]
+    return got.stdout.strip().splitlines()[-1]
+
+
+# Run on the cluster by the test: the nodes the training workers of a job ran on.
+WORKER_NODES = r"""
+import json, sys
+from ray.util.state import list_actors, list_nodes
+head = [n.node_id for n in list_nodes(address=sys.argv[1]) if n.is_head_node]
+actors = list_actors(address=sys.argv[1], filters=[("job_id", "=", sys.argv[2])], limit=10000,
+                     raise_on_missing_output=False, detail=True)
+print(json.dumps({"head": head, "workers": [a.node_id for a in actors
+                                            if "TrainWorker" in a.class_name]}))
+"""
+
+
+def test_two_worker_training_on_the_worker_nodes_with_everything_on_s3(cluster, extracted, s3_server):
+    """``jobs/train.py`` submitted to the cluster: its two DDP workers, one per worker node,
+    read the store on S3; checkpoints, predictions and the summary go to the run directory on
+    S3."""
+    out = s3_server.uri(BUCKET, "runs/rgb")
+    job = _submit(cluster, "python", "jobs/train.py", "--features", extracted["features"], "--out", out,
+                  "--stream", "rgb", "--workers", "2", "--epochs", "2", "--hidden", "8", "--depth", "1",
+                  "--T", "3", "--batch-size", "4", "--name", "rgb-cluster", timeout=900)
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
+    assert "best val top-1" in job.stdout and f"summary: s3://{BUCKET}/runs/rgb/summary.json" in job.stdout
+    assert s3_server.secret_key not in job.stdout
+    s3 = s3_server.filesystem()
+    files = [i.path for i in s3.get_file_info(pafs.FileSelector(f"{BUCKET}/runs/rgb", recursive=True))
+             if i.type == pafs.FileType.File]
+    assert f"{BUCKET}/runs/rgb/summary.json" in files
+    assert f"{BUCKET}/runs/rgb/predictions/test.parquet" in files
+    assert any("/ray_results/rgb-cluster/" in f and f.endswith("/model.pt") for f in files), files
+    summary = json.loads(s3.open_input_stream(f"{BUCKET}/runs/rgb/summary.json").read())
+    assert summary["best_epoch"] in (1, 2) and summary["train_config"]["workers"] == 2
+    submission = next(ln.split("'")[1] for ln in job.stdout.splitlines() if "Job '" in ln)
+    where = subprocess.run([sys.executable, "-c", WORKER_NODES, cluster["dashboard"],
+                            _ray_job_id(cluster, submission)],
+                           env=cluster["env"], capture_output=True, text=True, timeout=120)
+    assert where.returncode == 0, where.stderr[-3000:]
+    nodes = json.loads(where.stdout.strip().splitlines()[-1])
+    assert len(nodes["workers"]) >= 2, nodes
+    assert len(set(nodes["workers"])) == 2 and not set(nodes["workers"]) & set(nodes["head"]), nodes

@@ -1,0 +1,115 @@
+"""Training and sweeps with everything on the local S3 API: the feature store, the run
+directory (predictions, summary.json), Ray Train's checkpoints and Ray Tune's experiment, all
+reached through URIs that carry the endpoint and credentials, with no AWS settings in the
+environment and nothing written to the working directory."""
+
+import json
+import os
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from featurestore_fixture import make_feature_store
+from reslstm import storage
+from reslstm.configs import SweepConfig, TrainConfig
+from reslstm.distributed import checkpoints, trainer
+from reslstm.distributed.sweep_results import checkpoint_at
+from reslstm.predictions import load_predictions
+from s3_fixture import s3_server_fixture  # noqa: F401  (the fixture s3_server)
+
+BUCKET = "train-tests"
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def s3_store(s3_server, tmp_path_factory):
+    """The tests' small feature store, uploaded to the bucket; its URI."""
+    local = make_feature_store(tmp_path_factory.mktemp("store"), seed=5)
+    s3_server.bucket(BUCKET)
+    pafs.copy_files(str(local.root), f"{BUCKET}/features",
+                    source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=s3_server.filesystem())
+    return s3_server.uri(BUCKET, "features")
+
+
+@pytest.fixture
+def no_aws_env(monkeypatch, tmp_path):
+    """No AWS variables (credentials must come from the URIs) and an empty working directory
+    that must stay empty."""
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+def _keys(s3_server, prefix: str) -> list[str]:
+    sel = pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True)
+    return sorted(i.path[len(BUCKET) + 1:] for i in s3_server.filesystem().get_file_info(sel)
+                  if i.type == pafs.FileType.File)
+
+
+def test_train_run_with_features_run_dir_and_checkpoints_on_s3(ray_local, s3_server, s3_store,
+                                                               no_aws_env):
+    out = s3_server.uri(BUCKET, "runs/late")
+    cfg = TrainConfig(features=s3_store, out=out, fusion="late-product", hidden=8, depth=2, T=5,
+                      epochs=2, batch_size=8, lr=1e-2, workers=2, name="late-s3")
+    assert cfg.resolved_storage() == storage.join(out, "ray_results")
+    assert "?" in cfg.resolved_storage() and "@" in cfg.resolved_storage()
+    res = trainer.fit(cfg)
+
+    keys = _keys(s3_server, "runs/late")
+    assert "runs/late/summary.json" in keys
+    assert {"runs/late/predictions/val.parquet", "runs/late/predictions/test.parquet"} <= set(keys)
+    # Ray Train's run (its snapshot and the checkpoints with model.pt) under the run directory.
+    assert any(k.startswith("runs/late/ray_results/late-s3/") and k.endswith("/model.pt")
+               for k in keys), keys
+    # Printed and recorded locations carry neither the endpoint nor the keys.
+    assert res.run_dir == f"s3://{BUCKET}/runs/late"
+    assert res.predictions["test"] == f"s3://{BUCKET}/runs/late/predictions/test.parquet"
+    summary = json.loads(storage.resolve(out).join("summary.json").read_text())
+    assert s3_server.secret_key not in json.dumps(summary)
+    assert summary["best_epoch"] in (1, 2)
+    # The predictions read back through the run directory's URI: every test video, both heads.
+    table = load_predictions(out, "test")
+    assert set(table.column("head").to_pylist()) == {"fused", "rgb", "flow"}
+    assert table.num_rows == 3 * len(set(table.column("video_id").to_pylist()))
+    # The best checkpoint loads from S3 with the history of both epochs.
+    _, payload = checkpoints.load_checkpoint(checkpoint_at(res.best_checkpoint,
+                                                           cfg.resolved_storage()))
+    assert payload["epoch"] == res.best_epoch
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    # Nothing was written locally (Ray's session files live under its temp dir).
+    assert list(no_aws_env.iterdir()) == []
+    # The same command with the same name continues the finished run: nothing is retrained.
+    assert trainer.has_run(cfg, "late-s3")
+
+
+def test_sweep_with_storage_on_s3_and_a_clear_error_for_an_s3_out(ray_local, s3_server, s3_store,
+                                                                  no_aws_env, tmp_path):
+    from reslstm.distributed import tune as dtune
+
+    base = TrainConfig(features=s3_store, out=str(tmp_path / "sweep"), fusion="rgb", hidden=8,
+                       depth=1, T=5, epochs=1, batch_size=8, lr=1e-2, workers=1,
+                       storage_path=s3_server.uri(BUCKET, "tune"))
+    with pytest.raises(ValueError, match="--out: must be a local directory for a sweep.*"
+                                         "--storage-path"):
+        SweepConfig(base=TrainConfig(features=s3_store, out=s3_server.uri(BUCKET, "x")))
+    scfg = SweepConfig(base=base, hidden=(4, 8), depth=(1,), T=(5,), fusion=("rgb",),
+                       scheduler="none", name="s3-sweep", register_model="none",
+                       mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    res = dtune.sweep(scfg)
+    assert len(res.trials) == 2 and all(t.checkpoint for t in res.trials)
+    keys = _keys(s3_server, "tune")
+    # Tune's experiment, and each trial's Train run (named after sweep and trial) beside it.
+    assert "tune/s3-sweep/tuner.pkl" in keys, keys
+    assert len({k.split("/")[1] for k in keys if k.startswith("tune/s3-sweep-")
+                and k.endswith("/model.pt")}) == 2, keys
+    assert res.storage_path == f"s3://{BUCKET}/tune/s3-sweep"
+    assert list(no_aws_env.iterdir()) == []
+    # The best model's test predictions were made from its checkpoint on S3.
+    assert pq.read_table(res.predictions["test"]).num_rows > 0
