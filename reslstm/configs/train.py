@@ -28,7 +28,8 @@ class TrainConfig:
     Res-LSTM per stream, softmaxes fused)."""
 
     features: str = opt(help="feature store (jobs/extract.py --out)")
-    out: str = opt("runs/train", "run directory (predictions/, summary.json)")
+    out: str = opt("runs/train", "run directory or URI, e.g. s3://bucket/runs/late "
+                   "(predictions/, summary.json, and by default ray_results/)")
     fusion: str = opt("rgb", "one stream, mid fusion or late fusion", flag="stream",
                       choices=FUSION_NAMES)
     hidden: int = opt(1024, "hidden size h")
