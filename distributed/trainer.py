@@ -133,6 +133,14 @@ def storage_of(cfg: TrainConfig) -> dict:
     return {"storage_path": loc.path, "storage_filesystem": loc.filesystem}
 
 
+def checkpoint_uri(cfg: TrainConfig, ckpt: ray.train.Checkpoint) -> str:
+    """Where a checkpoint of the run is, as printed and recorded: a local path, or
+    ``scheme://bucket/key`` on object storage (no endpoint or credentials: a reader resolves it
+    with the run directory's filesystem, ``storage.resolve(uri, like=...)``)."""
+    loc = storage.resolve(cfg.resolved_storage())
+    return ckpt.path if loc.local else f"{loc.uri.split('://', 1)[0]}://{ckpt.path.lstrip('/')}"
+
+
 def has_run(cfg: TrainConfig, name: str) -> bool:
     """Whether the storage holds a run of this name that Ray Train will continue."""
     return storage.resolve(cfg.resolved_storage()).join(name, RUN_SNAPSHOT).exists()
@@ -173,13 +181,13 @@ def fit(cfg: TrainConfig, address: str | None = None) -> TrainResult:
     data = load_data(cfg.features, streams_of(cfg.fusion), cfg.T)
     spec = prepare(cfg, data)
     counts = {s: d.count() for s, d in data.datasets.items()}
-    log.info(f"data: {cfg.features} streams {list(data.index.streams)} T={cfg.T} "
+    log.info(f"data: {storage.display(cfg.features)} streams {list(data.index.streams)} T={cfg.T} "
              f"d_f={data.index.feature_dim} classes={data.index.num_classes} videos {counts}")
     name = run_name(cfg)
     trainer = build_trainer(cfg, data, spec, name)
     how = "continuing" if has_run(cfg, name) else "training"
     log.info(f"{how} {name}: {cfg.fusion} h={cfg.hidden} L={cfg.depth} {cfg.arch} "
-             f"{cfg.workers} worker(s), storage {cfg.resolved_storage()}")
+             f"{cfg.workers} worker(s), storage {storage.display(cfg.resolved_storage())}")
     result = trainer.fit()
     ckpt, best = checkpoints.best_checkpoint(result)
     history = checkpoints.history(result.checkpoint or ckpt)
@@ -187,7 +195,7 @@ def fit(cfg: TrainConfig, address: str | None = None) -> TrainResult:
     paths, scores = predict(model, data.only(("val", "test")).datasets, spec.label_names,
                             run_dir.join("predictions"))
     out = TrainResult(run_dir=run_dir.uri, ray_run_path=str(result.path),
-                      best_checkpoint=str(ckpt.path), best_epoch=int(best.get("epoch", 0)),
+                      best_checkpoint=checkpoint_uri(cfg, ckpt), best_epoch=int(best.get("epoch", 0)),
                       best_metrics={k: float(v) for k, v in best.items()
                                     if isinstance(v, (int, float))},
                       history=history, predictions=paths, scores=scores, train_config=cfg,
@@ -201,6 +209,7 @@ def write_summary(res: TrainResult, run_dir=None) -> storage.Location:
     """``summary.json`` in the run directory (``run_dir``: its ``storage.Location``, which
     keeps an object store's endpoint and credentials; default ``res.run_dir``)."""
     doc = {k: v for k, v in dataclasses.asdict(res).items() if k != "history"}
+    doc["train_config"] = res.train_config.to_dict()  # no credentials in a recorded URI
     loc = storage.resolve(run_dir or res.run_dir).join("summary.json")
     loc.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return loc

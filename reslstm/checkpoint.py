@@ -55,7 +55,9 @@ def _checkpoint_file(ref: str) -> storage.Location:
         best = summary.get("best_checkpoint")
         if not best:
             raise ModelRefError(f"{loc.join(SUMMARY_FILE)} names no best_checkpoint")
-        target = storage.resolve(best)
+        # On object storage the summary names s3://bucket/key: read it with the run
+        # directory's filesystem (its endpoint and credentials).
+        target = storage.resolve(best, like=None if loc.local else loc)
         if not target.join(CHECKPOINT_FILE).is_file():
             raise ModelRefError(f"{ref}: its summary names the best checkpoint {best}, which holds "
                                 f"no {CHECKPOINT_FILE} (moved or deleted?)")

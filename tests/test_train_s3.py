@@ -5,6 +5,7 @@ environment and nothing written to the working directory."""
 
 import json
 import os
+import urllib.parse
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -13,8 +14,8 @@ import pytest
 from featurestore_fixture import make_feature_store
 from reslstm import storage
 from reslstm.configs import SweepConfig, TrainConfig
-from reslstm.distributed import checkpoints, trainer
-from reslstm.distributed.sweep_results import checkpoint_at
+from reslstm.checkpoint import load_checkpoint
+from reslstm.distributed import trainer
 from reslstm.predictions import load_predictions
 from s3_fixture import s3_server_fixture  # noqa: F401  (the fixture s3_server)
 
@@ -72,15 +73,21 @@ def test_train_run_with_features_run_dir_and_checkpoints_on_s3(ray_local, s3_ser
     assert res.run_dir == f"s3://{BUCKET}/runs/late"
     assert res.predictions["test"] == f"s3://{BUCKET}/runs/late/predictions/test.parquet"
     summary = json.loads(storage.resolve(out).join("summary.json").read_text())
-    assert s3_server.secret_key not in json.dumps(summary)
+    # Recorded settings name the locations without keys or endpoint (any encoding of them).
+    for secret in (s3_server.secret_key, s3_server.access_key,
+                   urllib.parse.quote(s3_server.secret_key, safe="")):
+        assert secret not in json.dumps(summary)
+    assert summary["train_config"]["features"] == f"s3://{BUCKET}/features"
     assert summary["best_epoch"] in (1, 2)
     # The predictions read back through the run directory's URI: every test video, both heads.
     table = load_predictions(out, "test")
     assert set(table.column("head").to_pylist()) == {"fused", "rgb", "flow"}
     assert table.num_rows == 3 * len(set(table.column("video_id").to_pylist()))
     # The best checkpoint loads from S3 with the history of both epochs.
-    _, payload = checkpoints.load_checkpoint(checkpoint_at(res.best_checkpoint,
-                                                           cfg.resolved_storage()))
+    assert res.best_checkpoint.startswith(f"s3://{BUCKET}/runs/late/ray_results/late-s3/")
+    # The run directory's URI is a model reference (what jobs/predict.py --model takes): its
+    # summary's best checkpoint is read with the run directory's endpoint and credentials.
+    _, payload = load_checkpoint(out)
     assert payload["epoch"] == res.best_epoch
     assert [h["epoch"] for h in res.history] == [1, 2]
     # Nothing was written locally (Ray's session files live under its temp dir).

@@ -84,7 +84,15 @@ class TrainConfig:
         return str((Path(self.out) / "ray_results").resolve())
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings as recorded (checkpoints, summary.json, MLflow params): locations
+        without credentials or endpoint options (``storage.display``)."""
+        from reslstm.storage import display
+
+        doc = dataclasses.asdict(self)
+        for key in ("features", "out", "storage_path"):
+            if doc[key] is not None:
+                doc[key] = display(doc[key])
+        return doc
 
 
 SEARCHED = ("hidden", "depth", "T", "fusion", "residual")  # SweepConfig's comma lists
