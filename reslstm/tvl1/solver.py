@@ -44,6 +44,16 @@ _COMPILE_OPTIONS = {
 }
 
 
+def _compile_options() -> dict:
+    """``_COMPILE_OPTIONS`` that this torch's Inductor knows (older releases lack some and
+    refuse unknown ones; their GPU kernels may then differ from eager in the last bits, which
+    the CUDA tests would show)."""
+    import torch._inductor
+
+    known = set(torch._inductor.list_options())
+    return {k: v for k, v in _COMPILE_OPTIONS.items() if k in known}
+
+
 class Solver:
     """TV-L1 for batches of pyramids, with one parameter set; ``get_solver`` caches them so
     compiled steps are reused across calls. ``sync_every``: iterations between the host's looks
@@ -65,8 +75,9 @@ class Solver:
             return median_step(u, active, ksize=ksize)
 
         if compile:
-            step = torch.compile(step, dynamic=True, options=_COMPILE_OPTIONS)
-            median = torch.compile(median, dynamic=True, options=_COMPILE_OPTIONS)
+            options = _compile_options()
+            step = torch.compile(step, dynamic=True, options=options)
+            median = torch.compile(median, dynamic=True, options=options)
         self.step = step
         self.median = median
         self.sync_every = sync_every
