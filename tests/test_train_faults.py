@@ -67,8 +67,12 @@ def test_a_killed_worker_costs_only_time(ray_local, store, tmp_path, capfd):
     assert killed, "the run ended before a worker could be killed"
     res = result["res"]
     assert [h["epoch"] for h in res.history] == list(range(1, EPOCHS + 1))  # each epoch once
-    time.sleep(1)  # Ray forwards workers' lines to this process's stdout asynchronously
-    printed = capfd.readouterr().out
+    # Ray forwards workers' lines to this process's stdout asynchronously (and batches
+    # repeated ones): wait for the restarted worker's line a while.
+    printed, deadline = "", time.monotonic() + 30
+    while "[train] resumed from epoch" not in printed and time.monotonic() < deadline:
+        time.sleep(0.5)
+        printed += capfd.readouterr().out
     assert "[train] resumed from epoch" in printed, printed[-3000:]
     assert all(h["weights_spread"] == 0.0 for h in res.history)  # DDP: workers stay equal
     assert all(h["weights_spread"] == 0.0 for h in unkilled.history)
