@@ -123,18 +123,30 @@ def _open(path: str, loc=None) -> av.container.InputContainer:
     except FileNotFoundError as e:
         raise VideoDecodeError(path, "missing", f"no such file ({e.strerror}). Check the path.") from e
     except av.error.InvalidDataError as e:
-        fmt = _container_kind(path)
-        if fmt is not None:
-            raise VideoDecodeError(
-                path, "truncated", f"starts like a {fmt} file but FFmpeg cannot read its header or "
-                f"index ({e.strerror}); the file is probably truncated (an MP4 whose moov atom was "
-                "at the end and got cut off). Download or copy it again.") from e
-        raise VideoDecodeError(path, "not_a_video", f"not a video file FFmpeg can read "
-                               f"({e.strerror}). Replace it with the real video or drop it "
-                               "from the manifest.") from e
+        raise unreadable(path, e, _container_kind(path)) from e
     except (av.error.FFmpegError, OSError, UnicodeError) as e:
-        raise VideoDecodeError(path, "not_a_video", f"FFmpeg cannot open it ({e}). Replace it with "
-                               "a real video or drop it from the manifest.") from e
+        raise not_openable(path, e) from e
+
+
+def unreadable(path: str, e, fmt: str | None, what: str = "file",
+               again: str = "Download or copy it again.") -> VideoDecodeError:
+    """The error for data FFmpeg cannot parse (``InvalidDataError``): ``truncated`` when the
+    first bytes look like a container (``fmt``), else ``not_a_video``. Files and objects alike
+    (``what``, and how to get it ``again``)."""
+    if fmt is not None:
+        return VideoDecodeError(
+            path, "truncated", f"starts like a {fmt} file but FFmpeg cannot read its header or "
+            f"index ({e.strerror}); the {what} is probably truncated (an MP4 whose moov atom was "
+            f"at the end and got cut off). {again}")
+    return VideoDecodeError(path, "not_a_video", f"not a video file FFmpeg can read "
+                            f"({e.strerror}). Replace it with the real video or drop it "
+                            "from the manifest.")
+
+
+def not_openable(path: str, e) -> VideoDecodeError:
+    """The error for any other failure of FFmpeg to open ``path``."""
+    return VideoDecodeError(path, "not_a_video", f"FFmpeg cannot open it ({e}). Replace it with "
+                            "a real video or drop it from the manifest.")
 
 
 def _video_stream(container, path: str):

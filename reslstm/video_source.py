@@ -9,7 +9,7 @@ import os
 
 import av
 
-from reslstm.video import VideoDecodeError, _container_kind
+from reslstm.video import VideoDecodeError, _container_kind, not_openable, unreadable
 
 
 def source(path):
@@ -78,18 +78,10 @@ def open_object(path: str, loc):
         source.seek(0)
         fmt = _container_kind(path, source.read(189))
         source.close()
-        if fmt is not None:
-            raise VideoDecodeError(
-                path, "truncated", f"starts like a {fmt} file but FFmpeg cannot read its header or "
-                f"index ({e.strerror}); the object is probably truncated (an MP4 whose moov atom "
-                "was at the end and got cut off). Upload it again.") from e
-        raise VideoDecodeError(path, "not_a_video", f"not a video file FFmpeg can read "
-                               f"({e.strerror}). Replace it with the real video or drop it "
-                               "from the manifest.") from e
+        raise unreadable(path, e, fmt, "object", "Upload it again.") from e
     except av.error.FFmpegError as e:
         source.close()
-        raise VideoDecodeError(path, "not_a_video", f"FFmpeg cannot open it ({e}). Replace it with "
-                               "a real video or drop it from the manifest.") from e
+        raise not_openable(path, e) from e
     except BaseException:
         source.close()
         raise
