@@ -181,6 +181,9 @@ def train_loop(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     first = 1 if resumed is None else int(resumed["epoch"]) + 1
     history = [h for h in history if h["epoch"] < first]  # each epoch once
+    # How often this run continued from a checkpoint so far (a lost worker or node, a rerun
+    # under the same --name): a metric of every epoch, so history, Tune and MLflow show it.
+    restarts = 0 if resumed is None else int(resumed.get("restarts", 0)) + 1
     if resumed is not None and rank == 0:
         log.info(f"resumed from epoch {first - 1} (of {cfg.epochs})")
     if first > cfg.epochs and history:
@@ -199,15 +202,16 @@ def train_loop(config: dict) -> None:
         # The unwrapped model: evaluation must not run DDP collectives.
         result = evaluate(inner, val_data.batches(cfg.batch_size), device, streams)
         metrics = {"epoch": epoch, **epoch_metrics(result, loss, heads),
-                   "weights_spread": weights_spread(inner, device)}
+                   "weights_spread": weights_spread(inner, device), "restarts": restarts}
         history.append(metrics)
         if rank == 0 and spec.log_epochs:
             log.info(f"epoch {epoch}: " + "  ".join(
                 f"{k} {v:.4f}" for k, v in metrics.items()
-                if k not in ("epoch", "weights_spread") and isinstance(v, float)))
+                if k not in ("epoch", "weights_spread", "restarts") and isinstance(v, float)))
         report(epoch, metrics, history, lambda: {
             "model_state": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
             "optimizer_state": optimizer.state_dict(),
             "model_config": mcfg.to_dict(), "label_names": list(spec.label_names),
             "features": spec.features, "store": spec.store,
-            "train_config": cfg.to_dict(), "epoch": epoch, "metrics": metrics})
+            "train_config": cfg.to_dict(), "epoch": epoch, "metrics": metrics,
+            "restarts": restarts})
