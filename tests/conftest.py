@@ -39,20 +39,75 @@ def shared_videos() -> Path:
     return SHARED_VIDEOS
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A private local Ray with 2 CPUs for one test module (never a running cluster), started
-    as the jobs start theirs (``runtime.init_ray``: dashboard on 127.0.0.1, quiet logs)."""
+_SHARED_RAY: dict = {}  # the local Ray that ray_local started: {"gcs": its GCS address}
+
+
+def _start_shared_ray():
     import ray
 
     from reslstm.distributed.runtime import init_ray
 
-    if ray.is_initialized():
-        ray.shutdown()
     init_ray(num_cpus=2)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    _SHARED_RAY["gcs"] = ray.get_runtime_context().gcs_address
+
+
+def _stop_ray():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    _SHARED_RAY.clear()
+
+
+def _shared_ray_is_whole(timeout: float = 30.0) -> bool:
+    """Whether the Ray that ray_local started is still this process's Ray, with both its CPUs
+    free again (what a module left running, e.g. an actor, is waited for, not inherited)."""
+    import time
+
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().gcs_address != _SHARED_RAY.get("gcs"):
+        return False
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < 2:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _module_uses_ray_local(request) -> bool:
+    module = request.module
+    return any(getattr(item, "module", None) is module and "ray_local" in item.fixturenames
+               for item in request.session.items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_session():
     yield
-    ray.shutdown()
+    _stop_ray()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_left_running(request):
+    """A module runs either on the shared local Ray (it uses ``ray_local``) or with no Ray of
+    this process running: it may start its own (a cluster, a job in a subprocess)."""
+    if not _module_uses_ray_local(request):
+        _stop_ray()
+    yield
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local Ray with 2 CPUs (never a running cluster), started as the jobs start
+    theirs (``runtime.init_ray``: dashboard on 127.0.0.1, quiet logs). Consecutive modules
+    that use it share one instance (starting Ray costs seconds of both cores); a module finds
+    it with both CPUs free, or gets a new one."""
+    if not _shared_ray_is_whole():
+        _stop_ray()
+        _start_shared_ray()
+    yield
 
 
 @contextlib.contextmanager

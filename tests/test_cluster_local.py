@@ -1,11 +1,10 @@
 """The local cluster scripts: `ray job submit` of jobs/extract.py against the head of
-cluster/local/up.sh (token auth on), a head plus two worker nodes of `up.sh --workers 2` that a
-token-authenticated driver sees and schedules on, and cluster/local/down.sh, which stops exactly
-what up.sh started: none of its processes is left. cluster/local/mlflow.sh: a tracking server
+cluster/local/up.sh (token auth on), and cluster/local/down.sh, which stops exactly what up.sh
+started: none of its processes is left (the head plus two worker nodes of `up.sh --workers 2`
+are tested in test_cluster_s3.py, whose cluster they are). cluster/local/mlflow.sh: a tracking server
 on 127.0.0.1 that takes a run's metric and artifact (kept in a local folder, or in S3 through a
 local S3 API) and leaves no process after `stop`."""
 
-import json
 import os
 import socket
 import subprocess
@@ -112,87 +111,6 @@ def test_job_submit_against_local_head_then_down_leaves_nothing(tmp_path):
     assert _processes_naming(temp_dir) == []
     assert _processes_marked(temp_dir) == []
     assert not (tmp_path / "head" / "head.pids").exists()
-
-
-CLIENT = r"""
-import json, socket, sys
-import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
-nodes = [n for n in ray.nodes() if n["Alive"]]
-
-@ray.remote(num_cpus=0)
-def where():
-    import os
-    return ray.get_runtime_context().get_node_id(), os.getpid()
-
-ran = ray.get([where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
-               for n in nodes], timeout=120)
-print(json.dumps({"nodes": [{"id": n["NodeID"], "cpus": n["Resources"].get("CPU", 0)} for n in nodes],
-                  "ran_on": [r[0] for r in ran]}))
-"""
-
-
-def _soft_limit(pid: int) -> bytes:
-    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return next((e for e in env if e.startswith(b"RAY_num_workers_soft_limit=")), b"")
-
-
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to check the nodes' processes")
-def test_head_and_two_worker_nodes_run_a_task_on_each_then_down_leaves_nothing(tmp_path):
-    venv = Path(sys.prefix)
-    if not (venv / "bin" / "ray").exists():
-        pytest.skip(f"no ray command in {venv}/bin")
-    port = _free_port()
-    state = tmp_path / "head"
-    # A head without CPUs (it runs drivers and the control plane only) and two 1-CPU workers
-    # with small object stores, all on this machine.
-    env = {**os.environ, "VENV": str(venv), "RAY_HEAD_DIR": str(state), "RAY_PORT": str(port),
-           "RAY_DASHBOARD_PORT": str(_free_port()), "RAY_AGENT_PORT": str(_free_port()),
-           "RAY_CLIENT_PORT": str(_free_port()), "RAY_NUM_CPUS": "0", "RAY_WORKER_CPUS": "1",
-           "RAY_WORKER_OBJECT_STORE_MEMORY": str(100 * 2 ** 20),
-           "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")}
-    for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_num_workers_soft_limit"):
-        env.pop(k, None)
-    temp_dirs, pids = [], []
-    try:
-        up = subprocess.run(["bash", str(REPO / "cluster/local/up.sh"), "--workers", "2"], env=env,
-                            capture_output=True, text=True, timeout=300)
-        temp_dirs = [(state / "temp_dir").read_text().strip(),
-                     *(state / "worker_temp_dirs").read_text().split()]
-        head_pids = [int(p) for p in (state / "head.pids").read_text().split()]
-        worker_pids = [int(p) for p in (state / "workers.pids").read_text().split()]
-        pids = head_pids + worker_pids
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert len(set(temp_dirs)) == 3 and all(Path(d).is_dir() for d in temp_dirs)
-        assert all(_live(p) for p in pids)
-        # The Ray client server is recorded too, though its command line names no temp dir.
-        assert [p for p in head_pids if b"ray.util.client.server" in Path(f"/proc/{p}/cmdline").read_bytes()]
-        # One raylet per node, each keeping 2 idle workers per CPU of its own + 2.
-        raylets = {p: _soft_limit(p) for p in pids
-                   if b"/raylet" in Path(f"/proc/{p}/cmdline").read_bytes()}
-        assert sorted(raylets.values()) == [b"RAY_num_workers_soft_limit=2"] + [
-            b"RAY_num_workers_soft_limit=4"] * 2
-        # A driver with the token sees head + 2 alive nodes and runs a task on each of them.
-        client = {**env, "RAY_AUTH_MODE": "token"}
-        run = subprocess.run([sys.executable, "-c", CLIENT, f"127.0.0.1:{port}"], env=client,
-                             capture_output=True, text=True, timeout=240)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        seen = json.loads(run.stdout.strip().splitlines()[-1])
-        assert len(seen["nodes"]) == 3
-        assert sorted(n["cpus"] for n in seen["nodes"]) == [0, 1, 1]
-        assert seen["ran_on"] == [n["id"] for n in seen["nodes"]]
-    finally:
-        down = subprocess.run(["bash", str(REPO / "cluster/local/down.sh")], env=env,
-                              capture_output=True, text=True, timeout=120)
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert not [p for p in pids if _live(p)]
-    for d in temp_dirs:
-        assert _processes_naming(d) == [], d
-        assert _processes_marked(d) == [], d
-        assert not Path(d).exists()
-    assert not (state / "head.pids").exists() and not (state / "workers.pids").exists()
 
 
 def _mlflow_sh(cmd: str, env: dict, timeout: int = 240) -> subprocess.CompletedProcess:

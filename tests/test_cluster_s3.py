@@ -1,10 +1,12 @@
 """A user's cluster with its storage on S3: a real Ray head (no CPUs) and two worker nodes of
 ``cluster/local/up.sh --workers 2``, each its own raylet started by ``ray start``, none of them
-with AWS settings in its environment, and ``jobs/extract.py`` submitted with
-``ray job submit``, its manifest, videos and feature store on the local S3 API. The
-credentials travel in the URIs (worker nodes do not inherit the driver's environment): the
-decode tasks on the worker nodes stream the videos from the bucket, the driver writes the
-store there, and the store verifies. ``down.sh`` leaves no process behind."""
+with AWS settings in its environment; a token-authenticated driver sees the three nodes and
+schedules on each. ``jobs/extract.py`` submitted with ``ray job submit``, its manifest, videos
+and feature store on the local S3 API: the credentials travel in the URIs (worker nodes do not
+inherit the driver's environment), the decode tasks on the worker nodes stream the videos from
+the bucket, the driver writes the store there, and the store verifies; ``jobs/train.py`` trains
+on the two worker nodes from that store. ``down.sh`` stops exactly what ``up.sh`` started: no
+process, temp dir or pid file is left."""
 
 import json
 import os
@@ -41,7 +43,7 @@ print(json.dumps({"head": head, "decode": sorted({t.node_id for t in tasks if "d
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Head (0 CPUs) + 2 worker nodes (1 CPU each) on this machine; stopped by down.sh, which
-    must leave none of their processes."""
+    must leave none of their processes, temp dirs or pid files."""
     venv = Path(sys.prefix)
     if not (venv / "bin" / "ray").exists():
         pytest.skip(f"no ray command in {venv}/bin")
@@ -61,10 +63,12 @@ def cluster(tmp_path_factory):
                             capture_output=True, text=True, timeout=300)
         temp_dirs = [(state / "temp_dir").read_text().strip(),
                      *(state / "worker_temp_dirs").read_text().split()]
-        pids = [int(p) for f in ("head.pids", "workers.pids") for p in (state / f).read_text().split()]
+        head_pids = [int(p) for p in (state / "head.pids").read_text().split()]
+        pids = head_pids + [int(p) for p in (state / "workers.pids").read_text().split()]
         assert up.returncode == 0, up.stdout + up.stderr
         yield {"env": {**env, "RAY_AUTH_MODE": "token"}, "dashboard": f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}",
-               "pids": pids}
+               "address": f"127.0.0.1:{env['RAY_PORT']}", "pids": pids, "head_pids": head_pids,
+               "temp_dirs": temp_dirs}
     finally:
         down = subprocess.run(["bash", str(REPO / "cluster/local/down.sh")], env=env,
                               capture_output=True, text=True, timeout=120)
@@ -72,6 +76,54 @@ def cluster(tmp_path_factory):
         assert not [p for p in pids if _live(p)]
         for d in temp_dirs:
             assert _processes_naming(d) == [] and _processes_marked(d) == [], d
+            assert not Path(d).exists(), d
+        assert not (state / "head.pids").exists() and not (state / "workers.pids").exists()
+
+
+# Run by a driver with the token: the alive nodes, and a task pinned to each of them.
+CLIENT = r"""
+import json, sys
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+nodes = [n for n in ray.nodes() if n["Alive"]]
+
+@ray.remote(num_cpus=0)
+def where():
+    import os
+    return ray.get_runtime_context().get_node_id(), os.getpid()
+
+ran = ray.get([where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+               for n in nodes], timeout=120)
+print(json.dumps({"nodes": [{"id": n["NodeID"], "cpus": n["Resources"].get("CPU", 0)} for n in nodes],
+                  "ran_on": [r[0] for r in ran]}))
+"""
+
+
+def _soft_limit(pid: int) -> bytes:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next((e for e in env if e.startswith(b"RAY_num_workers_soft_limit=")), b"")
+
+
+def test_head_and_two_worker_nodes_each_run_a_task_of_a_driver_with_the_token(cluster):
+    temp_dirs, pids, head_pids = cluster["temp_dirs"], cluster["pids"], cluster["head_pids"]
+    assert len(set(temp_dirs)) == 3 and all(Path(d).is_dir() for d in temp_dirs)
+    assert all(_live(p) for p in pids)
+    # The Ray client server is recorded too, though its command line names no temp dir.
+    assert [p for p in head_pids if b"ray.util.client.server" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    # One raylet per node, each keeping 2 idle workers per CPU of its own + 2.
+    raylets = {p: _soft_limit(p) for p in pids if b"/raylet" in Path(f"/proc/{p}/cmdline").read_bytes()}
+    assert sorted(raylets.values()) == [b"RAY_num_workers_soft_limit=2"] + [
+        b"RAY_num_workers_soft_limit=4"] * 2
+    # A driver with the token sees head + 2 alive nodes and runs a task on each of them.
+    run = subprocess.run([sys.executable, "-c", CLIENT, cluster["address"]], env=cluster["env"],
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(seen["nodes"]) == 3
+    assert sorted(n["cpus"] for n in seen["nodes"]) == [0, 1, 1]
+    assert seen["ran_on"] == [n["id"] for n in seen["nodes"]]
 
 
 def _submit(cluster, *args, timeout=600) -> subprocess.CompletedProcess:
