@@ -183,7 +183,7 @@ def train_loop(config: dict) -> None:
     history = [h for h in history if h["epoch"] < first]  # each epoch once
     # How often this run continued from a checkpoint so far (a lost worker or node, a rerun
     # under the same --name): a metric of every epoch, so history, Tune and MLflow show it.
-    restarts = 0 if resumed is None else int(resumed.get("restarts", 0)) + 1
+    restarts = 0 if resumed is None else int(resumed["metrics"].get("restarts", 0)) + 1
     if resumed is not None and rank == 0:
         log.info(f"resumed from epoch {first - 1} (of {cfg.epochs})")
     if first > cfg.epochs and history:
@@ -207,11 +207,10 @@ def train_loop(config: dict) -> None:
         if rank == 0 and spec.log_epochs:
             log.info(f"epoch {epoch}: " + "  ".join(
                 f"{k} {v:.4f}" for k, v in metrics.items()
-                if k not in ("epoch", "weights_spread", "restarts") and isinstance(v, float)))
+                if k not in ("epoch", "weights_spread") and isinstance(v, float)))
         report(epoch, metrics, history, lambda: {
             "model_state": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
             "optimizer_state": optimizer.state_dict(),
             "model_config": mcfg.to_dict(), "label_names": list(spec.label_names),
             "features": spec.features, "store": spec.store,
-            "train_config": cfg.to_dict(), "epoch": epoch, "metrics": metrics,
-            "restarts": restarts})
+            "train_config": cfg.to_dict(), "epoch": epoch, "metrics": metrics})
