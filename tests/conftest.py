@@ -1,5 +1,6 @@
 """Shared fixtures: the real test videos, when this checkout sits beside them; a private local
-Ray; and the console lines a job would print."""
+Ray, shared by the modules that use it (they run last, one after another); and the console
+lines a job would print."""
 
 import contextlib
 import logging
@@ -81,6 +82,15 @@ def _module_uses_ray_local(request) -> bool:
     module = request.module
     return any(getattr(item, "module", None) is module and "ray_local" in item.fixturenames
                for item in request.session.items)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The modules that use ``ray_local`` run last, one after another, so that one local Ray
+    serves them all (each start of Ray costs ~10 s of both cores); the other modules keep
+    their order before them. The order within a module is unchanged."""
+    shared = {item.module for item in items
+              if "ray_local" in getattr(item, "fixturenames", ()) and hasattr(item, "module")}
+    items.sort(key=lambda item: getattr(item, "module", None) in shared)  # stable
 
 
 @pytest.fixture(scope="session", autouse=True)
