@@ -7,7 +7,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurestore_fixture import make_feature_store
 from reslstm import metrics
 from reslstm import predictions as ev
 from reslstm.fusion import late_fuse
@@ -107,33 +106,3 @@ def test_single_run_scores_every_head(tmp_path):
     # A late-fusion run's own heads, given as both sides.
     fused = ev.evaluate_fusion(path, path, op="sum")
     assert fused.rows["rgb"]["top1"] == 0.5 and fused.rows["flow"]["top1"] == 0.75
-
-
-# ---------------------------------------------------------------------------------------------
-# A late-fusion training run's two heads
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.integration
-def test_late_fusion_run_heads_fuse_to_its_own_fused_output(ray_local, tmp_path):
-    from reslstm.configs import TrainConfig
-    from reslstm.distributed.trainer import fit
-
-    store = make_feature_store(tmp_path / "store", seed=11)
-    cfg = TrainConfig(features=str(store.root), out=str(tmp_path / "late"), fusion="late-product",
-                      hidden=8, depth=1, T=5, epochs=2, batch_size=8, lr=1e-2, workers=2)
-    res = fit(cfg)
-    # The train log: the fused val top-1 is the late product of the two networks.
-    table = ev.load_predictions(res.run_dir, "test")
-    heads = {h: table.filter(pa.compute.equal(table.column("head"), h)) for h in ev.heads_of(table)}
-    assert set(heads) == {"fused", "rgb", "flow"}
-    p = {h: np.asarray(t.column("probs").to_pylist(), np.float32) for h, t in heads.items()}
-    y = np.asarray(heads["fused"].column("label").to_pylist())
-    by_hand = late_fuse(p["rgb"], p["flow"], "product")
-    np.testing.assert_allclose(p["fused"], by_hand, rtol=1e-4, atol=1e-6)
-    report = ev.evaluate_fusion(res.run_dir, res.run_dir, "product", out_dir=tmp_path / "rep",
-                                categories=None)
-    assert report.rows["fused-product"]["top1"] == metrics.topk_accuracy(by_hand, y, 1)
-    assert report.rows["rgb"]["top1"] == metrics.topk_accuracy(p["rgb"], y, 1)
-    assert report.rows["fused-product"]["top1"] == pytest.approx(res.scores["test"]["fused"]["top1"])
-    assert (tmp_path / "rep" / "confusion_fused-product.png").is_file()
-    assert (tmp_path / "rep" / "per_class_fused-product.csv").is_file()

@@ -177,22 +177,23 @@ def test_unknown_and_malformed_options_are_argparse_errors(capsys):
 
 @pytest.mark.integration
 def test_train_then_evaluate_jobs_end_to_end(ray_local, tmp_path, capsys):
+    """One late-fusion run trained by jobs/train.py; jobs/evaluate.py fuses its two streams'
+    heads (a late run given as both sides: each side takes its own stream's head)."""
     store = make_feature_store(tmp_path / "store", seed=11)
-    common = ["--features", str(store.root), "--hidden", "8", "--T", "5", "--epochs", "2",
-              "--batch-size", "8", "--lr", "0.01", "--workers", "1", "--input-proj", "linear"]
+    run = tmp_path / "late"
     train = job("train")
-    for stream in ("rgb", "flow"):
-        assert train.main(common + ["--stream", stream, "--out", str(tmp_path / stream)]) == 0
+    assert train.main(["--features", str(store.root), "--stream", "late-sum", "--hidden", "8",
+                       "--T", "5", "--epochs", "2", "--batch-size", "8", "--lr", "0.01",
+                       "--workers", "1", "--input-proj", "linear", "--out", str(run)]) == 0
     out = capsys.readouterr().out
     assert "[train] epoch 2:" in out and "summary:" in out
     evaluate = job("evaluate")
-    code = evaluate.main(["--rgb", str(tmp_path / "rgb"), "--flow", str(tmp_path / "flow"),
-                          "--fusion", "weighted", "--out", str(tmp_path / "report")])
+    code = evaluate.main(["--rgb", str(run), "--flow", str(run), "--fusion", "weighted",
+                          "--out", str(tmp_path / "report")])
     printed = capsys.readouterr().out
     assert code == 0
     assert "test (4 classes)" in printed and "fused-weighted" in printed
     assert (tmp_path / "report" / "confusion_fused-weighted.png").is_file()
-    # A flow run's predictions given as RGB: the files cover the same videos; a missing file is
-    # a clear error with exit 2.
-    assert evaluate.main(["--rgb", str(tmp_path / "nope"), "--flow", str(tmp_path / "flow")]) == 2
+    # A missing run directory is a clear error with exit 2.
+    assert evaluate.main(["--rgb", str(tmp_path / "nope"), "--flow", str(run)]) == 2
     assert "evaluate:" in capsys.readouterr().err

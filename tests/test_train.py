@@ -1,19 +1,23 @@
-"""distributed.trainer / worker / checkpoints: the epoch metrics, and 2-worker training runs
-end to end."""
+"""distributed.trainer / worker / checkpoints: the epoch metrics, and training runs end to end
+(2-worker single-stream and mid-fusion runs, 1-worker late-fusion runs with their options)."""
 
 import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from featurestore_fixture import make_feature_store
+from reslstm import metrics
 from reslstm.configs import TrainConfig
 from reslstm.distributed import checkpoints, trainer, worker
+from reslstm.fusion import late_fuse
 from reslstm.model import build_model
+from reslstm.predictions import evaluate_fusion, heads_of, load_predictions
 from reslstm.training import EvalResult
 
 
@@ -37,18 +41,40 @@ def test_epoch_metrics_names_and_values():
 
 
 # ---------------------------------------------------------------------------------------------
-# Training runs (2 workers, 2 epochs, tiny model)
+# Training runs: two with 2 workers (2 epochs), two with 1 worker (3 epochs), tiny models. Each
+# run is made once per module and checked by every test that names it.
 # ---------------------------------------------------------------------------------------------
+
+RUNS = {  # name -> (fusion, options beyond the common ones)
+    "flow-2w": ("flow", {"workers": 2}),
+    "mid-product-2w": ("mid-product", {"workers": 2}),
+    "late-sum-plain-dropout": ("late-sum", {"residual": False, "dropout": 0.3}),
+    "late-weighted-no-projection": ("late-weighted", {"input_proj": "none", "hidden": 16}),  # d_f == h
+}
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_feature_store(tmp_path_factory.mktemp("store"), seed=5)
 
 
-def _run(store, out, fusion):
-    cfg = TrainConfig(features=str(store.root), out=str(out), fusion=fusion, hidden=8,
-                      depth=2, T=5, epochs=2, batch_size=8, lr=1e-2, workers=2)
-    return cfg, trainer.fit(cfg)
+@pytest.fixture(scope="module")
+def runs(ray_local, store, tmp_path_factory):
+    """``runs(name) -> (cfg, TrainResult)`` of RUNS[name], trained on first use."""
+    done = {}
+
+    def get(name):
+        if name not in done:
+            fusion, options = RUNS[name]
+            two = options.get("workers") == 2
+            kw = {"hidden": 8, "depth": 2, "T": 5, "epochs": 2 if two else 3, "batch_size": 8,
+                  "lr": 1e-2, "workers": 1, **options}
+            cfg = TrainConfig(features=str(store.root), out=str(tmp_path_factory.mktemp(name)),
+                              fusion=fusion, **kw)
+            done[name] = cfg, trainer.fit(cfg)
+        return done[name]
+
+    return get
 
 
 def _check_run(res, store, heads):
@@ -85,6 +111,7 @@ def _check_checkpoint(res, cfg, store):
     assert payload["label_names"] == store.class_names
     assert payload["train_config"] == cfg.to_dict()
     assert payload["epoch"] == res.best_epoch
+    assert payload["model_config"]["fusion"] == cfg.fusion
     rebuilt = build_model(payload["model_config"])
     rebuilt.load_state_dict(payload["model_state"])  # strict: every key, PCA buffers included
     for proj in model.input_projections().values():
@@ -94,17 +121,18 @@ def _check_checkpoint(res, cfg, store):
 
 
 @pytest.mark.integration
-def test_rgb_run_two_workers(ray_local, store, tmp_path):
-    cfg, res = _run(store, tmp_path / "rgb", "rgb")
+def test_single_stream_run_two_workers(runs, store):
+    cfg, res = runs("flow-2w")
     _check_run(res, store, ["fused"])
     model = _check_checkpoint(res, cfg, store)
+    assert set(model.input_projections()) == {"flow"}
     # The stored probabilities are the reloaded model's on the same T-sampled inputs.
     from reslstm.sampling import sample_video
     table = pq.read_table(res.predictions["test"])
     vid, probs = table.column("video_id")[0].as_py(), table.column("probs")[0].as_py()
-    x = torch.from_numpy(sample_video(store.features["rgb"][vid], cfg.T))[None]
+    x = torch.from_numpy(sample_video(store.features["flow"][vid], cfg.T))[None]
     with torch.no_grad():
-        expected = model.probabilities(model({"rgb": x}))[0].numpy()
+        expected = model.probabilities(model({"flow": x}))[0].numpy()
     np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
     assert res.scores["test"]["fused"]["top1"] == pytest.approx(
         float(np.mean([np.argmax(p) == store.labels[v] for v, p in zip(
@@ -112,34 +140,48 @@ def test_rgb_run_two_workers(ray_local, store, tmp_path):
 
 
 @pytest.mark.integration
-def test_mid_fusion_run_two_workers(ray_local, store, tmp_path):
-    cfg, res = _run(store, tmp_path / "mid", "mid-sum")
+def test_mid_fusion_run_two_workers(runs, store):
+    cfg, res = runs("mid-product-2w")
     _check_run(res, store, ["fused"])
     model = _check_checkpoint(res, cfg, store)
     assert set(model.input_projections()) == {"rgb", "flow"}
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("fusion, options", [
-    ("flow", {}),
-    ("mid-product", {"input_proj": "linear"}),
-    ("late-sum", {"residual": False, "dropout": 0.3}),
-    ("late-weighted", {"input_proj": "none", "hidden": 16}),  # d_f == h: no projection
-], ids=["flow", "mid-product", "late-sum-plain-dropout", "late-weighted-no-projection"])
-def test_every_stream_and_fusion_trains(ray_local, store, tmp_path, fusion, options):
-    """One worker each (the 2-worker path is covered above): the run learns (chance 1/4) and
-    its predictions have the heads of its fusion."""
-    cfg = TrainConfig(features=str(store.root), out=str(tmp_path / fusion), fusion=fusion,
-                      **{"hidden": 8, "depth": 2, "T": 5, "epochs": 3, "batch_size": 8, "lr": 1e-2,
-                         "workers": 1, **options})
-    res = trainer.fit(cfg)
-    heads = ["fused", "rgb", "flow"] if fusion.startswith("late-") else ["fused"]
+@pytest.mark.parametrize("name", ["late-sum-plain-dropout", "late-weighted-no-projection"])
+def test_late_fusion_options_train(runs, name):
+    """One worker each (the 2-worker path is covered above): the run learns (chance 1/4), its
+    predictions have both streams' heads and the fused one, and its checkpoint records the
+    options. (Trained end to end elsewhere: rgb in test_train_faults, mid-sum in test_presets,
+    late-product in test_tune, a linear input projection in test_jobs.)"""
+    cfg, res = runs(name)
     table = pq.read_table(res.predictions["test"])
-    assert sorted(set(table.column("head").to_pylist())) == sorted(heads)
+    assert sorted(set(table.column("head").to_pylist())) == ["flow", "fused", "rgb"]
     assert res.best_metrics["val_top1"] >= 0.5, res.history
-    model, payload = checkpoints.load_checkpoint(res.best_checkpoint)
-    assert payload["model_config"]["fusion"] == fusion
-    for key, value in options.items():
-        name = {"hidden": "hidden_size", "residual": "residual", "dropout": "dropout",
-                "input_proj": "input_proj"}[key]
-        assert payload["model_config"][name] == value
+    _, payload = checkpoints.load_checkpoint(res.best_checkpoint)
+    assert payload["model_config"]["fusion"] == cfg.fusion
+    for key, value in RUNS[name][1].items():
+        field_name = {"hidden": "hidden_size", "residual": "residual", "dropout": "dropout",
+                      "input_proj": "input_proj"}[key]
+        assert payload["model_config"][field_name] == value
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["late-sum-plain-dropout", "late-weighted-no-projection"])
+def test_late_fusion_run_heads_fuse_to_its_own_fused_output(runs, name, tmp_path):
+    """A late-fusion run's stored fused probabilities are its two heads fused by its op (by
+    hand), and evaluating the run against itself with that op scores what the run scored."""
+    cfg, res = runs(name)
+    op = cfg.fusion.split("-", 1)[1]
+    table = load_predictions(res.run_dir, "test")
+    heads = {h: table.filter(pc.equal(table.column("head"), h)) for h in heads_of(table)}
+    p = {h: np.asarray(t.column("probs").to_pylist(), np.float32) for h, t in heads.items()}
+    y = np.asarray(heads["fused"].column("label").to_pylist())
+    by_hand = late_fuse(p["rgb"], p["flow"], op)
+    np.testing.assert_allclose(p["fused"], by_hand, rtol=1e-4, atol=1e-6)
+    report = evaluate_fusion(res.run_dir, res.run_dir, op, out_dir=tmp_path / "rep", categories=None)
+    assert report.rows[f"fused-{op}"]["top1"] == metrics.topk_accuracy(by_hand, y, 1)
+    assert report.rows["rgb"]["top1"] == metrics.topk_accuracy(p["rgb"], y, 1)
+    assert report.rows[f"fused-{op}"]["top1"] == pytest.approx(res.scores["test"]["fused"]["top1"])
+    assert (tmp_path / "rep" / f"confusion_fused-{op}.png").is_file()
+    assert (tmp_path / "rep" / f"per_class_fused-{op}.csv").is_file()
