@@ -1,19 +1,18 @@
-"""Training and sweeps with everything on the local S3 API: the feature store, the run
-directory (predictions, summary.json), Ray Train's checkpoints and Ray Tune's experiment, all
-reached through URIs that carry the endpoint and credentials, with no AWS settings in the
-environment and nothing written to the working directory."""
+"""Training with everything on the local S3 API: the feature store, the run directory
+(predictions, summary.json) and Ray Train's checkpoints, all reached through URIs that carry the
+endpoint and credentials, with no AWS settings in the environment and nothing written to the
+working directory. (A sweep with its storage on S3: test_tune.py.)"""
 
 import json
 import os
 import urllib.parse
 
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import pytest
 
 from featurestore_fixture import make_feature_store
 from reslstm import storage
-from reslstm.configs import SweepConfig, TrainConfig
+from reslstm.configs import TrainConfig
 from reslstm.checkpoint import load_checkpoint
 from reslstm.distributed import trainer
 from reslstm.predictions import load_predictions
@@ -94,29 +93,3 @@ def test_train_run_with_features_run_dir_and_checkpoints_on_s3(ray_local, s3_ser
     assert list(no_aws_env.iterdir()) == []
     # The same command with the same name continues the finished run: nothing is retrained.
     assert trainer.has_run(cfg, "late-s3")
-
-
-def test_sweep_with_storage_on_s3_and_a_clear_error_for_an_s3_out(ray_local, s3_server, s3_store,
-                                                                  no_aws_env, tmp_path):
-    from reslstm.distributed import tune as dtune
-
-    base = TrainConfig(features=s3_store, out=str(tmp_path / "sweep"), fusion="rgb", hidden=8,
-                       depth=1, T=5, epochs=1, batch_size=8, lr=1e-2, workers=1,
-                       storage_path=s3_server.uri(BUCKET, "tune"))
-    with pytest.raises(ValueError, match="--out: must be a local directory for a sweep.*"
-                                         "--storage-path"):
-        SweepConfig(base=TrainConfig(features=s3_store, out=s3_server.uri(BUCKET, "x")))
-    scfg = SweepConfig(base=base, hidden=(4, 8), depth=(1,), T=(5,), fusion=("rgb",),
-                       scheduler="none", name="s3-sweep", register_model="none",
-                       mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    res = dtune.sweep(scfg)
-    assert len(res.trials) == 2 and all(t.checkpoint for t in res.trials)
-    keys = _keys(s3_server, "tune")
-    # Tune's experiment, and each trial's Train run (named after sweep and trial) beside it.
-    assert "tune/s3-sweep/tuner.pkl" in keys, keys
-    assert len({k.split("/")[1] for k in keys if k.startswith("tune/s3-sweep-")
-                and k.endswith("/model.pt")}) == 2, keys
-    assert res.storage_path == f"s3://{BUCKET}/tune/s3-sweep"
-    assert list(no_aws_env.iterdir()) == []
-    # The best model's test predictions were made from its checkpoint on S3.
-    assert pq.read_table(res.predictions["test"]).num_rows > 0

@@ -1,9 +1,15 @@
-"""distributed.tune and distributed.tracking: search space, concurrency, MLflow runs, a sweep."""
+"""distributed.tune and distributed.tracking: search space, concurrency, MLflow runs, and a
+sweep whose feature store and Tune storage are on the local S3 API."""
 
+import json
 import math
+import os
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -14,6 +20,8 @@ from reslstm.distributed import tune as rtune
 from reslstm.distributed.sweep_results import rows_of
 from reslstm.cli import parse_list
 from reslstm.configs import SweepConfig, TrainConfig
+from reslstm.fusion import late_fuse
+from s3_fixture import s3_server_fixture  # noqa: F401  (the fixture s3_server)
 
 
 def test_parse_list():
@@ -158,20 +166,78 @@ def test_trial_rows_take_the_best_epoch_and_mark_early_stops():
     assert by_id["t_full"].mlflow_run_id == "r1" and by_id["t_stopped"].mlflow_run_id is None
 
 
+def test_a_sweeps_out_must_be_local():
+    with pytest.raises(ValueError, match="--out: must be a local directory for a sweep.*"
+                                         "--storage-path"):
+        SweepConfig(base=TrainConfig(features="s3://bucket/features", out="s3://bucket/x"))
+
+
 # ---------------------------------------------------------------------------------------------
-# A 2-trial sweep
+# A 2-trial sweep of 2-worker trials, with the feature store and Tune's storage (and each
+# trial's Train run) on the local S3 API; its out directory and MLflow are local
 # ---------------------------------------------------------------------------------------------
+
+BUCKET = "tune-tests"
+
+
+@pytest.fixture(scope="module")
+def s3_sweep(ray_local, s3_server, tmp_path_factory):
+    """The sweep, run once for the module's tests: the store is uploaded to the bucket and read
+    through a URI that carries the endpoint and credentials; no AWS variable is set, and the
+    working directory is an empty folder that must stay empty."""
+    root = tmp_path_factory.mktemp("sweep")
+    store = make_feature_store(root / "store", seed=2)
+    s3_server.bucket(BUCKET)
+    pafs.copy_files(str(store.root), f"{BUCKET}/features", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=s3_server.filesystem())
+    uri = f"sqlite:///{root}/mlflow.db"
+    work = root / "cwd"
+    work.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        for key in list(os.environ):
+            if key.startswith("AWS_"):
+                mp.delenv(key)
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        mp.chdir(work)
+        base = TrainConfig(features=s3_server.uri(BUCKET, "features"), out=str(root / "sweep"),
+                           hidden=8, T=5, epochs=2, batch_size=8, lr=1e-2, workers=2,
+                           storage_path=s3_server.uri(BUCKET, "tune"))
+        scfg = SweepConfig(base, hidden=[8], depth=[1, 2], T=[5], fusion=["late-product"],
+                           mlflow_uri=uri, experiment="sweep-test", name="s3-sweep")
+        res = rtune.sweep(scfg)
+    return SimpleNamespace(res=res, store=store, uri=uri, work=work)
+
+
+def _keys(s3_server, prefix: str) -> list[str]:
+    sel = pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True)
+    return sorted(i.path[len(BUCKET) + 1:] for i in s3_server.filesystem().get_file_info(sel)
+                  if i.type == pafs.FileType.File)
+
 
 @pytest.mark.integration
-def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(ray_local, tmp_path):
-    store = make_feature_store(tmp_path / "store", seed=2)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    base = TrainConfig(features=str(store.root), out=str(tmp_path / "sweep"), hidden=8, T=5,
-                       epochs=2, batch_size=8, lr=1e-2, workers=2)
-    scfg = SweepConfig(base, hidden=[8], depth=[1, 2], T=[5], fusion=["late-product"],
-                             mlflow_uri=uri, experiment="sweep-test")
-    res = rtune.sweep(scfg)
+def test_sweep_storage_on_s3_holds_tunes_experiment_and_each_trials_train_run(s3_sweep, s3_server):
+    res = s3_sweep.res
+    assert all(t.checkpoint for t in res.trials)
+    keys = _keys(s3_server, "tune")
+    # Tune's experiment, and each trial's Train run (named after sweep and trial) beside it.
+    assert "tune/s3-sweep/tuner.pkl" in keys, keys
+    assert len({k.split("/")[1] for k in keys if k.startswith("tune/s3-sweep-")
+                and k.endswith("/model.pt")}) == 2, keys
+    assert res.storage_path == f"s3://{BUCKET}/tune/s3-sweep"
+    assert list(s3_sweep.work.iterdir()) == []  # nothing written to the working directory
+    # What MLflow recorded names the locations without the keys.
+    client = MlflowClient(s3_sweep.uri)
+    for run in (client.get_run(res.parent_run_id), client.get_run(res.best_run_id)):
+        recorded = json.dumps([run.data.params, run.data.tags])
+        assert s3_server.secret_key not in recorded and s3_server.access_key not in recorded
+        assert run.data.params["features"] == f"s3://{BUCKET}/features"
+    # The best model's test predictions were made from its checkpoint on S3.
+    assert pq.read_table(res.predictions["test"]).num_rows > 0
 
+
+@pytest.mark.integration
+def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(s3_sweep):
+    res, store, uri = s3_sweep.res, s3_sweep.store, s3_sweep.uri
     assert len(res.trials) == 2 and {t.depth for t in res.trials} == {1, 2}
     best = max(res.trials, key=lambda t: t.val_top1)
     assert res.best_val_top1 == best.val_top1
@@ -185,6 +251,13 @@ def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(ray_local, 
                 "test_top1_flow"):
         assert 0.0 <= res.test_metrics[key] <= 1.0
     assert set(res.predictions) == {"val", "test"}
+    # The best trial's stored fused probabilities are its two heads' late product.
+    table = pq.read_table(res.predictions["test"])
+    probs = {h: np.asarray([p for p, hh in zip(table.column("probs").to_pylist(),
+                                               table.column("head").to_pylist()) if hh == h],
+                           np.float32) for h in ("rgb", "flow", "fused")}
+    np.testing.assert_allclose(probs["fused"], late_fuse(probs["rgb"], probs["flow"], "product"),
+                               rtol=1e-4, atol=1e-6)
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("sweep-test")
@@ -204,7 +277,8 @@ def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(ray_local, 
     assert parent.data.tags["features.rgb.extractor"] == "synthetic"
     assert parent.data.tags["features.flow.flow_method"] == "tvl1"
     (dataset,) = parent.inputs.dataset_inputs
-    assert dataset.dataset.source_type == "local" and str(store.root) in dataset.dataset.source
+    assert dataset.dataset.source_type == "s3"
+    assert json.loads(dataset.dataset.source) == {"uri": f"s3://{BUCKET}/features"}  # no keys
     assert {a.path for a in client.list_artifacts(res.parent_run_id)} >= {
         "trials.csv", "trials.md", "val_curves.png"}
     for t in res.trials:
