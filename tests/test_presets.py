@@ -128,18 +128,23 @@ def test_figures_are_written(tmp_path):
 def test_a_preset_end_to_end_with_its_mlflow_parent(ray_local, tmp_path):
     store = make_feature_store(tmp_path / "store", seed=13)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # Mid-sum fusion: this is where it is trained end to end (the other fusions: test_train).
     res = run_preset(PaperConfig(preset="T", features=str(store.root), out=str(tmp_path / "paper"),
-                                 T=(1, 5), hidden=(8,), seeds=2, epochs=3, workers=1,
-                                 input_proj="linear", batch_size=8, lr=1e-2, mlflow_uri=uri))
-    assert len(res.rows) == 4 and {(r["T"], r["seed"]) for r in res.rows} == {
-        (1, 0), (1, 1), (5, 0), (5, 1)}
+                                 T=(5,), hidden=(8,), seeds=2, epochs=3, workers=1,
+                                 fusion=("mid-sum",), input_proj="linear", batch_size=8, lr=1e-2,
+                                 mlflow_uri=uri))
+    # One configuration, once per seed: its table row is their mean +- std.
+    assert len(res.rows) == 2 and {(r["T"], r["seed"]) for r in res.rows} == {(5, 0), (5, 1)}
     assert all(0 <= r["test_top1"] <= 1 for r in res.rows)
-    assert "| 5 | " in res.table and "## Claims" in res.table
+    assert {r["fusion"] for r in res.rows} == {"mid-sum"}
+    accs = [100 * r["test_top1"] for r in res.rows]
+    assert f"| 5 | {np.mean(accs):.1f} +- {np.std(accs, ddof=1):.1f} (n=2) |" in res.table, res.table
+    assert "## Claims" in res.table
     client = MlflowClient(uri)
     parent = client.get_run(res.sweep.parent_run_id)
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string="tags.`reslstm.kind` = 'trial'")
-    assert len(children) == 4 and {c.data.tags["mlflow.parentRunId"] for c in children} == {
+    assert len(children) == 2 and {c.data.tags["mlflow.parentRunId"] for c in children} == {
         parent.info.run_id}
     assert all("test_top1" in c.data.metrics for c in children)  # every run tested
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
