@@ -78,10 +78,7 @@ def _shared_ray_is_whole(timeout: float = 30.0) -> bool:
     return True
 
 
-def _module_uses_ray_local(request) -> bool:
-    module = request.module
-    return any(getattr(item, "module", None) is module and "ray_local" in item.fixturenames
-               for item in request.session.items)
+_RAY_LOCAL_MODULES = pytest.StashKey[set]()  # the test modules that use ray_local
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -90,6 +87,7 @@ def pytest_collection_modifyitems(session, config, items):
     their order before them. The order within a module is unchanged."""
     shared = {item.module for item in items
               if "ray_local" in getattr(item, "fixturenames", ()) and hasattr(item, "module")}
+    config.stash[_RAY_LOCAL_MODULES] = shared
     items.sort(key=lambda item: getattr(item, "module", None) in shared)  # stable
 
 
@@ -103,7 +101,7 @@ def _ray_session():
 def _no_ray_left_running(request):
     """A module runs either on the shared local Ray (it uses ``ray_local``) or with no Ray of
     this process running: it may start its own (a cluster, a job in a subprocess)."""
-    if not _module_uses_ray_local(request):
+    if request.module not in request.config.stash.get(_RAY_LOCAL_MODULES, set()):
         _stop_ray()
     yield
 

@@ -79,6 +79,15 @@ class S3Server:
             self._buckets.add(name)
         return name
 
+    def objects(self, bucket: str, prefix: str = "") -> list[str]:
+        """The keys of the objects under ``prefix`` in ``bucket`` (recursively), sorted."""
+        import pyarrow.fs as pafs
+
+        sel = pafs.FileSelector(f"{bucket}/{prefix.strip('/')}".rstrip("/"), recursive=True,
+                                allow_not_found=True)
+        return sorted(i.path[len(bucket) + 1:] for i in self.filesystem().get_file_info(sel)
+                      if i.type == pafs.FileType.File)
+
     def uri(self, bucket: str, prefix: str = "", credentials: bool = True) -> str:
         """``s3://`` URI that ``pyarrow.fs.FileSystem.from_uri`` resolves to this server.
         ``credentials=False`` leaves the keys out: the reader then needs ``env()``."""

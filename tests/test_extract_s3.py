@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
 import pytest
 
 from reslstm import features as fs
@@ -62,12 +61,6 @@ def _features(store) -> dict:
     return out
 
 
-def _objects(s3_server, prefix: str) -> list[str]:
-    infos = s3_server.filesystem().get_file_info(pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True,
-                                                                    allow_not_found=True))
-    return [i.path for i in infos if i.type == pafs.FileType.File]
-
-
 @pytest.fixture(scope="module")
 def local_reference(data, tmp_path_factory):
     """The same videos extracted from and into the local disk."""
@@ -103,13 +96,13 @@ def test_local_run_on_s3_writes_what_a_local_disk_run_writes(data, local_referen
     for stream in ("rgb", "flow"):
         assert fs.read_stream(out, stream, columns=["video_id"]).num_rows == 11
     # The store holds no secret and no endpoint: what it records is the plain s3:// URI.
-    for path in _objects(s3_server, "single"):
-        body = s3_server.filesystem().open_input_stream(path).read()
+    for key in s3_server.objects(BUCKET, "single"):
+        body = s3_server.filesystem().open_input_stream(f"{BUCKET}/{key}").read()
         assert s3_server.secret_key.encode() not in body and s3_server.access_key.encode() not in body
         assert b"127.0.0.1" not in body
     meta = json.loads(storage.resolve(out).join("metadata.json").read_text())
     assert meta["manifest"] == f"s3://{BUCKET}/synth/manifest.parquet"
-    assert not _objects(s3_server, "single/_lock")  # the lease is gone with its job
+    assert not s3_server.objects(BUCKET, "single/_lock")  # the lease is gone with its job
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +113,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(data, s3_ser
     out = s3_server.uri(BUCKET, "locked")
     first = fs.FeatureStore(out)
     with first.lock():
-        markers = _objects(s3_server, "locked/_lock")
+        markers = s3_server.objects(BUCKET, "locked/_lock")
         assert len(markers) == 1
         doc = json.loads(s3_server.filesystem().open_input_stream(markers[0]).read())
         assert doc["pid"] == os.getpid() and doc["expires"] > time.time() + 60
@@ -129,8 +122,8 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(data, s3_ser
                 pass
         with pytest.raises(StoreError, match="being written by another extraction job"):
             run_local(ExtractConfig(manifest=data["manifest"], out=out, **OPTIONS))
-        assert _objects(s3_server, "locked/_lock") == markers  # the refused left no marker
-    assert _objects(s3_server, "locked/_lock") == []
+        assert s3_server.objects(BUCKET, "locked/_lock") == markers  # the refused left no marker
+    assert s3_server.objects(BUCKET, "locked/_lock") == []
     with fs.FeatureStore(out).lock():  # free again
         pass
 
@@ -182,9 +175,9 @@ def test_a_killed_holder_on_this_host_frees_the_store_at_once(s3_server):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
-    assert len(_objects(s3_server, "killed-holder/_lock")) == 1  # its marker is still there
+    assert len(s3_server.objects(BUCKET, "killed-holder/_lock")) == 1  # its marker is still there
     with fs.FeatureStore(out).lock():  # but its writer has ended: stale, removed
-        assert len(_objects(s3_server, "killed-holder/_lock")) == 1
+        assert len(s3_server.objects(BUCKET, "killed-holder/_lock")) == 1
 
 
 def test_another_hosts_marker_counts_until_it_expires(s3_server):
@@ -218,7 +211,7 @@ def test_a_holder_that_cannot_renew_stops_committing(s3_server, monkeypatch):
                                 "error_type": "E", "message": "m", "run_id": "x"})
         with pytest.raises(StoreError, match="could not renew"):
             writer.flush()
-    assert _objects(s3_server, "renew/failures") == []
+    assert s3_server.objects(BUCKET, "renew/failures") == []
     fs.FeatureStore(out).check_lock()  # a store that holds no lease has nothing to check
 
 
@@ -253,7 +246,7 @@ def test_resume_after_sigkill_on_s3_writes_each_video_once_and_nothing_locally(
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 240
-        while len(_objects(s3_server, "resume/rgb") + _objects(s3_server, "resume/flow")) < 3 \
+        while len(s3_server.objects(BUCKET, "resume/rgb") + s3_server.objects(BUCKET, "resume/flow")) < 3 \
                 and job.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         running = job.poll() is None

@@ -47,12 +47,6 @@ def no_aws_env(monkeypatch, tmp_path):
     return work
 
 
-def _keys(s3_server, prefix: str) -> list[str]:
-    sel = pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True)
-    return sorted(i.path[len(BUCKET) + 1:] for i in s3_server.filesystem().get_file_info(sel)
-                  if i.type == pafs.FileType.File)
-
-
 def test_train_run_with_features_run_dir_and_checkpoints_on_s3(ray_local, s3_server, s3_store,
                                                                no_aws_env):
     out = s3_server.uri(BUCKET, "runs/late")
@@ -62,7 +56,7 @@ def test_train_run_with_features_run_dir_and_checkpoints_on_s3(ray_local, s3_ser
     assert "?" in cfg.resolved_storage() and "@" in cfg.resolved_storage()
     res = trainer.fit(cfg)
 
-    keys = _keys(s3_server, "runs/late")
+    keys = s3_server.objects(BUCKET, "runs/late")
     assert "runs/late/summary.json" in keys
     assert {"runs/late/predictions/val.parquet", "runs/late/predictions/test.parquet"} <= set(keys)
     # Ray Train's run (its snapshot and the checkpoints with model.pt) under the run directory.

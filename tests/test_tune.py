@@ -208,17 +208,11 @@ def s3_sweep(ray_local, s3_server, tmp_path_factory):
     return SimpleNamespace(res=res, store=store, uri=uri, work=work)
 
 
-def _keys(s3_server, prefix: str) -> list[str]:
-    sel = pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True)
-    return sorted(i.path[len(BUCKET) + 1:] for i in s3_server.filesystem().get_file_info(sel)
-                  if i.type == pafs.FileType.File)
-
-
 @pytest.mark.integration
 def test_sweep_storage_on_s3_holds_tunes_experiment_and_each_trials_train_run(s3_sweep, s3_server):
     res = s3_sweep.res
     assert all(t.checkpoint for t in res.trials)
-    keys = _keys(s3_server, "tune")
+    keys = s3_server.objects(BUCKET, "tune")
     # Tune's experiment, and each trial's Train run (named after sweep and trial) beside it.
     assert "tune/s3-sweep/tuner.pkl" in keys, keys
     assert len({k.split("/")[1] for k in keys if k.startswith("tune/s3-sweep-")
