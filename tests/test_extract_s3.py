@@ -115,7 +115,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(data, s3_ser
     with first.lock():
         markers = s3_server.objects(BUCKET, "locked/_lock")
         assert len(markers) == 1
-        doc = json.loads(s3_server.filesystem().open_input_stream(markers[0]).read())
+        doc = json.loads(s3_server.filesystem().open_input_stream(f"{BUCKET}/{markers[0]}").read())
         assert doc["pid"] == os.getpid() and doc["expires"] > time.time() + 60
         with pytest.raises(StoreError, match="being written by another extraction job"):
             with fs.FeatureStore(out).lock():
