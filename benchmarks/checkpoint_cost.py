@@ -1,6 +1,6 @@
 """The cost of fault tolerance: writing an epoch's checkpoint against training the epoch.
 
-Every epoch, rank 0 writes a checkpoint (``distributed.checkpoints.report``): the model, the
+Every epoch, rank 0 writes a checkpoint (``distributed.train.checkpoints.report``): the model, the
 optimizer state (what a restarted worker resumes from), config and history, saved with
 ``torch.save`` into a temporary folder that Ray Train then copies into the run's storage. This
 times both halves of that write (save, then the copy into a storage folder) and one training

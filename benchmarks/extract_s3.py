@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         if args.runner == "ray":
             import ray
 
-            from reslstm.distributed.extract import run_extraction
+            from reslstm.distributed.extract.job import run_extraction
             from reslstm.distributed.runtime import local_system_config
 
             ray.init(address="local", num_cpus=args.cpus, include_dashboard=False,

@@ -53,7 +53,7 @@ import torch
 
 from reslstm.datasets.synthetic import generate_synthetic
 from reslstm.configs import ExtractConfig
-from reslstm.distributed.extract import run_extraction
+from reslstm.distributed.extract.job import run_extraction
 from reslstm.extraction.driver import run_local
 from reslstm.distributed.runtime import local_system_config
 

@@ -1,4 +1,4 @@
-"""TV-L1 flow throughput: reslstm.tvl1 (PyTorch, batched) against OpenCV's CPU TV-L1 on every core.
+"""TV-L1 flow throughput: reslstm.flow.tvl1 (PyTorch, batched) against OpenCV's CPU TV-L1 on every core.
 
 Baseline, measured in the same run: cv2.optflow.DualTVL1OpticalFlow_create() (defaults), one
 process per CPU core (multiprocessing, one OpenCV thread each), pairs handed out one at a time.
@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 import torch
 
-from reslstm.tvl1 import TorchTVL1, tvl1_flow
+from reslstm.flow.tvl1 import TorchTVL1, tvl1_flow
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEOS = REPO.parent / "shared" / "videos"
@@ -55,7 +55,7 @@ EXTENSIONS = {".mp4", ".avi", ".mkv", ".webm", ".mov"}
 def real_frames(videos: Path, size: int, n_pairs: int) -> list[np.ndarray]:
     """Runs of consecutive uint8 RGB frames (k, size, size, 3), one run per video in turn,
     with n_pairs pairs in all (None when there are no videos)."""
-    from reslstm.video import VideoReader
+    from reslstm.video.reader import VideoReader
 
     paths = sorted(p for p in videos.iterdir() if p.suffix.lower() in EXTENSIONS) if videos.is_dir() else []
     if not paths:

@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from reslstm.configs import ExtractConfig
-    from reslstm.distributed.extract import run_extraction
+    from reslstm.distributed.extract.job import run_extraction
     from reslstm.distributed.runtime import local_system_config
 
     minutes = [float(m) for m in args.minutes.split(",")]

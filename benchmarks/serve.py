@@ -3,7 +3,7 @@ concurrent clients, against calling the in-process predictor directly, in the sa
 
 A short synthetic clip (32 frames at 96x128, H.264) is classified by a late-product tiny3d
 model (both streams: decode, DIS flow, tiny3d features, Res-LSTM). The direct baseline is
-``reslstm.predict.Predictor.predict`` in this process on as many threads as a replica has
+``reslstm.inference.predictor.Predictor.predict`` in this process on as many threads as a replica has
 CPUs. Serve requests upload the clip as the raw body (the whole HTTP path: upload, temporary
 file, proxy, replica), from ``clients`` threads that each send one request after the other,
 for each number of replicas (one CPU each by default). At one client the direct calls and the
@@ -54,7 +54,7 @@ def make_predictor(model: Path, clip: Path, threads: int):
     from reslstm.checkpoint import load_checkpoint
     from reslstm.configs import PredictConfig
     from reslstm.extraction.stages import limit_threads
-    from reslstm.predict import Predictor
+    from reslstm.inference.predictor import Predictor
 
     net, doc = load_checkpoint(model)
     predictor = Predictor(net, doc, PredictConfig(model=str(model)))
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
 
     from reslstm.configs import PredictConfig, ServeConfig
     from reslstm.distributed.runtime import free_port, init_ray
-    from reslstm.distributed.serve import start
+    from reslstm.distributed.serve.app import start
 
     threads = max(1, int(round(args.replica_cpus)))
     load_start = os.getloadavg()[0]

@@ -25,12 +25,12 @@ from mlflow import MlflowClient
 
 from reslstm.configs import DemoConfig, ExtractConfig, SweepConfig, TrainConfig
 from reslstm.datasets.synthetic import ORDER_PAIRS, generate_synthetic
-from reslstm.predictions import FUSED, load_predictions
+from reslstm.reports.predictions import FUSED, load_predictions
 
-from . import tracking
-from .extract import run_extraction
-from .trainer import fit
-from .tune import sweep
+from reslstm.distributed.tracking import runs as tracking
+from reslstm.distributed.extract.job import run_extraction
+from reslstm.distributed.train.trainer import fit
+from reslstm.distributed.tune.sweep import sweep
 
 log = logging.getLogger(__name__)
 

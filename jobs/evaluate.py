@@ -17,9 +17,9 @@ import argparse
 import sys
 
 from reslstm.cli import HelpFormatter, run_job
-from reslstm.external_fusion import DEFAULT_SCORES, SCORE_KINDS, evaluate_external
+from reslstm.reports.external_fusion import DEFAULT_SCORES, SCORE_KINDS, evaluate_external
 from reslstm.fusion import LATE_OPS
-from reslstm.predictions import PredictionError, evaluate_fusion, evaluate_run
+from reslstm.reports.predictions import PredictionError, evaluate_fusion, evaluate_run
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ import sys
 
 from reslstm.cli import HelpFormatter, add_config_arguments, config_from_args, run_job
 from reslstm.configs import ExtractConfig
-from reslstm.distributed.extract import run_extraction, verify
+from reslstm.distributed.extract.job import run_extraction, verify
 from reslstm.extraction.settings import ExtractError
 from reslstm.features import StoreError
 

@@ -15,7 +15,7 @@ import sys
 
 from reslstm.cli import HelpFormatter, add_address, add_config_arguments, config_from_args, run_job
 from reslstm.configs import PaperConfig
-from reslstm.distributed.paper import run_preset
+from reslstm.distributed.tune.paper_runs import run_preset
 from reslstm.features import StoreError
 
 

@@ -18,7 +18,7 @@ import sys
 from reslstm.checkpoint import ModelRefError
 from reslstm.cli import HelpFormatter, add_config_arguments, config_from_args, run_job
 from reslstm.configs import PredictConfig
-from reslstm.distributed.predict import PredictFailures, run_predict
+from reslstm.distributed.predict.batch import PredictFailures, run_predict
 
 
 def main(argv=None) -> int:

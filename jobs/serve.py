@@ -5,7 +5,7 @@
     curl -F video=@clip.mp4 http://127.0.0.1:8000/predict
 
 Binds 127.0.0.1 unless --host says otherwise. The same app runs with `serve run
-cluster/serve.yaml` or `serve run reslstm.distributed.serve:build model=runs/late replicas=2`.
+cluster/serve.yaml` or `serve run reslstm.distributed.serve.app:build model=runs/late replicas=2`.
 See README.md, "Predicting new videos".
 """
 
@@ -15,7 +15,7 @@ import sys
 from reslstm.checkpoint import ModelRefError
 from reslstm.cli import HelpFormatter, add_config_arguments, config_from_args, run_job
 from reslstm.configs import PredictConfig, ServeConfig
-from reslstm.distributed.serve import serve_until_stopped
+from reslstm.distributed.serve.app import serve_until_stopped
 
 BATCH_ONLY = ("manifest", "out", "top_k", "as_json", "sheet", "actors", "actor_cpus",
               "chunk_videos", "retry_failed", "overwrite", "address")

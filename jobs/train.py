@@ -16,7 +16,7 @@ import sys
 
 from reslstm.cli import HelpFormatter, add_address, add_config_arguments, config_from_args, run_job
 from reslstm.configs import TrainConfig
-from reslstm.distributed.trainer import fit
+from reslstm.distributed.train.trainer import fit
 from reslstm.features import StoreError
 
 

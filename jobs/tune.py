@@ -14,7 +14,7 @@ import sys
 
 from reslstm.cli import HelpFormatter, add_address, add_config_arguments, config_from_args, run_job
 from reslstm.configs import SEARCHED, SweepConfig, TrainConfig
-from reslstm.distributed.tune import sweep
+from reslstm.distributed.tune.sweep import sweep
 from reslstm.features import StoreError
 
 

@@ -1,6 +1,6 @@
 """A trained model read back without Ray: the checkpoint payload and the model it holds.
 
-A payload is the dict a training run saves as ``model.pt`` (``distributed.checkpoints``):
+A payload is the dict a training run saves as ``model.pt`` (``distributed.train.checkpoints``):
 ``model_state``, ``model_config``, ``label_names``, ``features`` ({stream: the feature store's
 ``StreamSettings`` as a dict}: how the features the model learned from were extracted),
 ``store``, ``train_config``, ``epoch`` and ``metrics``.
@@ -13,7 +13,7 @@ A payload is the dict a training run saves as ``model.pt`` (``distributed.checkp
 
 each a local path or a filesystem URI (``s3://...``, read with ``reslstm.storage``).
 ``load_checkpoint(ref)`` also rebuilds the model (eval mode). Registered models
-(``models:/NAME@ALIAS``) live in MLflow and are read by ``reslstm.distributed.registry``.
+(``models:/NAME@ALIAS``) live in MLflow and are read by ``reslstm.distributed.tracking.models``.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from reslstm.clips import Segment, clip_view, iter_segments, pad_frames
-from reslstm.video import iter_frames, read_frames
+from reslstm.video.clips import Segment, clip_view, iter_segments, pad_frames
+from reslstm.video.reader import iter_frames, read_frames
 from test_video import colour_frames, write_video
 
 

@@ -305,7 +305,7 @@ def test_rayservice_serves_the_app():
     # the Service is ClusterIP. Said here explicitly, not left to a default.
     assert serve["http_options"] == {"host": "0.0.0.0", "port": 8000}
     [app] = serve["applications"]
-    assert app["import_path"] == "reslstm.distributed.serve:app"
+    assert app["import_path"] == "reslstm.distributed.serve.app:app"
     assert app["route_prefix"] == "/"
     assert app["runtime_env"]["env_vars"]["RESLSTM_MODEL_URI"] == "models:/reslstm@champion"
     [dep] = app["deployments"]

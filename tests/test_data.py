@@ -1,10 +1,10 @@
-"""distributed.data: Ray datasets of T-sampled rows, rgb/flow pairing, the PCA sample."""
+"""distributed.train.data: Ray datasets of T-sampled rows, rgb/flow pairing, the PCA sample."""
 
 import numpy as np
 import pytest
 
 from featurestore_fixture import make_feature_store
-from reslstm.distributed import data
+from reslstm.distributed.train import data
 from reslstm.sampling import temporal_sample
 
 

@@ -14,7 +14,7 @@ from reslstm.datasets.synthetic import ORDER_PAIRS
 
 from reslstm.configs import DemoConfig
 from reslstm.distributed.demo import pair_accuracy, run_demo
-from reslstm.predictions import PREDICTION_SCHEMA
+from reslstm.reports.predictions import PREDICTION_SCHEMA
 
 
 def test_pair_accuracy_counts_only_order_pair_classes(tmp_path):

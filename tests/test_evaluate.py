@@ -1,4 +1,4 @@
-"""distributed.evaluate: scores and late fusion of stored predictions, and their reports."""
+"""distributed.train.evaluation: scores and late fusion of stored predictions, and their reports."""
 
 import csv
 
@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from reslstm import metrics
-from reslstm import predictions as ev
+from reslstm.reports import predictions as ev
 from reslstm.fusion import late_fuse
 
 NAMES = ["a", "b", "c"]

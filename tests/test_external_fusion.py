@@ -1,4 +1,4 @@
-"""reslstm.external_fusion (with reslstm.confusion_change) and jobs/evaluate.py --external:
+"""reslstm.reports.external_fusion (with reslstm.reports.confusion_change) and jobs/evaluate.py --external:
 our softmax fused with another model's per-video scores, matched by class name and video id,
 on numbers computed by hand."""
 
@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from reslstm import confusion_change as cc
-from reslstm import external_fusion as xf
-from reslstm.predictions import PredictionError, prediction_table
+from reslstm.reports import confusion_change as cc
+from reslstm.reports import external_fusion as xf
+from reslstm.reports.predictions import PredictionError, prediction_table
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["a", "b", "c", "d"]

@@ -21,7 +21,7 @@ from reslstm.sampling import num_clips
 from conftest import SHARED_VIDEO_FRAMES, SHARED_VIDEOS
 
 from reslstm.configs import ExtractConfig
-from reslstm.distributed.extract import run_extraction
+from reslstm.distributed.extract.job import run_extraction
 from reslstm.extraction.driver import run_local
 
 pytestmark = pytest.mark.integration
@@ -154,11 +154,11 @@ def test_ray_pipeline_equals_plain_loop_and_segments_join_exactly(dataset, extra
 def test_ten_crops_of_a_torchvision_model_through_the_ray_pipeline(ray_local, tmp_path):
     """--crops 10 with r3d_18 (random weights): every stage on Ray, and each stored clip
     feature equals the model's 10-crop mean computed directly on the decoded frames."""
-    from reslstm.clips import pad_frames
+    from reslstm.video.clips import pad_frames
     from reslstm.datasets.synthetic import synthesize_video, write_mp4
     from reslstm.extractors import clip_features
-    from reslstm.flow import compute_flow, quantize_flow
-    from reslstm.video import read_frames
+    from reslstm.flow.methods import compute_flow, quantize_flow
+    from reslstm.video.reader import read_frames
 
     # 17 frames: one RGB clip and one flow clip (16 flow frames); r3d_18 on 10 crops is slow on
     # a CPU.

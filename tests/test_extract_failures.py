@@ -100,7 +100,7 @@ def test_a_job_where_every_video_fails_exits_1(ray_local, tmp_path, capsys):
 def test_a_model_that_cannot_load_stops_the_job_at_once(ray_local, tmp_path):
     """Weights that pass the driver's check (a readable file) but not the model's strict load:
     the feature actors cannot start. That is the job's error, not a lost node: no retries."""
-    from reslstm.distributed import extract as ex
+    from reslstm.distributed.extract import job as ex
 
     torch.save({"conv1.weight": torch.zeros(16, 3, 1, 1, 1)}, tmp_path / "wrong.pt")
     manifest = _manifest(tmp_path, good=1, missing=0)

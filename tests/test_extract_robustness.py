@@ -29,7 +29,7 @@ import pytest
 from reslstm import features as fs
 from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest
 from reslstm.sampling import num_clips
-from reslstm.video import VideoDecodeError, VideoReader
+from reslstm.video.reader import VideoDecodeError, VideoReader
 
 import ray
 
@@ -50,7 +50,7 @@ import json, sys
 import ray
 from reslstm.cli import setup_console
 from reslstm.configs import ExtractConfig
-from reslstm.distributed.extract import run_extraction
+from reslstm.distributed.extract.job import run_extraction
 setup_console()  # the summary a job prints
 ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
 s = run_extraction(ExtractConfig(**json.loads(sys.argv[1])))
@@ -370,10 +370,10 @@ def long_frames(n: int, h: int = 48, w: int = 64):
 def test_ten_minute_video_and_segments_equal_one_pass(ray_local, tmp_path):
     import torch
 
-    from reslstm.distributed.extract import run_extraction
+    from reslstm.distributed.extract.job import run_extraction
     from reslstm.extractors import clip_features, create_extractor
-    from reslstm.flow import compute_flow, quantize_flow
-    from reslstm.video import read_frames
+    from reslstm.flow.methods import compute_flow, quantize_flow
+    from reslstm.video.reader import read_frames
 
     long = encode(tmp_path / "ten_minutes.mp4", long_frames(10 * 60 * 25),
                   codec_options={"preset": "ultrafast"})
@@ -521,7 +521,7 @@ def test_overwrite_replaces_the_stream(tmp_path):
 def test_cluster_failure_reruns_only_the_unfinished_pairs(ray_local, tmp_path, monkeypatch):
     """A pipeline that dies of a cluster failure (here: a node, after 3 rows) runs again on what
     is not finished; a failure of another kind is not retried."""
-    import reslstm.distributed.extract as ex
+    import reslstm.distributed.extract.job as ex
     from reslstm.datasets.synthetic import generate_synthetic
 
     synth = pq.read_table(generate_synthetic(tmp_path / "synth", videos_per_class=1, seed=8))

@@ -1,4 +1,4 @@
-"""Extraction with ``--flow tvl1-torch`` (reslstm.tvl1 inside the feature actor): the same flow
+"""Extraction with ``--flow tvl1-torch`` (reslstm.flow.tvl1 inside the feature actor): the same flow
 features as OpenCV's TV-L1 (``--flow tvl1``), the method recorded in the store and a store of
 the other method refused, the option from the command line, the pipeline's plan and cluster
 check, and the in-actor path on a GPU when there is one.
@@ -30,7 +30,7 @@ from reslstm.datasets.synthetic import synthesize_video, write_mp4
 from reslstm.extraction.driver import run_local
 from reslstm.extraction.segments import frames_of
 from reslstm.extraction.settings import resolve_settings
-from reslstm.flow import flow_clip_frames, make_flow
+from reslstm.flow.methods import flow_clip_frames, make_flow
 
 from conftest import console_lines
 from test_tvl1 import BIT_LEVEL_OPENCV
@@ -169,8 +169,8 @@ def test_pipeline_plan_and_cluster_check():
     """No CPU flow task for tvl1-torch; on a CPU-only cluster the actors are the flow stage
     (one CPU each, one per CPU); with GPUs one GPU each. tvl1-torch is never refused for want
     of a GPU (it says what it costs); RAFT is."""
-    from reslstm.distributed import extract as ex
-    from reslstm.distributed.extract_pipeline import PipelinePlan
+    from reslstm.distributed.extract import job as ex
+    from reslstm.distributed.extract.pipeline import PipelinePlan
     from reslstm.extraction.settings import ExtractError
 
     cfg = _cfg("m.parquet", "unused", streams=("rgb", "flow"), flow="tvl1-torch")

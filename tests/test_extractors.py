@@ -171,7 +171,7 @@ def test_normalize_layout_is_b_c_s_h_w():
 
 
 def test_normalize_flow_dequantises_like_flow_module():
-    from reslstm.flow import dequantize_flow, quantize_flow, to_i3d_range
+    from reslstm.flow.methods import dequantize_flow, quantize_flow, to_i3d_range
 
     q = np.arange(256, dtype=np.uint8)[:, None].repeat(2, 1)  # (256, 2): every code, both channels
     clips = torch.from_numpy(q).view(1, 1, 16, 16, 2)

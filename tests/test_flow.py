@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from reslstm.flow import (
+from reslstm.flow.methods import (
     FLOW_METHODS,
     RaftFlow,
     compute_flow,
@@ -22,7 +22,7 @@ from reslstm.flow import (
     to_i3d_range,
     tvl1_torch_id,
 )
-from reslstm.tvl1 import TorchTVL1, TVL1Params
+from reslstm.flow.tvl1 import TorchTVL1, TVL1Params
 
 CPU_METHODS = sorted(FLOW_METHODS)
 HALF_STEP = 40.0 / 255.0 / 2.0
@@ -112,7 +112,7 @@ def test_quantize_flow_of_a_tensor_gives_the_same_bytes_on_its_device():
 
 
 # ---------------------------------------------------------------------------------------------
-# tvl1-torch (reslstm.tvl1 has its own tests against OpenCV)
+# tvl1-torch (reslstm.flow.tvl1 has its own tests against OpenCV)
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture

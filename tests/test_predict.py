@@ -1,4 +1,4 @@
-"""Prediction in one process (reslstm.predict, reslstm.checkpoint, jobs/predict.py on files): the
+"""Prediction in one process (reslstm.inference.predictor, reslstm.checkpoint, jobs/predict.py on files): the
 chain reproduces extraction exactly, late fusion scores both streams, weights are checked
 against the model's record, bad videos get extraction's typed errors, every model reference
 kind resolves. No Ray."""
@@ -20,7 +20,7 @@ from reslstm.configs import PredictConfig
 from reslstm.datasets.manifest import write_manifest
 from reslstm.extraction.driver import run_local
 from reslstm.fusion import late_fuse
-from reslstm.predict import (BATCH_SCHEMA, PredictError, Predictor, VideoFailed, chain_settings,
+from reslstm.inference.predictor import (BATCH_SCHEMA, PredictError, Predictor, VideoFailed, chain_settings,
                              join_video, prediction_rows)
 from reslstm.sampling import sample_pair
 
@@ -209,7 +209,7 @@ def test_recorded_weights_names_and_flow_methods_are_reproduced():
     doc["features"]["flow"]["flow_method"] = "raft-small:" + "ab" * 32
     with pytest.raises(PredictError, match="--raft-weights"):
         chain_settings(doc, PredictConfig(model="m"))
-    from reslstm.tvl1 import TVL1Params
+    from reslstm.flow.tvl1 import TVL1Params
 
     doc["features"]["flow"]["flow_method"] = "tvl1-torch"  # TV-L1 in torch: its parameters
     stage, _ = chain_settings(doc, PredictConfig(model="m"))
@@ -225,7 +225,7 @@ def test_recorded_weights_names_and_flow_methods_are_reproduced():
 def test_every_model_reference_kind_resolves(tmp_path, late_model):
     """A model.pt, a checkpoint directory, a run directory (summary.json's best checkpoint),
     a file:// URI; clear errors otherwise."""
-    from reslstm.distributed.predict import load_model
+    from reslstm.distributed.predict.batch import load_model
 
     ckpt = tmp_path / "run" / "ray_results" / "epoch_0002"
     ckpt.mkdir(parents=True)
@@ -247,13 +247,13 @@ def test_every_model_reference_kind_resolves(tmp_path, late_model):
 
 
 def test_a_registered_model_predicts_as_its_checkpoint(tmp_path, videos, late_model, predictor):
-    """models:/NAME@ALIAS through the MLflow registry (reslstm.distributed.registry): the same
+    """models:/NAME@ALIAS through the MLflow registry (reslstm.distributed.tracking.models): the same
     payload, hence the same probabilities as the checkpoint file."""
     from mlflow import MlflowClient
 
-    from reslstm.distributed.predict import load_model
-    from reslstm.distributed.registry import register_model
-    from reslstm.distributed.tracking import ensure_experiment
+    from reslstm.distributed.predict.batch import load_model
+    from reslstm.distributed.tracking.models import register_model
+    from reslstm.distributed.tracking.runs import ensure_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -314,6 +314,6 @@ def test_classifying_files_imports_no_ray():
     import subprocess
     import sys
 
-    code = ("import sys, reslstm.predict, reslstm.checkpoint, reslstm.sheet, "
-            "reslstm.distributed.predict; assert 'ray' not in sys.modules, 'Ray was imported'")
+    code = ("import sys, reslstm.inference.predictor, reslstm.checkpoint, reslstm.inference.sheet, "
+            "reslstm.distributed.predict.batch; assert 'ray' not in sys.modules, 'Ray was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

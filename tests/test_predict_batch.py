@@ -1,4 +1,4 @@
-"""Batch prediction on Ray Data (reslstm.distributed.predict.run_batch, jobs/predict.py
+"""Batch prediction on Ray Data (reslstm.distributed.predict.batch.run_batch, jobs/predict.py
 --manifest): one row per video with exactly the in-process probabilities, bad videos in the
 failures table with extraction's typed errors, reruns that resume, another model's output
 refused; and a model really trained by jobs/train.py's fit, referenced by its run directory."""
@@ -17,7 +17,7 @@ from predict_fixture import CLASSES, payload, save_payload, write_videos
 from s3_fixture import s3_server_fixture  # noqa: F401  (the fixture s3_server)
 from reslstm.checkpoint import load_checkpoint
 from reslstm.configs import PredictConfig
-from reslstm.predict import BATCH_SCHEMA, PredictError, Predictor
+from reslstm.inference.predictor import BATCH_SCHEMA, PredictError, Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ def in_process(model_file, paths) -> dict:
 
 def test_batch_rows_equal_in_process_predictions_and_reruns_resume(ray_local, tmp_path, files,
                                                                    manifest):
-    from reslstm.distributed.predict import run_batch
+    from reslstm.distributed.predict.batch import run_batch
 
     model_file = save_payload(tmp_path / "model.pt", payload("late-product"))
     out = tmp_path / "out"
@@ -90,7 +90,7 @@ def test_batch_rows_equal_in_process_predictions_and_reruns_resume(ray_local, tm
 
 def test_prepare_out_overwrites_only_when_asked(tmp_path):
     from reslstm import storage
-    from reslstm.distributed.predict import prepare_out
+    from reslstm.distributed.predict.batch import prepare_out
 
     out = storage.resolve(tmp_path / "out")
     prepare_out(out, {"model": "a", "fingerprint": "1"}, overwrite=False)
@@ -115,7 +115,7 @@ def trained_run(ray_local, tmp_path_factory) -> Path:
     from predict_fixture import extract_config
     from reslstm import features as fs
     from reslstm.configs import TrainConfig
-    from reslstm.distributed.trainer import fit
+    from reslstm.distributed.train.trainer import fit
     from reslstm.extraction.settings import resolve_settings
 
     root = tmp_path_factory.mktemp("trained")
@@ -161,7 +161,7 @@ def test_a_folder_on_s3_is_classified_into_s3_with_credentials_only_in_the_uris(
     credentials; nothing needs AWS variables."""
     import pyarrow.fs as pafs
 
-    from reslstm.distributed.predict import run_batch
+    from reslstm.distributed.predict.batch import run_batch
 
     for key in [k for k in os.environ if k.startswith("AWS_")]:
         monkeypatch.delenv(key)

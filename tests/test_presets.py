@@ -9,10 +9,10 @@ from mlflow import MlflowClient
 
 from featurestore_fixture import make_feature_store
 from reslstm.configs import PaperConfig
-from reslstm.distributed.paper import preset_sweep, run_preset
-from reslstm.preset_figures import plot_examples, plot_grouped_confusion, plot_preset
-from reslstm.preset_report import aggregate, check, table_rows, write_table
-from reslstm.presets import NOT_RECORDED, PLOT_ONLY, PRESETS, Claim, paper_value
+from reslstm.distributed.tune.paper_runs import preset_sweep, run_preset
+from reslstm.paper.figures import plot_examples, plot_grouped_confusion, plot_preset
+from reslstm.paper.report import aggregate, check, table_rows, write_table
+from reslstm.paper.presets import NOT_RECORDED, PLOT_ONLY, PRESETS, Claim, paper_value
 
 
 def _rows(values: dict, field: str, key="test_top1"):
@@ -101,7 +101,7 @@ def test_final_table_has_one_row_per_head_and_the_paper_beside_the_fused_one(tmp
 
 
 def test_trial_table_keeps_every_column_of_every_trial(tmp_path):
-    from reslstm.sweep_report import write_sweep_report
+    from reslstm.reports.sweep_tables import write_sweep_report
 
     rows = [{"trial": "a", "fusion": "mid-sum", "test_top1": 0.5},
             {"trial": "b", "fusion": "late-sum", "test_top1": 0.6, "test_top1_rgb": 0.4}]

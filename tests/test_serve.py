@@ -1,4 +1,4 @@
-"""The Ray Serve endpoint (reslstm.distributed.serve): started on a free local port, it answers
+"""The Ray Serve endpoint (reslstm.distributed.serve.app): started on a free local port, it answers
 real, synthetic and broken videos (uploaded raw or as a form, or named by path) with exactly
 the probabilities of jobs/predict.py on the same files; bad requests get a 4xx with a message;
 a replica that met a broken file keeps serving. Also cluster/serve.yaml and the app builder."""
@@ -41,7 +41,7 @@ def endpoint(ray_local, model_file):
     from ray import serve
 
     from reslstm.distributed.runtime import free_port
-    from reslstm.distributed.serve import start
+    from reslstm.distributed.serve.app import start
 
     cfg = ServeConfig(predict=PredictConfig(model=str(model_file)), port=free_port(),
                       max_upload_mb=LIMIT_MB, replica_cpus=1)
@@ -152,7 +152,7 @@ def test_serve_yaml_binds_localhost_and_matches_the_rayservice():
     schema.ServeDeploySchema.model_validate(doc)
     assert doc["http_options"]["host"] == "127.0.0.1"
     [app] = doc["applications"]
-    assert app["import_path"] == "reslstm.distributed.serve:app"
+    assert app["import_path"] == "reslstm.distributed.serve.app:app"
     assert [d["name"] for d in app["deployments"]] == ["ActionRecognizer"]
     service = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayservice.yaml").read_text())
     [svc_app] = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
@@ -160,7 +160,7 @@ def test_serve_yaml_binds_localhost_and_matches_the_rayservice():
 
 
 def test_the_builder_and_the_environment_configure_the_app(monkeypatch):
-    from reslstm.distributed import serve as srv
+    from reslstm.distributed.serve import app as srv
 
     app = srv.build({"model": "runs/late", "replicas": "2", "replica_cpus": "0.5",
                      "replica_gpus": "1", "max_upload_mb": "50", "allow_paths": "false",
@@ -183,7 +183,7 @@ def test_the_builder_and_the_environment_configure_the_app(monkeypatch):
 
 
 def test_multipart_bodies_are_split_without_loading_them_whole(tmp_path):
-    from reslstm.distributed.serve import BadRequest, split_multipart
+    from reslstm.distributed.serve.app import BadRequest, split_multipart
 
     video = bytes(range(256)) * 1000 + b"\r\n--notthe boundary\r\n"
     body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n"
@@ -202,7 +202,7 @@ def test_multipart_bodies_are_split_without_loading_them_whole(tmp_path):
 
 
 def test_named_paths_obey_allow_paths_and_the_size_limit(tmp_path):
-    from reslstm.distributed.serve import BadRequest, check_path
+    from reslstm.distributed.serve.app import BadRequest, check_path
 
     with pytest.raises(BadRequest) as info:
         check_path(str(tmp_path / "clip.mp4"), allowed=False, limit=1000)

@@ -171,7 +171,7 @@ def test_manifest_on_s3_resolves_relative_paths_against_its_prefix(s3_server, tm
 
 
 def test_prediction_reports_to_and_from_s3(s3_server, tmp_path):
-    from reslstm.predictions import evaluate_fusion, evaluate_run, load_predictions, prediction_table
+    from reslstm.reports.predictions import evaluate_fusion, evaluate_run, load_predictions, prediction_table
 
     s3_server.bucket("reports")
     rng = np.random.default_rng(0)

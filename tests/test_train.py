@@ -1,4 +1,4 @@
-"""distributed.trainer / worker / checkpoints: the epoch metrics, and training runs end to end
+"""distributed.train.trainer / worker / checkpoints: the epoch metrics, and training runs end to end
 (2-worker single-stream and mid-fusion runs, 1-worker late-fusion runs with their options)."""
 
 import dataclasses
@@ -14,10 +14,12 @@ import torch
 from featurestore_fixture import make_feature_store
 from reslstm import metrics
 from reslstm.configs import TrainConfig
-from reslstm.distributed import checkpoints, trainer, worker
+from reslstm.distributed.train import checkpoints
+from reslstm.distributed.train import trainer
+from reslstm.distributed.train import worker
 from reslstm.fusion import late_fuse
 from reslstm.model import build_model
-from reslstm.predictions import evaluate_fusion, heads_of, load_predictions
+from reslstm.reports.predictions import evaluate_fusion, heads_of, load_predictions
 from reslstm.training import EvalResult
 
 

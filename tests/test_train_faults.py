@@ -14,7 +14,7 @@ import pytest
 from conftest import console_lines
 from featurestore_fixture import make_feature_store
 from reslstm.configs import TrainConfig
-from reslstm.distributed import trainer
+from reslstm.distributed.train import trainer
 
 pytestmark = pytest.mark.integration
 EPOCHS = 8

@@ -10,7 +10,8 @@ import torch
 
 from featurestore_fixture import make_feature_store
 from reslstm.configs import TrainConfig
-from reslstm.distributed import checkpoints, trainer
+from reslstm.distributed.train import checkpoints
+from reslstm.distributed.train import trainer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration,
               pytest.mark.skipif(not torch.cuda.is_available(),

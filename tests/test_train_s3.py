@@ -14,8 +14,8 @@ from featurestore_fixture import make_feature_store
 from reslstm import storage
 from reslstm.configs import TrainConfig
 from reslstm.checkpoint import load_checkpoint
-from reslstm.distributed import trainer
-from reslstm.predictions import load_predictions
+from reslstm.distributed.train import trainer
+from reslstm.reports.predictions import load_predictions
 from s3_fixture import s3_server_fixture  # noqa: F401  (the fixture s3_server)
 
 BUCKET = "train-tests"

@@ -1,4 +1,4 @@
-"""distributed.tune and distributed.tracking: search space, concurrency, MLflow runs, and a
+"""distributed.tune.sweep and distributed.tracking.runs: search space, concurrency, MLflow runs, and a
 sweep whose feature store and Tune storage are on the local S3 API."""
 
 import json
@@ -15,9 +15,9 @@ import torch
 from mlflow import MlflowClient
 
 from featurestore_fixture import make_feature_store
-from reslstm.distributed import tracking
-from reslstm.distributed import tune as rtune
-from reslstm.distributed.sweep_results import rows_of
+from reslstm.distributed.tracking import runs as tracking
+from reslstm.distributed.tune import sweep as rtune
+from reslstm.distributed.tune.results import rows_of
 from reslstm.cli import parse_list
 from reslstm.configs import SweepConfig, TrainConfig
 from reslstm.fusion import late_fuse
@@ -307,8 +307,8 @@ def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(s3_sweep):
     assert "test_top1" not in other.data.metrics
 
     # The best model is registered; its alias loads a working model with what predicting needs.
-    from reslstm.distributed.checkpoints import load_checkpoint
-    from reslstm.distributed.registry import load_registered
+    from reslstm.distributed.train.checkpoints import load_checkpoint
+    from reslstm.distributed.tracking.models import load_registered
 
     model, payload = load_registered("models:/reslstm@champion", tracking_uri=uri)
     assert payload["label_names"] == store.class_names

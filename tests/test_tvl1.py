@@ -1,4 +1,4 @@
-"""reslstm.tvl1 (the PyTorch TV-L1 package) against OpenCV's CPU DualTVL1OpticalFlow with its defaults.
+"""reslstm.flow.tvl1 (the PyTorch TV-L1 package) against OpenCV's CPU DualTVL1OpticalFlow with its defaults.
 
 Without videos: the grey conversion (bit-exact), the pyramid sizes and calc()'s lowering of
 nscales, single-scale runs on smooth synthetic pairs (a faithful float32 port matches OpenCV to
@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from reslstm.flow import compute_flow, to_i3d_range
-from reslstm.tvl1 import TorchTVL1, TVL1Params, params_from_id, params_id, pyramid_sizes, rgb_to_grey, tvl1_flow
+from reslstm.flow.methods import compute_flow, to_i3d_range
+from reslstm.flow.tvl1 import TorchTVL1, TVL1Params, params_from_id, params_id, pyramid_sizes, rgb_to_grey, tvl1_flow
 # the building blocks, compared with the OpenCV functions TV-L1 calls
-from reslstm.tvl1.iteration import median as _median
-from reslstm.tvl1.resize import resize as _resize
-from reslstm.tvl1.warp import cubic_remap as _cubic_remap, cubic_sampler as _cubic_sampler
-from reslstm.video import VideoReader
+from reslstm.flow.tvl1.iteration import median as _median
+from reslstm.flow.tvl1.resize import resize as _resize
+from reslstm.flow.tvl1.warp import cubic_remap as _cubic_remap, cubic_sampler as _cubic_sampler
+from reslstm.video.reader import VideoReader
 
 VIDEOS = ("activitynet_320x240_audio.mp4", "kinetics_demo_340x256.mp4", "short_32f_340x256.mp4",
           "xvid_mp3_320x240.avi")
@@ -348,7 +348,7 @@ def test_torch_tvl1_is_batch_size_independent_and_matches_tvl1_flow():
 
 
 def test_torch_tvl1_matches_opencv_pipeline():
-    """TorchTVL1 on RGB frames against reslstm.flow.compute_flow(frames, "tvl1") (cvtColor +
+    """TorchTVL1 on RGB frames against reslstm.flow.methods.compute_flow(frames, "tvl1") (cvtColor +
     OpenCV's TV-L1), the CPU path of the extraction pipeline."""
     frames = moving_rgb_frames(4, (64, 64), seed=11)
     assert_close_to_opencv(TorchTVL1(device="cpu")(frames), compute_flow(frames, "tvl1"), "rgb")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_VIDEO_FRAMES
-from reslstm import video
-from reslstm.video import (
+from reslstm.video import reader as video
+from reslstm.video.reader import (
     VideoDecodeError,
     VideoInfo,
     VideoReader,

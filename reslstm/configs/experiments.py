@@ -40,7 +40,7 @@ PRESET_NAMES = ("hidden", "depth", "T", "fusion", "final")
 @dataclass
 class PaperConfig:
     """jobs/paper.py: one of the paper's experiments as a sweep over seeds, with its report
-    (``reslstm.presets``, ``distributed.paper``)."""
+    (``reslstm.paper.presets``, ``distributed.tune.paper_runs``)."""
 
     preset: str = opt(help="the experiment: hidden (Fig. 3a), depth (Fig. 3b-c), T (Table 1), "
                       "fusion (Table 2), final (Tables 3-4, Figs. 4-5)", choices=PRESET_NAMES)

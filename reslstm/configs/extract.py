@@ -9,7 +9,7 @@ from .options import CROPS, STREAMS, _check, _one_of, _positive, opt
 
 @dataclass
 class ExtractConfig:
-    """jobs/extract.py: a manifest in, a feature store out (``distributed.extract``)."""
+    """jobs/extract.py: a manifest in, a feature store out (``distributed.extract.job``)."""
 
     out: str = opt(help="feature store directory or URI (created; reruns resume)")
     manifest: str | None = opt(None, "manifest Parquet (video_id, path, label, label_name, split)")

@@ -10,7 +10,7 @@ from .options import _check, _positive, opt
 @dataclass
 class PredictConfig:
     """jobs/predict.py and the Serve app: a trained model classifies new videos, extracting
-    their features exactly as its training features were (``reslstm.predict``)."""
+    their features exactly as its training features were (``reslstm.inference.predictor``)."""
 
     model: str = opt(help="the model: a run directory of jobs/train.py, a checkpoint "
                      "directory, a model.pt file (path or URI), or models:/NAME@ALIAS")
@@ -62,7 +62,7 @@ class PredictConfig:
 
 @dataclass
 class ServeConfig:
-    """jobs/serve.py and ``serve run reslstm.distributed.serve:build``: the Ray Serve app."""
+    """jobs/serve.py and ``serve run reslstm.distributed.serve.app:build``: the Ray Serve app."""
 
     predict: PredictConfig | None = opt(None, cli=False)  # None: from RESLSTM_MODEL_URI
     host: str = opt("127.0.0.1", "address Serve's HTTP proxy listens on (0.0.0.0: every "

@@ -5,7 +5,7 @@ summary, and ``run_local``, the same stages in one plain process (no Ray).
 (video, stream) pairs still to do, largest files first; ``drive(run, batches)`` feeds every
 segment row that ``batches(items)`` yields to one ``StoreWriter``, printing progress, and
 reruns the unfinished pairs when ``retry_if`` says a failure was the cluster's
-(``distributed.extract`` passes Ray's). ``run_local`` is the single-process baseline of
+(``distributed.extract.job`` passes Ray's). ``run_local`` is the single-process baseline of
 ``benchmarks/extract_scaling.py``.
 """
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from reslstm import __version__
 from reslstm.configs import ExtractConfig
 from reslstm.features import StreamSettings
-from reslstm.flow import raft_weights_id, tvl1_torch_id
+from reslstm.flow.methods import raft_weights_id, tvl1_torch_id
 
 from .stages import StageConfig
 

@@ -56,7 +56,7 @@ class StageConfig:
     @property
     def flow_on_device(self) -> bool:
         """Whether the flow is computed by the feature actor rather than the CPU flow stage."""
-        from reslstm.flow import runs_on_device
+        from reslstm.flow.methods import runs_on_device
 
         return runs_on_device(self.flow_method)
 
@@ -90,8 +90,8 @@ def decode_segments(batch: pa.Table, cfg: StageConfig) -> Iterator[pa.Table]:
     """Work items (manifest rows with a ``stream`` column) -> one table per frame segment, or
     a failure row."""
     from reslstm import storage
-    from reslstm.clips import iter_segments
-    from reslstm.video import VideoReader
+    from reslstm.video.clips import iter_segments
+    from reslstm.video.reader import VideoReader
 
     limit_threads(cfg.task_threads)
     for item in batch.to_pylist():
@@ -122,7 +122,7 @@ def decode_segments(batch: pa.Table, cfg: StageConfig) -> Iterator[pa.Table]:
 # ---------------------------------------------------------------------------------------------
 
 def flow_stage(batch: pa.Table, cfg: StageConfig) -> pa.Table:
-    from reslstm.flow import flow_clip_frames, make_flow
+    from reslstm.flow.methods import flow_clip_frames, make_flow
 
     limit_threads(cfg.task_threads)
     out = []
@@ -158,7 +158,7 @@ class FeatureStage:
         import torch
 
         from reslstm.extractors import create_extractor
-        from reslstm.flow import make_flow
+        from reslstm.flow.methods import make_flow
 
         self.cfg = cfg
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -178,7 +178,7 @@ class FeatureStage:
 
     def features(self, row: dict) -> np.ndarray:
         from reslstm.extractors import clip_features
-        from reslstm.flow import flow_clip_frames
+        from reslstm.flow.methods import flow_clip_frames
 
         frames = frames_of(row)
         if row["stream"] == "flow" and self.flow is not None:

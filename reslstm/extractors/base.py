@@ -5,7 +5,7 @@ A model subclass builds its layers, sets the class attributes below and implemen
 
 - ``normalize``: uint8 clips (B, s, H, W, C) -> float (B, C, s, H, W) on the clips' device.
   RGB: ``(x * pixel_scale - mean) / std`` per channel, in the model's channel order (C3D wants
-  BGR). Flow arrives as the uint8 quantisation of ``reslstm.flow.quantize_flow``
+  BGR). Flow arrives as the uint8 quantisation of ``reslstm.flow.methods.quantize_flow``
   (q = 128 + f * 255/40); it is dequantised here with the same formula as
   ``flow.dequantize_flow`` ((q - 128) * 40/255 pixels), clipped to [-20, 20] and scaled to
   [-flow_range, flow_range] (I3D convention: flow_range = 1).

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..clips import pad_frames
+from reslstm.video.clips import pad_frames
 from .crops import center_crop, ten_crop
 from .base import Extractor
 

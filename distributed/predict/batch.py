@@ -1,0 +1,388 @@
+"""Classifying new videos with a trained model: a few files in this process, or many on Ray Data.
+
+Python API::
+
+    from reslstm.configs import PredictConfig
+    from reslstm.distributed.predict.batch import run_predict
+    run_predict(PredictConfig(model="runs/late", videos=("a.mp4",)))          # in-process
+    run_predict(PredictConfig(model="runs/late", manifest="m.parquet", out="predictions/"))
+
+The model reference (``load_model``): a run directory of ``jobs/train.py``, a checkpoint
+directory, a ``model.pt`` file or a URI (``reslstm.checkpoint``), or ``models:/NAME@ALIAS``
+from the MLflow registry (``reslstm.distributed.tracking.models``). Every way runs the chain of
+``reslstm.inference.predictor``: the extraction settings recorded with the model, its weights checked.
+
+Files (``predict_files``): no Ray; a table (or ``--json``, one object per line) per video, an
+optional sheet; videos that cannot be read are reported with extraction's typed errors and make
+the job exit 1 after the others are printed.
+
+Batch (``run_batch``): the manifest's (or folder's) videos go through the Ray Data pipeline of
+extraction (``extract_pipeline.build_pipeline``: decode and flow tasks, the feature actor pool),
+then ``groupby(video_id)`` gathers each video's segments for the model actor (``ModelStage``),
+which joins them in order and classifies the video. The videos run in chunks of
+``chunk_videos``; each chunk's rows are written when it ends::
+
+    OUT/model.json                  the model: reference, fusion, classes, a weights fingerprint
+    OUT/predictions/part-*.parquet  one row per video (``reslstm.inference.predictor.BATCH_SCHEMA``)
+    OUT/failures/part-*.parquet     video_id, stream, path, stage, error_type, message, run_id
+
+A rerun predicts only the videos not in ``predictions/`` (those in ``failures/`` again only
+with ``retry_failed``); another model's ``OUT`` is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from pathlib import PurePosixPath
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from reslstm import storage
+from reslstm.checkpoint import load_checkpoint, model_from_payload
+from reslstm.configs import PredictConfig
+from reslstm.features import FAILURE_SCHEMA, write_part
+from reslstm.model import ActionModel
+from reslstm.inference.predictor import (BATCH_SCHEMA, ModelHead, PredictError, Prediction, Predictor,
+                             VideoFailed, chain_settings, join_video, model_streams,
+                             prediction_rows, stream_settings)
+
+log = logging.getLogger(__name__)
+
+REGISTRY_PREFIX = "models:/"
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
+                  ".wmv", ".ogv", ".3gp", ".ts")
+MODEL_FILE = "model.json"
+
+
+class PredictFailures(RuntimeError):
+    """Some of the videos given could not be classified (each one is named)."""
+
+    exit_code = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+def load_model(ref: str, mlflow_uri: str | None = None) -> tuple[ActionModel, dict]:
+    """(model in eval mode, checkpoint payload) for any model reference (module docstring)."""
+    if str(ref).startswith(REGISTRY_PREFIX):
+        try:
+            from reslstm.distributed.tracking.models import load_registered
+        except ImportError as exc:
+            raise PredictError(f"{ref}: models:/ references need reslstm.distributed.tracking.models "
+                               f"(MLflow model registration), which is missing ({exc})") from None
+        try:
+            return load_registered(str(ref), tracking_uri=mlflow_uri)
+        except Exception as exc:  # noqa: BLE001 - MLflow's errors: unknown name, alias, server
+            where = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "(no MLFLOW_TRACKING_URI)")
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise PredictError(f"{ref}: cannot load it from the MLflow registry at {where}: "
+                               f"{first}") from exc
+    return load_checkpoint(ref)
+
+
+def load_predictor(cfg: PredictConfig) -> Predictor:
+    model, payload = load_model(cfg.model, cfg.mlflow_uri)
+    return Predictor(model, payload, cfg)
+
+
+def describe(predictor: Predictor) -> str:
+    """One line: the model and the chain it runs."""
+    st, streams = predictor.stage, predictor.head.streams
+    flow = f", flow {st.flow_method}" if "flow" in streams else ""
+    return (f"model {predictor.cfg.model}: {predictor.head.fusion}, {len(predictor.label_names)} "
+            f"classes, T={predictor.head.T}; features {st.extractor} "
+            f"({', '.join(f'{s}={predictor.stage.weights_ids[s]}' for s in streams)}), clips of "
+            f"{st.clip_len} every {st.clip_stride}, {st.crops} crop(s){flow}")
+
+
+# ---------------------------------------------------------------------------------------------
+# A few files, in this process
+# ---------------------------------------------------------------------------------------------
+
+def predict_files(cfg: PredictConfig) -> list[Prediction]:
+    """Classify ``cfg.videos`` in this process; print each; ``PredictFailures`` (exit 1) after
+    the others when some could not be read."""
+    predictor = load_predictor(cfg)
+    if not cfg.as_json:
+        log.info(describe(predictor))
+    done, failed = [], []
+    for path in cfg.videos:
+        try:
+            pred = predictor.predict(path, video_id=str(path))
+        except VideoFailed as exc:
+            failed.append((path, exc))
+            if cfg.as_json:
+                log.info(json.dumps({"video_id": str(path), "path": str(path),
+                                     "error": exc.failures}), extra={"block": True})
+            continue
+        done.append(pred)
+        text = json.dumps(pred.to_dict(cfg.top_k, probabilities=True)) if cfg.as_json \
+            else pred.text(cfg.top_k)
+        log.info(text, extra={"block": True})
+    if cfg.sheet and done:
+        from reslstm.inference.sheet import draw_sheet
+
+        path = draw_sheet(done, cfg.sheet, top_k=cfg.top_k)
+        if not cfg.as_json:
+            log.info(f"sheet: {path}")
+    if failed:
+        lines = [f"{p}: {exc}" for p, exc in failed]
+        raise PredictFailures(f"{len(failed)} of {len(cfg.videos)} video(s) could not be "
+                              "classified:\n  " + "\n  ".join(lines))
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# Many videos, on Ray Data
+# ---------------------------------------------------------------------------------------------
+
+def read_videos(source: str) -> pa.Table:
+    """(video_id, path) of a manifest Parquet (``video_id`` optional; relative paths are read
+    from its folder) or of every video file under a folder (ids: paths below it, without the
+    suffix)."""
+    loc = storage.resolve(source)
+    if loc.is_dir():
+        infos = loc.filesystem.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+        files = sorted(i.path for i in infos if i.type == pafs.FileType.File
+                       and i.path.lower().endswith(VIDEO_SUFFIXES)
+                       and not PurePosixPath(i.path).name.startswith(storage.HIDDEN))
+        if not files:
+            raise PredictError(f"--manifest {loc}: a folder without video files "
+                               f"({', '.join(VIDEO_SUFFIXES)})")
+        ids = [str(PurePosixPath(f).relative_to(loc.path).with_suffix("")) for f in files]
+        paths = [f if loc.local else loc.join(str(PurePosixPath(f).relative_to(loc.path))).uri
+                 for f in files]
+        return pa.table({"video_id": ids, "path": paths})
+    if not loc.is_file():
+        raise PredictError(f"--manifest {loc}: no such file or folder")
+    try:
+        table = pq.read_table(loc.path, filesystem=loc.filesystem)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PredictError(f"--manifest {loc}: not a Parquet manifest ({exc})") from None
+    if "path" not in table.column_names:
+        raise PredictError(f"--manifest {loc}: no 'path' column (columns: {table.column_names})")
+    paths = [p if storage.is_uri(p) or os.path.isabs(p) else loc.parent().join(p).uri
+             for p in table.column("path").to_pylist()]
+    ids = (table.column("video_id").to_pylist() if "video_id" in table.column_names
+           else [str(PurePosixPath(p).with_suffix("")) for p in paths])
+    dup = [v for v, n in Counter(ids).items() if n > 1]
+    if dup:
+        raise PredictError(f"--manifest {loc}: video_id not unique (e.g. {dup[:3]})")
+    return pa.table({"video_id": [str(v) for v in ids], "path": paths})
+
+
+def fingerprint(payload: dict) -> str:
+    """sha256 over the model's weights (names, shapes and values): one model, one fingerprint."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(payload["model_state"].items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class BatchSummary:
+    out: str
+    predicted: int
+    failed: dict             # error_type -> videos (this run; a video counts once)
+    skipped_done: int
+    skipped_failed: int
+    seconds: float
+
+    def report(self) -> str:
+        nfail = sum(self.failed.values())
+        table = storage.join(self.out, "failures")  # self.out: printable, no credentials
+        lines = [f"predictions: {self.out}", f"  predicted: {self.predicted} videos",
+                 f"  failed: {nfail} videos" + (f" (failures table: {table})" if nfail else "")]
+        lines += [f"    {n:6d}  {err}"
+                  for err, n in sorted(self.failed.items(), key=lambda kv: -kv[1])]
+        if self.skipped_done or self.skipped_failed:
+            lines.append(f"  skipped: {self.skipped_done} predicted before, {self.skipped_failed} "
+                         "failed before (--retry-failed predicts them again)")
+        rate = self.predicted / self.seconds if self.seconds > 0 else 0.0
+        lines.append(f"  time: {self.seconds:.1f}s, {rate:.2f} videos/s")
+        return "\n".join(lines)
+
+
+def _ids(directory: storage.Location) -> set[str]:
+    files = directory.list(".parquet")
+    if not files:
+        return set()
+    table = pq.read_table(files, columns=["video_id"], filesystem=directory.filesystem)
+    return set(table.column("video_id").to_pylist())
+
+
+def prepare_out(out: storage.Location, doc: dict, overwrite: bool) -> None:
+    """Record the model in ``OUT/model.json``; another model's predictions are refused (or, with
+    ``overwrite``, removed)."""
+    record = out.join(MODEL_FILE)
+    if record.exists():
+        old = json.loads(record.read_text())
+        if old.get("fingerprint") != doc["fingerprint"]:
+            if not overwrite:
+                raise PredictError(f"--out {out} holds predictions of another model "
+                                   f"({old.get('model')}, weights "
+                                   f"{old.get('fingerprint', '?')[:12]}); pick another --out or "
+                                   "pass --overwrite to replace them")
+            for sub in ("predictions", "failures"):
+                if out.join(sub).exists():
+                    out.join(sub).delete_dir()
+    record.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+STAGE_SCHEMA = pa.schema(list(BATCH_SCHEMA) + [
+    ("kind", pa.string()), ("stream", pa.string()), ("stage", pa.string()),
+    ("error_type", pa.string()), ("message", pa.string())])
+
+
+class ModelStage:
+    """Ray Data callable (actor): the feature segment rows of ONE video (a group of
+    ``groupby("video_id")``) -> its prediction, or the failure rows of its streams, as rows of
+    ``STAGE_SCHEMA``. The model is loaded once per actor."""
+
+    def __init__(self, payload: dict, top_k: int):
+        import ray
+
+        payload = ray.get(payload["ref"])  # wrapped, so Ray Data passes the reference as is
+        self.head = ModelHead(model_from_payload(payload), payload)
+        self.settings = stream_settings(payload, self.head.streams)
+        self.top_k = top_k
+
+    def __call__(self, group: pa.Table) -> pa.Table:
+        rows = group.to_pylist()
+        joined, failures = join_video(rows, self.head.streams, self.settings)
+        if failures:
+            return pa.Table.from_pylist([{**f, "kind": "failure"} for f in failures],
+                                        schema=STAGE_SCHEMA)
+        pred = self.head.prediction(rows[0]["video_id"], rows[0]["path"], joined)
+        table = prediction_rows([pred], self.top_k)
+        n = table.num_rows
+        cols = {name: table.column(name) for name in BATCH_SCHEMA.names}
+        cols["kind"] = pa.array(["prediction"] * n, pa.string())
+        for name in ("stream", "stage", "error_type", "message"):
+            cols[name] = pa.nulls(n, pa.string())
+        return pa.table(cols, schema=STAGE_SCHEMA)
+
+
+def _failures(result: pa.Table, chunk: list[dict], run_id: str) -> pa.Table:
+    """Rows of the failures table: the stage's failure rows, and a row for each video of the
+    chunk the pipeline returned nothing for."""
+    rows = result.filter(pc.equal(result.column("kind"), "failure")).select(
+        ["video_id", "stream", "path", "stage", "error_type", "message"]).to_pylist()
+    returned = set(result.column("video_id").to_pylist())
+    rows += [{"video_id": r["video_id"], "stream": None, "path": r["path"], "stage": "assemble",
+              "error_type": "IncompleteVideo",
+              "message": f"{r['path']}: the pipeline returned nothing for it; rerun to retry"}
+             for r in chunk if r["video_id"] not in returned]
+    return pa.Table.from_pylist([{**r, "run_id": run_id} for r in rows], schema=FAILURE_SCHEMA)
+
+
+def run_batch(cfg: PredictConfig) -> BatchSummary:
+    """Classify every video of ``cfg.manifest`` not yet in ``cfg.out`` on Ray Data (module
+    docstring); log a summary."""
+    if not cfg.out:
+        raise PredictError("--manifest needs --out: the directory the predictions go to")
+    started = time.monotonic()
+    videos = read_videos(cfg.manifest)
+    model, payload = load_model(cfg.model, cfg.mlflow_uri)
+    stage, settings = chain_settings(payload, cfg)  # weights checked before anything starts
+    streams = model_streams(payload)
+    out = storage.resolve(cfg.out)
+    # Option-free video URIs (what read_videos lists for a folder or manifest on S3) are read
+    # with the manifest's filesystem (endpoint, credentials), else the output's, on every node.
+    remote = [loc for loc in (storage.resolve(cfg.manifest), out) if not loc.local]
+    if remote:
+        stage = dataclasses.replace(stage, videos=remote[0])
+    prepare_out(out, {"model": str(cfg.model), "fingerprint": fingerprint(payload),
+                      "fusion": model.config.fusion, "labels": list(payload["label_names"]),
+                      "features": {s: dataclasses.asdict(v) for s, v in settings.items()}},
+                cfg.overwrite)
+    done = _ids(out.join("predictions"))
+    failed_before = _ids(out.join("failures")) - done
+    rows = videos.to_pylist()
+    todo = [r for r in rows if r["video_id"] not in done
+            and (cfg.retry_failed or r["video_id"] not in failed_before)]
+    skipped_failed = 0 if cfg.retry_failed else sum(r["video_id"] in failed_before for r in rows)
+    summary = BatchSummary(out=str(out), predicted=0, failed={},
+                           skipped_done=len(done & {r["video_id"] for r in rows}),
+                           skipped_failed=skipped_failed, seconds=0.0)
+    if todo:
+        _run_chunks(cfg, todo, payload, stage, streams, out, summary)
+    summary.seconds = time.monotonic() - started
+    log.info(summary.report(), extra={"block": True})
+    return summary
+
+
+def _run_chunks(cfg: PredictConfig, todo: list[dict], payload: dict, stage, streams,
+                out: storage.Location, summary: BatchSummary) -> None:
+    """The pipeline over ``todo``, chunk by chunk; counts go to ``summary``."""
+    import ray
+    from ray.data import ActorPoolStrategy
+    from ray.data.context import ShuffleStrategy
+
+    from reslstm.flow.methods import needs_gpu
+
+    from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline
+    from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
+
+    log.info(init_ray(cfg.address))
+    if needs_gpu(stage.flow_method) and not cluster_gpus() and not cfg.allow_cpu_raft:
+        raise PredictError(f"the model's flow is {stage.flow_method}, which needs a GPU, and the "
+                           "cluster has none (--allow-cpu-raft runs it on CPUs, slowly)")
+    plan = PipelinePlan.make(stage, streams, cluster_cpus(), cluster_gpus(),
+                             ray.cluster_resources().get("object_store_memory", 0),
+                             cfg.actors, cfg.actor_cpus)
+    log.info(f"{len(todo)} videos to classify with {cfg.model}, in chunks of {cfg.chunk_videos}")
+    payload_ref = {"ref": ray.put(payload)}
+    run_id, failed = uuid.uuid4().hex[:12], Counter()
+    order = sorted(streams, key=lambda s: s != "flow")
+    for start in range(0, len(todo), cfg.chunk_videos):
+        chunk = todo[start:start + cfg.chunk_videos]
+        items = [{**r, "stream": s} for r in chunk for s in order]
+        ds = build_pipeline(items, plan)
+        # Sort-based grouping runs as plain tasks (the hash shuffle's aggregator actors would
+        # hold CPUs the pipeline's tasks need on a small cluster).
+        ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        ds = ds.groupby("video_id").map_groups(
+            ModelStage, fn_constructor_kwargs={"payload": payload_ref, "top_k": cfg.top_k},
+            compute=ActorPoolStrategy(min_size=1, max_size=1), batch_format="pyarrow",
+            num_cpus=0)
+        parts = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+        result = pa.concat_tables(parts) if parts else STAGE_SCHEMA.empty_table()
+        preds = result.filter(pc.equal(result.column("kind"), "prediction")).select(
+            BATCH_SCHEMA.names).cast(BATCH_SCHEMA).replace_schema_metadata(
+            {"labels": json.dumps(list(payload["label_names"]))})
+        fails = _failures(result, chunk, run_id)
+        if preds.num_rows:
+            write_part(out.join("predictions"), preds)
+        if fails.num_rows:
+            write_part(out.join("failures"), fails)
+        summary.predicted += preds.num_rows
+        first_error = dict(zip(reversed(fails.column("video_id").to_pylist()),
+                               reversed(fails.column("error_type").to_pylist())))
+        failed.update(first_error.values())  # one count per video, its first stream's error
+        summary.failed = dict(failed)
+        log.info(f"{min(start + len(chunk), len(todo))}/{len(todo)} videos: {summary.predicted} "
+                 f"classified, {sum(failed.values())} failed")
+
+
+def run_predict(cfg: PredictConfig):
+    """The job: the files given (in this process) or ``--manifest`` (a batch on Ray)."""
+    if bool(cfg.videos) == bool(cfg.manifest):
+        raise PredictError("give video files to classify here, or --manifest (and --out) for a "
+                           "batch on Ray, not both" if cfg.videos else
+                           "give video files, or --manifest M.parquet --out DIR")
+    return predict_files(cfg) if cfg.videos else run_batch(cfg)

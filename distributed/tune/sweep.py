@@ -1,0 +1,278 @@
+"""Ray Tune sweeps over hidden size, depth, T and fusion, with ASHA and MLflow.
+
+Python API (``reslstm.distributed.tune.sweep``):
+
+- ``sweep(scfg: configs.SweepConfig, address=None) -> SweepResult``: runs the sweep,
+  evaluates the best trial once on test, logs everything to MLflow and logs the trials table.
+- ``SweepResult`` (``sweep_results``): the trials (``TrialRow``), the best one and its test
+  metrics, predictions, report files, MLflow ids, the registered model.
+
+Searched: hidden, depth, T, fusion, residual (comma lists) and, with ``--seeds N``, every
+configuration once per seed. ``--scheduler none`` trains every trial to the end (fair
+comparisons, as the paper presets need); ``--test-all`` evaluates every trial on test.
+
+The sweep's driver builds and materializes the datasets of every (streams, T) the sweep
+needs, once, before any trial starts (they stay in the object store for the sweep: one copy
+per distinct stream set and T). Ray Data inside concurrent trials competes for CPUs that
+trial drivers and workers hold, and on a small cluster a trial's read can wait forever; a
+trial only iterates data that is already materialized. Each trial is a function trainable
+that fits PCA (if asked) and builds its ``TorchTrainer`` through ``trainer.prepare`` /
+``trainer.build_trainer`` (the same ``worker.train_loop`` as ``jobs/train.py``), with
+``TuneReportCallback`` forwarding every epoch's metrics to Tune. A
+late-fusion trial trains both streams and reports the fused ``val_top1``. ASHA (on the
+reported ``epoch``) stops weak trials; Ray Train frees their workers (its placement-group
+cleaner, through the dashboard's state API: see ``runtime.init_ray``). ``TrialProgress`` is
+the console: a line per trial event.
+
+CPU accounting: a trial's driver holds ``TRIAL_CPUS`` (1) CPU while its workers train; each
+worker gets ``min(1, (CPUs - 1) / workers)`` CPUs unless ``--cpus-per-worker`` says otherwise,
+so a trial needs ``1 + workers * cpus_per_worker`` CPUs and by default
+``max_concurrent_trials = max(1, floor(CPUs / that))`` (and at most GPUs // workers trials on
+GPUs). On 2 cores with 2 workers: 1 + 2 x 0.5 = 2 CPUs, one trial at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+import uuid
+from pathlib import Path
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from reslstm.configs import SEARCHED, SweepConfig, TrainConfig
+from reslstm.fusion import streams_of
+from reslstm.storage import resolve as storage_loc
+from reslstm.reports.sweep_tables import write_sweep_report
+
+from reslstm.distributed.tracking import runs as tracking
+from reslstm.distributed.train.checkpoints import METRIC
+from reslstm.distributed.train.data import RunData, load_data
+from reslstm.distributed.tracking.models import ALIAS, register_model
+from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, cpus_per_worker, init_ray, wants_gpu
+from reslstm.distributed.tune.results import (SweepResult, checkpoint_at, curves, evaluate_checkpoint,
+                            rows_of)
+from reslstm.distributed.train.trainer import build_trainer, prepare
+
+log = logging.getLogger(__name__)
+
+TRIAL_CPUS = 1.0
+
+
+def param_space(scfg: SweepConfig) -> dict:
+    """The searched values (and, with ``seeds`` > 1, the seeds: every configuration once per
+    seed, whatever the search)."""
+    pick = tune.grid_search if scfg.search == "grid" else tune.choice
+    space = {k: pick(list(getattr(scfg, k))) for k in SEARCHED}
+    if scfg.seeds > 1:
+        space["seed"] = tune.grid_search([scfg.base.seed + i for i in range(scfg.seeds)])
+    return space
+
+
+def trial_config(base: TrainConfig, params: dict) -> TrainConfig:
+    """The TrainConfig of one trial: the base with the searched values (and seed)."""
+    return dataclasses.replace(base, **{k: params[k] for k in (*SEARCHED, "seed") if k in params})
+
+
+def plan_concurrency(cpus: float, gpus: int, workers: int, cpw: float, use_gpu: bool,
+                     requested: int | None = None) -> int:
+    """Trials that fit at once: each needs TRIAL_CPUS + workers * cpw CPUs (and workers GPUs)."""
+    if requested:
+        return int(requested)
+    fit = math.floor((cpus + 1e-9) / (TRIAL_CPUS + workers * cpw))
+    if use_gpu:
+        fit = min(fit, gpus // workers)
+    return max(1, fit)
+
+
+def data_key(fusion: str, T: int) -> str:
+    return f"{'+'.join(streams_of(fusion))}/T{int(T)}"
+
+
+def run_trial(config: dict, base: TrainConfig, sweep_name: str,
+              data: dict[str, RunData]) -> None:
+    """One Tune trial: the shared builder and train_loop, reporting through Tune. Its datasets
+    were built by the sweep's driver (``data``, keyed by ``data_key``)."""
+    cfg = trial_config(base, config)
+    trial_id = tune.get_context().get_trial_id()
+    run_data = data[data_key(cfg.fusion, cfg.T)]
+    spec = prepare(cfg, run_data)
+    spec.log_epochs = False  # TrialProgress logs the sweep's progress
+    trainer = build_trainer(cfg, run_data, spec, name=f"{sweep_name}-{trial_id}",
+                            callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+class TrialProgress(tune.Callback):
+    """The sweep's console: a line when a trial starts, one every ``every_s`` seconds while it
+    trains, and one when it ends (finished, stopped early by ASHA, or failed)."""
+
+    def __init__(self, epochs: int, every_s: float = 10.0):
+        self.epochs, self.every_s = epochs, every_s
+        self.last: dict[str, float] = {}
+        self.best: dict[str, tuple[float, int]] = {}
+        self.epoch: dict[str, int] = {}
+
+    @staticmethod
+    def _label(trial) -> str:
+        return tracking.trial_label(trial.config)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.last[trial.trial_id] = time.monotonic()
+        log.info(f"trial {trial.trial_id} started: {self._label(trial)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        tid, epoch = trial.trial_id, int(result.get("epoch", 0))
+        self.epoch[tid] = epoch
+        score = float(result.get(METRIC, float("nan")))
+        if tid not in self.best or score >= self.best[tid][0]:
+            self.best[tid] = (score, epoch)
+        if time.monotonic() - self.last.get(tid, 0.0) >= self.every_s:
+            self.last[tid] = time.monotonic()
+            log.info(f"trial {tid}: epoch {epoch}/{self.epochs}, val top-1 {score:.3f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        tid, epochs = trial.trial_id, self.epoch.get(trial.trial_id, 0)
+        best, at = self.best.get(tid, (float("nan"), 0))
+        how = "finished" if epochs >= self.epochs else "stopped early by ASHA"
+        log.info(f"trial {tid} {how} after {epochs} epoch(s): best val top-1 {best:.3f} "
+                 f"(epoch {at})")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        log.warning(f"trial {trial.trial_id} ({self._label(trial)}) failed; its error: "
+                    f"{getattr(trial, 'error_file', None) or 'see the Tune results folder'}")
+
+
+def _fs(loc) -> dict:
+    return {} if loc.local else {"storage_filesystem": loc.filesystem}
+
+
+def storage_kwargs(storage: str) -> dict:
+    """``RunConfig`` arguments of a storage path or URI (as ``trainer.storage_of``)."""
+    loc = storage_loc(storage)
+    return {"storage_path": loc.path} if loc.local else {
+        "storage_path": loc.path, "storage_filesystem": loc.filesystem}
+
+
+def _trainable(base: TrainConfig, name: str, data: dict[str, RunData]):
+    return tune.with_resources(
+        tune.with_parameters(run_trial, base=base, sweep_name=name, data=data),
+        {"CPU": TRIAL_CPUS})
+
+
+def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
+    """Run the sweep, or resume it when ``scfg.name`` names one that the storage holds (see the
+    module docstring)."""
+    base = scfg.base
+    out = Path(base.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log.info(f"ray: {init_ray(address)}")
+    cpus, gpus = cluster_cpus(), cluster_gpus()
+    use_gpu = wants_gpu(base.use_gpu, gpus)
+    cpw = base.cpus_per_worker or cpus_per_worker(cpus, base.workers, reserved=TRIAL_CPUS)
+    base = dataclasses.replace(base, out=str(out), cpus_per_worker=cpw)
+    concurrent = plan_concurrency(cpus, gpus, base.workers, cpw, use_gpu, scfg.max_concurrent)
+    uri = scfg.mlflow_uri or tracking.default_tracking_uri(".")
+    experiment = scfg.experiment or tracking.default_experiment_name()
+    name = scfg.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage = base.resolved_storage()
+    sweep_dir = storage_loc(storage).join(name)
+    resuming = tune.Tuner.can_restore(sweep_dir.path, **_fs(sweep_dir))
+    params = {k: v for k, v in base.to_dict().items() if k not in SEARCHED}
+    exp_id, parent = tracking.start_sweep_run(
+        uri, experiment, name, {**params, **{k: ",".join(map(str, getattr(scfg, k))) for k in SEARCHED},
+                                "seeds": scfg.seeds, "scheduler": scfg.scheduler,
+                                "search": scfg.search, "num_samples": scfg.num_samples,
+                                "grace_period": scfg.grace_period}, base.features)
+    log.info(f"{'resuming' if resuming else 'starting'} sweep {name}: {base.workers} worker(s) x "
+             f"{cpw} CPU per trial + {TRIAL_CPUS} for its driver; up to {concurrent} trial(s) at "
+             f"once; MLflow {uri} experiment {experiment!r}")
+    data = {}
+    for fusion in scfg.fusion:
+        for T in scfg.T:
+            key = data_key(fusion, T)
+            if key not in data:
+                data[key] = load_data(base.features, streams_of(fusion), T)
+                log.info(f"data {key}: videos " + str({s: d.count() for s, d in
+                                                       data[key].datasets.items()}))
+    trainable = _trainable(base, name, {k: d.only(("train", "val")) for k, d in data.items()})
+    if resuming:
+        # Tune brings back its run config (scheduler, callbacks with their state) from the
+        # sweep's folder; the trainable is given again, since its datasets live in this
+        # process's object store. Unfinished trials continue from their Train checkpoints.
+        tuner = tune.Tuner.restore(sweep_dir.path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=scfg.retry_errored, restart_errored=False,
+                                   **_fs(sweep_dir))
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(scfg),
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode="max", num_samples=scfg.num_samples,
+                # ASHA judges trials by the epoch they report (after a restore too). Its max_t
+                # is one past the last epoch, so a trial that trains all its epochs ends by
+                # itself instead of being stopped (killed) by Tune at max_t.
+                scheduler=(ASHAScheduler(time_attr="epoch", max_t=base.epochs + 1,
+                                         grace_period=min(scfg.grace_period, base.epochs))
+                           if scfg.scheduler == "asha" else None),
+                max_concurrent_trials=concurrent, reuse_actors=False),
+            run_config=tune.RunConfig(
+                name=name, verbose=0, **storage_kwargs(storage),
+                callbacks=[tracking.MLflowTrialCallback(uri, exp_id, parent, name, params,
+                                                        base.epochs),
+                           TrialProgress(base.epochs)]),
+        )
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        tracking.end_run(uri, parent, tracking.KILLED)
+        raise
+    tracking.end_unfinished(uri, exp_id, name)
+    rows = rows_of(grid, base.epochs, tracking.trial_runs(uri, exp_id, name), base)
+    done = [r for r in rows if r.checkpoint and r.val_top1 == r.val_top1]
+    if not done:
+        tracking.end_run(uri, parent, tracking.FAILED)
+        raise RuntimeError(f"no trial of sweep {name} reported a checkpoint; see {sweep_dir}")
+    best = max(done, key=lambda r: r.val_top1)
+    best_cfg = trial_config(base, {k: getattr(best, k) for k in (*SEARCHED, "seed")})
+    payload = paths = files = scores = None
+    for row in done if scfg.test_all else [best]:
+        is_best = row is best
+        test, row_paths, row_files, row_scores, row_payload = evaluate_checkpoint(
+            checkpoint_at(row.checkpoint, storage), data[data_key(row.fusion, row.T)],
+            out / ("best" if is_best else f"trials/{row.trial_id}"))
+        row.test = test
+        if is_best:
+            payload, paths, files, scores = row_payload, row_paths, row_files, row_scores
+        if row.mlflow_run_id:
+            tracking.log_evaluation(uri, row.mlflow_run_id, test, row_files if is_best else {},
+                                    tags={"best_trial": str(is_best).lower(),
+                                          "ray.checkpoint_path": row.checkpoint})
+    test = best.test
+    result = SweepResult(
+        trials=rows, best_config=best_cfg, best_trial_id=best.trial_id,
+        best_checkpoint=best.checkpoint, best_val_top1=best.val_top1, test_metrics=test,
+        predictions=paths, report_files=files, mlflow_uri=uri, experiment=experiment,
+        experiment_id=exp_id, best_run_id=best.mlflow_run_id,
+        storage_path=sweep_dir.uri, scores=scores, parent_run_id=parent, name=name)
+    report = write_sweep_report([r.as_dict() for r in rows], curves(grid), out / "report",
+                                f"sweep {name}", best=None)
+    tracking.log_evaluation(uri, parent, {**test, "best_val_top1": best.val_top1}, report,
+                            tags={"best_trial": best.trial_id, "best_run_id": best.mlflow_run_id or ""},
+                            params={f"best_{k}": getattr(best, k) for k in (*SEARCHED, "seed")})
+    version = None
+    if scfg.register_model and best.mlflow_run_id:
+        version = register_model(uri, best.mlflow_run_id, payload, scfg.register_model)
+        result.registered = f"models:/{scfg.register_model}@{ALIAS}"
+    tracking.end_run(uri, parent)
+    log.info(result.table(), extra={"block": True})
+    log.info("best: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in test.items()))
+    log.info(f"best checkpoint: {best.checkpoint}")
+    if result.registered:
+        log.info(f"best model: {result.registered} (version {version})")
+    log.info(f"predictions: {', '.join(paths.values())}")
+    log.info(tracking.ui_hint(uri, exp_id))
+    return result

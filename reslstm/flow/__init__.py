@@ -1,0 +1,5 @@
+"""Optical flow between consecutive frames: the methods and the one flow step of extraction
+(``methods``), and ``tvl1/``, OpenCV's TV-L1 in PyTorch.
+
+May import: ``reslstm.video``, ``reslstm.errors``, ``reslstm.extractors`` (weights identity
+helpers). Nothing here knows about the feature store or Ray."""

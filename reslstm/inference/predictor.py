@@ -1,0 +1,280 @@
+"""One video -> decode -> flow -> features -> model -> class probabilities, in one process.
+
+A checkpoint payload (``reslstm.checkpoint``) records how the features its model learned from
+were extracted: per stream the feature store's ``StreamSettings`` (extractor, weights id, clip
+length and stride, crops, decoding size, flow method). ``chain_settings``
+(``reslstm.inference.chain``) turns them back into the ``StageConfig`` of extraction, and refuses
+weights other than the recorded ones: a weights
+file is accepted only when its sha256 is the recorded one, a torchvision weights name or
+random initialisation is taken from the record itself. The video then runs through exactly the
+stages of extraction (``extraction.stages``: decode, flow, features), its segments are joined
+in order (``segments.SegmentJoiner``, as the store writer does), T clips are sampled as in
+training (``sampling``) and the model scores them.
+
+- ``Predictor(model, payload, cfg)``: loads the extractors once; ``predict(path)`` ->
+  ``Prediction``; a video that cannot be read raises ``VideoFailed`` with the typed errors of
+  extraction (``VideoDecodeError:truncated`` ...).
+- ``ModelHead(model, payload)``: joined features -> probabilities per head, shared with batch
+  prediction on Ray (``reslstm.distributed.predict.batch``), so both give the same numbers.
+- ``Prediction``: the probabilities of each head, top-k, a JSON form and a text table;
+  ``prediction_rows`` turns predictions into rows of ``BATCH_SCHEMA`` (one row per video: the
+  top-k classes and the full softmax of each head), the table batch prediction writes.
+
+Heads: ``fused`` (the model's output: its one softmax, or the late fusion of its two) and, for
+late fusion, ``rgb`` and ``flow`` (each stream's own softmax), as in ``reslstm.reports.predictions``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from reslstm.configs import PredictConfig
+from reslstm.extraction.segments import JoinedVideo, SegmentJoiner
+from reslstm.extraction.stages import FeatureStage, decode_segments, flow_stage
+from reslstm.features import StreamSettings
+from reslstm.fusion import is_late
+from reslstm.model import ActionModel
+# PredictError and the chain are part of this module's interface too
+from reslstm.inference.chain import (PredictError, chain_settings, model_streams,  # noqa: F401
+                                   model_T, stream_settings)
+from reslstm.reports.predictions import FUSED
+from reslstm.sampling import sample_pair, sample_video
+
+log = logging.getLogger(__name__)
+
+HEADS = ("rgb", "flow", FUSED)  # the order heads are listed in
+
+
+class VideoFailed(RuntimeError):
+    """A video that could not be classified; ``failures`` are rows of the failures table
+    (video_id, stream, path, stage, error_type, message), as extraction records them."""
+
+    exit_code = 1
+
+    def __init__(self, failures: list[dict]):
+        self.failures = failures
+        first = failures[0]
+        super().__init__(f"{first['error_type']} ({first['stage']}): {first['message']}")
+
+    @property
+    def error_type(self) -> str:
+        return self.failures[0]["error_type"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Joined features -> probabilities
+# ---------------------------------------------------------------------------------------------
+
+def join_video(rows: Iterable[dict], streams: Iterable[str],
+               settings: dict[str, StreamSettings]) -> tuple[dict[str, JoinedVideo], list[dict]]:
+    """The segment rows of ONE video (every stream, any order) -> ({stream: joined features},
+    failures). A stream with a failure row, a joined length that does not fit the video, or
+    segments missing is a failure; a video with any failure cannot be classified."""
+    joiner, joined, failures, failed = SegmentJoiner(), {}, [], set()
+    vid = path = None
+
+    def fail(stream, first, stage, error_type, message):
+        failed.add(stream)
+        joiner.discard((first["video_id"], stream))
+        failures.append({"video_id": first["video_id"], "stream": stream,
+                         "path": first.get("path"), "stage": stage, "error_type": error_type,
+                         "message": message})
+
+    for row in rows:
+        vid, path, stream = row["video_id"], row.get("path"), row["stream"]
+        if stream in failed or stream in joined:
+            continue  # after a failure, or a retried task's duplicate of a joined segment
+        if row["kind"] == "failure":
+            fail(stream, row, row["stage"], row["error_type"], row["message"])
+            continue
+        j = joiner.add(row)
+        if j is not None:
+            s = settings[stream]
+            problem = j.problem(s.clip_len, s.clip_stride, s.feature_dim)
+            if problem:
+                fail(stream, j.first, *problem)
+            else:
+                joined[stream] = j
+    for (_, stream), first, have in joiner.incomplete():
+        fail(stream, first, "assemble", "IncompleteVideo", f"{first.get('path')}: {have} arrived")
+    for stream in streams:
+        if stream not in joined and stream not in failed and vid is not None:
+            fail(stream, {"video_id": vid, "path": path}, "assemble", "IncompleteVideo",
+                 f"{path}: no {stream} features came back")
+    return joined, failures
+
+
+class ModelHead:
+    """A payload's model over joined clip features: T clips sampled at sigma(t) as in training
+    (both streams at the same clips), then the probabilities of every head."""
+
+    def __init__(self, model: ActionModel, payload: dict):
+        self.model = model.eval()
+        self.label_names = list(payload["label_names"])
+        self.streams = model.streams
+        self.fusion = model.config.fusion
+        self.T = model_T(payload)
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return tuple(h for h in HEADS if h == FUSED or is_late(self.fusion) and h in self.streams)
+
+    @torch.no_grad()
+    def probabilities(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{stream: (K_v, d_f)} -> {head: (C,) float32}."""
+        if len(self.streams) == 2:
+            x = dict(zip(("rgb", "flow"), sample_pair(features["rgb"], features["flow"], self.T)))
+        else:
+            (s,) = self.streams
+            x = {s: sample_video(features[s], self.T)}
+        inputs = {s: torch.tensor(np.asarray(v, np.float32))[None]  # (1, T, d_f)
+                  for s, v in x.items()}
+        logits = self.model(inputs)
+        out = {FUSED: self.model.probabilities(logits)}
+        if self.model.late is not None:
+            out.update({h: torch.softmax(logits[h], dim=-1) for h in self.model.heads})
+        return {h: out[h][0].float().numpy() for h in self.heads}
+
+    def prediction(self, video_id: str, path: str, joined: dict[str, JoinedVideo]) -> "Prediction":
+        joined = {s: joined[s] for s in self.streams}  # in the model's order, however they came
+        probs = self.probabilities({s: j.features for s, j in joined.items()})
+        last = next(iter(joined.values())).last
+        notes = []
+        for s, j in joined.items():
+            if j.last["padded"]:
+                notes.append(f"{s}: shorter than one clip ({j.num_frames} frames): padded by "
+                             "repeating its last frame")
+            if j.last.get("warning"):
+                notes.append(f"{s}: {j.last['warning']}")
+        return Prediction(video_id=video_id, path=path, fusion=self.fusion,
+                          label_names=self.label_names, probs=probs,
+                          num_frames=int(last["total_frames"]), fps=float(last["fps"] or 0.0),
+                          num_clips={s: len(j.features) for s, j in joined.items()},
+                          padded=any(j.last["padded"] for j in joined.values()), notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# A prediction
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Prediction:
+    """The probabilities of one video per head (``HEADS`` order), and what its decoding said."""
+
+    video_id: str
+    path: str
+    fusion: str
+    label_names: list[str]
+    probs: dict[str, np.ndarray]   # head -> (C,) float32
+    num_frames: int                # RGB frames decoded
+    fps: float
+    num_clips: dict[str, int]
+    padded: bool
+    notes: list[str]
+
+    def top(self, head: str = FUSED, k: int = 5) -> list[tuple[int, str, float]]:
+        """(class index, name, probability) of the k most probable classes, best first."""
+        p = self.probs[head]
+        order = np.argsort(-p, kind="stable")[:k]
+        return [(int(i), self.label_names[i], float(p[i])) for i in order]
+
+    def to_dict(self, top_k: int = 5, probabilities: bool = False) -> dict:
+        """The JSON form (README "Predicting new videos")."""
+        doc = {"video_id": self.video_id, "path": self.path, "fusion": self.fusion,
+               "num_frames": self.num_frames, "fps": self.fps, "num_clips": self.num_clips,
+               "padded": self.padded, "notes": self.notes,
+               "top": {h: [{"index": i, "label": name, "probability": p}
+                           for i, name, p in self.top(h, top_k)] for h in self.probs}}
+        if probabilities:
+            doc["probabilities"] = {h: [float(x) for x in p] for h, p in self.probs.items()}
+            doc["labels"] = list(self.label_names)
+        return doc
+
+    def text(self, top_k: int = 5) -> str:
+        """A table a person reads: one column per head, the top-k classes down."""
+        clips = ", ".join(f"{s} {k}" for s, k in self.num_clips.items())
+        lines = [f"{self.path}: {self.num_frames} frames at {self.fps:.1f} fps, clips {clips}"]
+        heads = list(self.probs)
+        cells = {h: [f"{name} {p:.4f}" for _, name, p in self.top(h, top_k)] for h in heads}
+        titles = {h: f"{h} ({self.fusion})" if h == FUSED else h for h in heads}
+        width = {h: max(len(titles[h]), *(len(c) for c in cells[h])) for h in heads}
+        lines.append("  #  " + "  ".join(titles[h].ljust(width[h]) for h in heads).rstrip())
+        for r in range(min(top_k, len(self.label_names))):
+            lines.append(f"  {r + 1:<2} " + "  ".join(cells[h][r].ljust(width[h])
+                                                      for h in heads).rstrip())
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# One row per video: the top-k and the full softmax of each head (null where the model has no
+# such head); the class names the softmax indexes are in the schema's metadata (``labels``).
+BATCH_SCHEMA = pa.schema(
+    [("video_id", pa.string()), ("path", pa.string()), ("fusion", pa.string()),
+     ("num_frames", pa.int32()), ("fps", pa.float32()), ("padded", pa.bool_()),
+     ("notes", pa.string())]
+    + [field for h in HEADS for field in (
+        (f"{h}_top_labels", pa.list_(pa.string())), (f"{h}_top_probs", pa.list_(pa.float32())),
+        (f"{h}_probs", pa.list_(pa.float32())))])
+
+
+def prediction_rows(preds: Iterable[Prediction], top_k: int = 5) -> pa.Table:
+    """Rows of ``BATCH_SCHEMA``, one per prediction."""
+    rows, labels = [], None
+    for p in preds:
+        labels = p.label_names
+        row = {"video_id": p.video_id, "path": p.path, "fusion": p.fusion,
+               "num_frames": p.num_frames, "fps": p.fps, "padded": p.padded,
+               "notes": "; ".join(p.notes) or None}
+        for h in p.probs:
+            top = p.top(h, top_k)
+            row[f"{h}_top_labels"] = [name for _, name, _ in top]
+            row[f"{h}_top_probs"] = [prob for _, _, prob in top]
+            row[f"{h}_probs"] = p.probs[h]
+        rows.append(row)
+    table = pa.Table.from_pylist(rows, schema=BATCH_SCHEMA)
+    return table.replace_schema_metadata({"labels": json.dumps(labels)} if labels else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole chain in this process
+# ---------------------------------------------------------------------------------------------
+
+class Predictor:
+    """A model with its extraction chain, loaded once (module docstring). Not thread-safe:
+    one prediction at a time."""
+
+    def __init__(self, model: ActionModel, payload: dict, cfg: PredictConfig):
+        self.cfg = cfg
+        self.head = ModelHead(model, payload)
+        self.stage, self.settings = chain_settings(payload, cfg)
+        self.features = FeatureStage(self.stage, self.head.streams)
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.head.label_names
+
+    def segment_rows(self, path: str, video_id: str) -> Iterable[dict]:
+        """The feature segment rows of every stream of one video (extraction's stages)."""
+        for stream in self.head.streams:
+            item = {"video_id": video_id, "stream": stream, "path": str(path)}
+            # Each stage turns an error about the video into a failure row (extraction's
+            # typed errors); only systemic errors (the machine, not the video) raise.
+            for seg in decode_segments(pa.Table.from_pylist([item]), self.stage):
+                yield from self.features(flow_stage(seg, self.stage)).to_pylist()
+
+    def predict(self, path, video_id: str | None = None) -> Prediction:
+        """Classify one video (a local path or URI); ``VideoFailed`` when it cannot be read."""
+        path = str(path)
+        video_id = video_id or path
+        joined, failures = join_video(self.segment_rows(path, video_id), self.head.streams,
+                                      self.settings)
+        if failures:
+            raise VideoFailed(failures)
+        return self.head.prediction(video_id, path, joined)

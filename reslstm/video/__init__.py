@@ -1,0 +1,5 @@
+"""Video in: decoding and probing with PyAV (``reader``), objects on object storage streamed
+for PyAV (``sources``), why a video cannot be read (``failures``) and clip geometry (``clips``).
+
+May import: ``reslstm.storage``, ``reslstm.errors``, ``reslstm.sampling``. Nothing here knows
+about models, features or Ray."""
