@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from reslstm.checkpoint import build_payload
 from reslstm.model import ModelConfig, build_model
 from reslstm.training import default_optimizer, train_one_epoch
 
@@ -40,8 +41,8 @@ def checkpoint_seconds(model, optimizer, storage: str) -> tuple[float, int]:
     """(seconds, bytes) to save the payload and copy it into ``storage`` (as Ray Train does)."""
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save({"model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer_state": optimizer.state_dict(), "epoch": 1},
+        labels = [f"class_{i}" for i in range(model.config.num_classes)]
+        torch.save(build_payload(model, labels, optimizer.state_dict(), epoch=1),
                    os.path.join(tmp, "model.pt"))
         size = os.path.getsize(os.path.join(tmp, "model.pt"))
         target = os.path.join(storage, f"epoch_{time.time_ns()}")

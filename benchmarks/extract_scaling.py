@@ -47,15 +47,15 @@ import time
 from pathlib import Path
 
 import cv2
-import ray
 import psutil  # noqa: E402  (Ray bundles psutil and puts it on the path)
+import ray
 import torch
 
-from reslstm.datasets.synthetic import generate_synthetic
 from reslstm.configs import ExtractConfig
+from reslstm.datasets.synthetic import generate_synthetic
 from reslstm.distributed.extract.job import run_extraction
-from reslstm.extraction.driver import run_local
 from reslstm.distributed.runtime import local_system_config
+from reslstm.extraction.driver import run_local
 
 
 def config(manifest: Path, out: Path, flow: str, **kw) -> ExtractConfig:

@@ -17,11 +17,10 @@ input (clip_len x input_size^2, RGB), batches of ``--batch`` clips:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
+from timing import device_name, median_seconds
 from torch.utils.flop_counter import FlopCounterMode
 
 from reslstm.extractors import available_extractors, clip_features, create_extractor
@@ -41,17 +40,6 @@ def peak_tflops(device: torch.device) -> float | None:
     return None
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def flops_per_clip(name: str, clip_len: int, size: int) -> float:
     """FLOPs of one RGB clip, counted on the meta device (no compute, no memory)."""
     with torch.device("meta"):
@@ -61,20 +49,6 @@ def flops_per_clip(name: str, clip_len: int, size: int) -> float:
     with counter, torch.inference_mode():
         model(x)
     return float(counter.get_total_flops())
-
-
-def time_it(fn, device: torch.device, iters: int, warmup: int) -> float:
-    """Median seconds of ``fn()`` over ``iters`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_model(name: str, device: torch.device, batch: int, iters: int, warmup: int) -> dict:
@@ -92,13 +66,13 @@ def bench_model(name: str, device: torch.device, batch: int, iters: int, warmup:
             ext(x)
 
     row = {"name": name, "input": f"{s}x{size}x{size}", "gflop": flops_per_clip(name, s, size) / 1e9}
-    row["fp32"] = batch / time_it(lambda: forward(False), device, iters, warmup)
+    row["fp32"] = batch / median_seconds(lambda: forward(False), device, iters, warmup)
     best_amp = False
     if device.type == "cuda":
-        row["bf16"] = batch / time_it(lambda: forward(True), device, iters, warmup)
+        row["bf16"] = batch / median_seconds(lambda: forward(True), device, iters, warmup)
         best_amp = row["bf16"] > row["fp32"]
     best = row["bf16"] if best_amp else row["fp32"]
-    pipe = time_it(lambda: clip_features(ext, frames, s, s // 2, 1, batch, device, amp=best_amp), device, iters, warmup)
+    pipe = median_seconds(lambda: clip_features(ext, frames, s, s // 2, 1, batch, device, amp=best_amp), device, iters, warmup)
     row["pipeline"] = batch / pipe
     row["pipe_ratio"] = row["pipeline"] / best
     return row

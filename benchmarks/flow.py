@@ -40,6 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from timing import median_seconds, sync
 
 from reslstm.flow.tvl1 import TorchTVL1, tvl1_flow
 
@@ -190,22 +191,6 @@ def bench_cpu(prev, nxt, workers: int, repeats: int, ours: bool, cpu_compile: bo
 # Ours
 # ---------------------------------------------------------------------------------------------
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def mean_epe(flow: torch.Tensor, refs: np.ndarray) -> float:
     f = flow.float().cpu().numpy()
     reps = -(-len(f) // len(refs))
@@ -219,12 +204,12 @@ def bench_ours(prev, nxt, refs, device, batch: int, compile: bool, repeats: int)
     n = torch.from_numpy(np.concatenate([nxt] * reps)[:batch]).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     flow = tvl1_flow(p, n, compile=compile)  # warm-up (and compilation)
-    _sync(device)
+    sync(device)
     warmup = time.perf_counter() - start
-    seconds = timed(lambda: tvl1_flow(p, n, compile=compile), device, repeats)
+    seconds = median_seconds(lambda: tvl1_flow(p, n, compile=compile), device, repeats)
     row = {"pairs/s": batch / seconds, "warmup_s": warmup, "epe": mean_epe(flow, refs)}
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -240,7 +225,7 @@ def bench_end_to_end(runs, refs, device, batch: int, compile: bool, repeats: int
     frames = np.concatenate([cycle] * -(-(batch + 1) // len(cycle)))[:batch + 1]
     tvl1 = TorchTVL1(device=device, batch_size=batch, compile=compile)
     tvl1(frames)  # warm-up
-    seconds = timed(lambda: tvl1(frames), device, repeats)
+    seconds = median_seconds(lambda: tvl1(frames), device, repeats)
     return {"pairs/s": batch / seconds}
 
 

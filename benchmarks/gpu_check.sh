@@ -18,7 +18,7 @@ if [ $# -ne 1 ]; then
     echo "usage: $0 OUT_DIR   (run from the repository root)" >&2
     exit 2
 fi
-if [ ! -f pyproject.toml ] || [ ! -d reslstm/tvl1 ]; then
+if [ ! -f pyproject.toml ] || [ ! -d reslstm/flow/tvl1 ]; then
     echo "$0: run it from the repository root" >&2
     exit 2
 fi

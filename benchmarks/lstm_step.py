@@ -22,6 +22,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timing import device_name, sync
 
 from reslstm.model import ResLSTM
 from reslstm.training import default_optimizer
@@ -40,27 +41,16 @@ class FusedLSTM(nn.Module):
         return self.classifier(m[:, -1])  # (B, C)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed_step(model, optimizer, x, y, device) -> float:
     """Seconds for one forward/backward/RMSProp step, measured between device syncs."""
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def main(argv=None) -> None:

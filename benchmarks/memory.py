@@ -29,9 +29,9 @@ from pathlib import Path
 
 import av
 import numpy as np
+import psutil  # noqa: E402
 import pyarrow as pa
 import ray  # noqa: F401  (also puts Ray's bundled psutil on the path)
-import psutil  # noqa: E402
 
 from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest
 

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO / "tests"))  # the test models: an untrained payload
 
 def make_inputs(root: Path, frames: int) -> tuple[Path, Path]:
     import torch
-
     from predict_fixture import payload
+
     from reslstm.datasets.synthetic import synthesize_video, write_mp4
 
     clip = root / "clip.mp4"

@@ -25,12 +25,12 @@ from mlflow import MlflowClient
 
 from reslstm.configs import DemoConfig, ExtractConfig, SweepConfig, TrainConfig
 from reslstm.datasets.synthetic import ORDER_PAIRS, generate_synthetic
-from reslstm.reports.predictions import FUSED, load_predictions
-
-from reslstm.distributed.tracking import runs as tracking
 from reslstm.distributed.extract.job import run_extraction
+from reslstm.distributed.tracking import runs as tracking
 from reslstm.distributed.train.trainer import fit
 from reslstm.distributed.tune.sweep import sweep
+from reslstm.fusion import FUSED, STREAMS
+from reslstm.reports.predictions import PredictionError, load_predictions
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class DemoResult:
         return [(f"finishes in <= {TARGET_MINUTES:.0f} min ({self.seconds / 60:.1f} min)",
                  self.seconds <= 60 * TARGET_MINUTES),
                 (f"fused test top-1 >= {TARGET_FUSED_TOP1} ({self.test['fused']:.3f})",
-                 self.test["fused"] >= TARGET_FUSED_TOP1),
+                 self.test[FUSED] >= TARGET_FUSED_TOP1),
                 (f"order pairs: Res-LSTM beats the baseline by >= {TARGET_PAIR_MARGIN} "
                  f"({margin:+.3f})", margin >= TARGET_PAIR_MARGIN)]
 
@@ -69,7 +69,7 @@ def pair_accuracy(predictions, split: str = "test", pairs=ORDER_PAIRS) -> tuple[
     names = {c for pair in pairs for c in pair}
     keep = [i for i, n in enumerate(table.column("label_name").to_pylist()) if n in names]
     if not keep:
-        raise ValueError(f"{predictions}: no {split} video of an order-pair class")
+        raise PredictionError(f"{predictions}: no {split} video of an order-pair class")
     probs = np.stack([np.asarray(p, np.float32) for p in table.column("probs").to_pylist()])[keep]
     labels = table.column("label").to_numpy()[keep]
     return float((probs.argmax(1) == labels).mean()), len(keep)
@@ -85,7 +85,7 @@ def _log_baseline(uri: str, experiment_id: str, parent: str, cfg: TrainConfig, t
     for k, v in cfg.to_dict().items():
         client.log_param(run.info.run_id, k, "" if v is None else str(v))
     for head, acc in test.items():
-        name = "test_top1" if head == "fused" else f"test_top1_{head}"
+        name = "test_top1" if head == FUSED else f"test_top1_{head}"
         client.log_metric(run.info.run_id, name, acc)
     client.log_metric(run.info.run_id, "test_top1_order_pairs", pairs)
     client.set_terminated(run.info.run_id, "FINISHED")
@@ -146,7 +146,7 @@ def report(r: DemoResult, trials_table: str) -> str:
              f"Test top-1 of the best trial (h {r.best['hidden']}, L {r.best['depth']}, "
              f"T {r.best['T']}, {r.best['fusion']}) and of the mean-pool baseline:",
              f"  {'':<8} {'Res-LSTM':>9} {'baseline':>9}"]
-    for head in ("rgb", "flow", "fused"):
+    for head in (*STREAMS, FUSED):
         if head in r.test:
             lines.append(f"  {head:<8} {r.test[head]:>9.3f} {r.baseline.get(head, float('nan')):>9.3f}")
     lines += ["", f"Order pairs ({r.pairs['videos']} test videos of "

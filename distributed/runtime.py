@@ -10,6 +10,7 @@ workers; ``quiet_ray_logs`` is the one place that sets Ray's log levels (drivers
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -17,6 +18,9 @@ import sys
 
 import numpy as np
 import ray
+
+from reslstm.cli import CONSOLE_LINE
+from reslstm.errors import ConfigError
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:
@@ -35,7 +39,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         kwargs["logging_level"] = "WARNING"
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
-        ray.init(address=target, **kwargs)
+        try:
+            ray.init(address=target, **kwargs)
+        except (ConnectionError, ValueError) as exc:  # no cluster there, or a malformed address
+            raise ConfigError(f"cannot connect to the Ray cluster at {target!r} (--address or "
+                              f"RAY_ADDRESS): {exc}") from exc
         where = f"cluster at {target}"
     else:
         # The dashboard (on 127.0.0.1 only) also serves the State API, through which Ray
@@ -85,9 +93,12 @@ DRIVER_ENV = {
 # Lines Ray's own processes print about expected events; a person reads them as problems
 # (``filter_worker_logs`` drops exactly these).
 EXPECTED_WORKER_LINES = tuple(re.compile(p) for p in (
-    # Ray core, for every actor Ray Data and Ray Train create with restarts enabled.
-    r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object "
-    r"store and max_restarts > 0",
+    # Ray core, for every actor Ray Data and Ray Train create with restarts enabled (Ray Data
+    # always passes its map function by reference: ray#53727). In the driver itself (its first
+    # actor pool, e.g. the extraction's FeatureStage) Ray's C++ prints it once per process
+    # straight to stderr, where no Python filter reaches.
+    r"core_worker\.cc:\d+: Actor (\S+ )?with class name: .* has constructor arguments in the "
+    r"object store and max_restarts > 0",
     # Ray Train freeing the CPUs of a trial that Tune (ASHA) stopped early: the expected end.
     r"Detected that the Ray Train controller actor \(\w+\) is dead\. Cleaning up placement group",
     # Ray Train's own dataset manager using a Ray Data option that Ray Data deprecated.
@@ -123,25 +134,38 @@ def driver_settings() -> None:
 
 
 def filter_worker_logs() -> None:
-    """Drop ``EXPECTED_WORKER_LINES`` from what Ray prints in this driver for its other
-    processes (workers, actors, the raylet); every other line, errors included, is printed as
-    before."""
+    """What Ray prints in this driver for its other processes (workers, actors, the raylet):
+
+    - ``EXPECTED_WORKER_LINES`` (and ``EXPECTED_WORKER_BLOCKS``) are dropped;
+    - the project's console lines (``reslstm.cli.CONSOLE_LINE``, e.g. ``[train] epoch 3: ...``
+      from rank 0 of a training run, or ``[serve] replica ready``) are printed as this
+      driver's console prints its own: one plain line each, without Ray's ``(RayTrainWorker
+      pid=...)`` prefix and its colour codes, and never merged by Ray's log deduplication
+      (which holds back similar lines of two processes and prints them later). So the epoch
+      lines of ``jobs/train.py`` and the demo's baseline read like the sweep's, which its
+      driver logs;
+    - every other line, errors included, is printed as before (prefixed)."""
     import ray._private.worker as ray_worker  # no public hook for the driver's log printer
 
     printer = ray_worker.print_worker_logs
     if getattr(printer, "filtered", False):
         return
 
-    def filtered(data, *args, **kwargs):
+    def filtered(data, print_file=None, ignore_prefix=False):
         lines = data.get("lines", [])
         if any(p.search(ln) for p in EXPECTED_WORKER_BLOCKS for ln in lines):
             return
         lines = [ln for ln in lines if not any(p.search(ln) for p in EXPECTED_WORKER_LINES)]
-        if lines:
-            printer({**data, "lines": lines}, *args, **kwargs)
+        # Runs of console lines and of other lines, in their order.
+        for console, run in itertools.groupby(lines, key=lambda ln: bool(CONSOLE_LINE.match(ln))):
+            printer({**data, "lines": list(run)}, print_file, ignore_prefix or console)
 
     filtered.filtered = True
     ray_worker.print_worker_logs = filtered
+    for dedup in (ray_worker.stdout_deduplicator, ray_worker.stderr_deduplicator):
+        allowed = dedup.allow_re.pattern if dedup.allow_re else ""  # never held back
+        if CONSOLE_LINE.pattern not in allowed:
+            dedup.allow_re = re.compile("|".join(p for p in (allowed, CONSOLE_LINE.pattern) if p))
 
 
 def quiet_ray_logs() -> None:
@@ -231,9 +255,9 @@ def cluster_cpus() -> int:
 def wants_gpu(use_gpu: str, gpus_available: int) -> bool:
     """``--use-gpu auto|yes|no`` against the cluster's GPUs; yes without GPUs is an error."""
     if use_gpu not in ("auto", "yes", "no"):
-        raise ValueError(f"--use-gpu must be auto, yes or no, got {use_gpu!r}")
+        raise ConfigError(f"--use-gpu must be auto, yes or no, got {use_gpu!r}")
     if use_gpu == "yes" and gpus_available < 1:
-        raise ValueError("--use-gpu yes, but the cluster has no GPU; use --use-gpu auto or no")
+        raise ConfigError("--use-gpu yes, but the cluster has no GPU; use --use-gpu auto or no")
     return use_gpu == "yes" or (use_gpu == "auto" and gpus_available > 0)
 
 
@@ -241,9 +265,9 @@ def cpus_per_worker(cpus: float, workers: int, reserved: float = 0.0) -> float:
     """CPUs per training worker: at most 1, and what is left after ``reserved`` (e.g. a Tune
     trial's own CPU) shared by the workers, rounded down to 0.01 (Ray's granularity)."""
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     share = np.floor(100 * (cpus - reserved) / workers) / 100
     if share < 0.01:
-        raise ValueError(f"{cpus} CPUs leave nothing for {workers} workers after {reserved} "
+        raise ConfigError(f"{cpus} CPUs leave nothing for {workers} workers after {reserved} "
                          "reserved; use fewer workers or a bigger cluster")
     return float(min(1.0, share))

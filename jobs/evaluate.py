@@ -17,9 +17,7 @@ import argparse
 import sys
 
 from reslstm.cli import HelpFormatter, run_job
-from reslstm.reports.external_fusion import DEFAULT_SCORES, SCORE_KINDS, evaluate_external
-from reslstm.fusion import LATE_OPS
-from reslstm.reports.predictions import PredictionError, evaluate_fusion, evaluate_run
+from reslstm.distributed.evaluate import DEFAULT_SCORES, LATE_OPS, SCORE_KINDS, evaluate
 
 
 def main(argv=None) -> int:
@@ -27,7 +25,7 @@ def main(argv=None) -> int:
     p.add_argument("--rgb", help="predictions of the RGB run")
     p.add_argument("--flow", help="predictions of the flow run")
     p.add_argument("--predictions", help="one run's predictions: score each of its heads")
-    p.add_argument("--fusion", default="product", choices=["product", "sum", "weighted"],
+    p.add_argument("--fusion", default="product", choices=LATE_OPS,
                    help="late fusion of the softmaxes (weighted: 1.5 flow + 1 rgb)")
     p.add_argument("--rgb-head", default="auto", help="head of the RGB file (auto: 'rgb' if "
                                                       "present, else 'fused')")
@@ -55,22 +53,7 @@ def main(argv=None) -> int:
         p.error("--head and --external-weight go with --external")
     if a.external_weight != 1.0 and a.external_fusion != "weighted":
         p.error("--external-weight needs --external-fusion weighted")
-
-    def run():
-        if a.external:
-            report = evaluate_external(
-                a.predictions, a.external, a.external_fusion, a.split, head=a.head,
-                scores=a.external_scores, weight=a.external_weight, out_dir=a.out,
-                categories=a.categories)
-        elif a.predictions:
-            report = evaluate_run(a.predictions, a.split, out_dir=a.out, categories=a.categories)
-        else:
-            report = evaluate_fusion(a.rgb, a.flow, a.fusion, a.split, out_dir=a.out,
-                                     categories=a.categories, rgb_head=a.rgb_head,
-                                     flow_head=a.flow_head)
-        print(report.text())
-
-    return run_job("evaluate", run, (PredictionError,))
+    return run_job("evaluate", lambda: print(evaluate(**vars(a)).text()))
 
 
 if __name__ == "__main__":

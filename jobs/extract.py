@@ -15,8 +15,6 @@ import sys
 from reslstm.cli import HelpFormatter, add_config_arguments, config_from_args, run_job
 from reslstm.configs import ExtractConfig
 from reslstm.distributed.extract.job import run_extraction, verify
-from reslstm.extraction.settings import ExtractError
-from reslstm.features import StoreError
 
 
 def main(argv=None) -> int:
@@ -25,10 +23,8 @@ def main(argv=None) -> int:
     p.add_argument("--verify", action="store_true", help="check the store at --out and exit")
     a = p.parse_args(argv)
     if a.verify:
-        return run_job("extract", lambda: 0 if verify(a.out, a.manifest) else 1,
-                       (ExtractError, StoreError))
-    return run_job("extract", lambda: run_extraction(config_from_args(ExtractConfig, a)) and 0,
-                   (ExtractError, StoreError))
+        return run_job("extract", lambda: 0 if verify(a.out, a.manifest) else 1)
+    return run_job("extract", lambda: run_extraction(config_from_args(ExtractConfig, a)) and 0)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import sys
 from reslstm.cli import HelpFormatter, add_address, add_config_arguments, config_from_args, run_job
 from reslstm.configs import PaperConfig
 from reslstm.distributed.tune.paper_runs import run_preset
-from reslstm.features import StoreError
 
 
 def main(argv=None) -> int:
@@ -24,8 +23,7 @@ def main(argv=None) -> int:
     add_config_arguments(p, PaperConfig)
     add_address(p)
     a = p.parse_args(argv)
-    return run_job("paper", lambda: run_preset(config_from_args(PaperConfig, a), a.address) and 0,
-                   (StoreError,))
+    return run_job("paper", lambda: run_preset(config_from_args(PaperConfig, a), a.address) and 0)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,9 @@ See README.md, "Predicting new videos".
 import argparse
 import sys
 
-from reslstm.checkpoint import ModelRefError
 from reslstm.cli import HelpFormatter, add_config_arguments, config_from_args, run_job
 from reslstm.configs import PredictConfig
-from reslstm.distributed.predict.batch import PredictFailures, run_predict
+from reslstm.distributed.predict.batch import run_predict
 
 
 def main(argv=None) -> int:
@@ -27,7 +26,7 @@ def main(argv=None) -> int:
     add_config_arguments(p, PredictConfig)
     a = p.parse_args(argv)
     return run_job("predict", lambda: run_predict(config_from_args(
-        PredictConfig, a, videos=tuple(a.videos))) and 0, (ModelRefError, PredictFailures))
+        PredictConfig, a, videos=tuple(a.videos))) and 0)
 
 
 if __name__ == "__main__":

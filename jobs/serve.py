@@ -12,7 +12,6 @@ See README.md, "Predicting new videos".
 import argparse
 import sys
 
-from reslstm.checkpoint import ModelRefError
 from reslstm.cli import HelpFormatter, add_config_arguments, config_from_args, run_job
 from reslstm.configs import PredictConfig, ServeConfig
 from reslstm.distributed.serve.app import serve_until_stopped
@@ -27,7 +26,7 @@ def main(argv=None) -> int:
     add_config_arguments(p, ServeConfig)
     a = p.parse_args(argv)
     return run_job("serve", lambda: serve_until_stopped(config_from_args(
-        ServeConfig, a, predict=config_from_args(PredictConfig, a))), (ModelRefError,))
+        ServeConfig, a, predict=config_from_args(PredictConfig, a))))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from reslstm.cli import HelpFormatter, run_job
-from reslstm.datasets.synthetic import generate_synthetic, parse_size
+from reslstm.distributed.synth import generate_synthetic, parse_size
 
 
 def main(argv=None) -> int:

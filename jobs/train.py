@@ -17,7 +17,6 @@ import sys
 from reslstm.cli import HelpFormatter, add_address, add_config_arguments, config_from_args, run_job
 from reslstm.configs import TrainConfig
 from reslstm.distributed.train.trainer import fit
-from reslstm.features import StoreError
 
 
 def main(argv=None) -> int:
@@ -25,8 +24,7 @@ def main(argv=None) -> int:
     add_config_arguments(p, TrainConfig, required=("out",))
     add_address(p)
     a = p.parse_args(argv)
-    return run_job("train", lambda: fit(config_from_args(TrainConfig, a), a.address) and 0,
-                   (StoreError,))
+    return run_job("train", lambda: fit(config_from_args(TrainConfig, a), a.address) and 0)
 
 
 if __name__ == "__main__":

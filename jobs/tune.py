@@ -15,7 +15,6 @@ import sys
 from reslstm.cli import HelpFormatter, add_address, add_config_arguments, config_from_args, run_job
 from reslstm.configs import SEARCHED, SweepConfig, TrainConfig
 from reslstm.distributed.tune.sweep import sweep
-from reslstm.features import StoreError
 
 
 def main(argv=None) -> int:
@@ -27,7 +26,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     return run_job("tune", lambda: sweep(config_from_args(
         SweepConfig, a, only=searched, base=config_from_args(TrainConfig, a, only=trial)),
-        a.address) and 0, (StoreError,))
+        a.address) and 0)
 
 
 if __name__ == "__main__":

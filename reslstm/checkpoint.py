@@ -1,18 +1,22 @@
-"""A trained model read back without Ray: the checkpoint payload and the model it holds.
+"""A trained model as a checkpoint payload, without Ray: built, read back, made a model again.
 
 A payload is the dict a training run saves as ``model.pt`` (``distributed.train.checkpoints``):
 ``model_state``, ``model_config``, ``label_names``, ``features`` ({stream: the feature store's
 ``StreamSettings`` as a dict}: how the features the model learned from were extracted),
-``store``, ``train_config``, ``epoch`` and ``metrics``.
+``store``, ``train_config``, ``epoch`` and ``metrics`` (and, in a training checkpoint,
+``optimizer_state``). Every payload is made, read and turned into a model here, once:
 
-``load_payload(ref)`` reads one from
+- ``build_payload(model, label_names, ...)`` makes one from its parts (the training worker's
+  checkpoints, the model registry's models);
+- ``load_payload(ref)`` reads and checks one from a run directory written by ``jobs/train.py``
+  (its ``summary.json`` names the best checkpoint), a checkpoint directory holding
+  ``model.pt``, a ``model.pt`` file (e.g. a sweep's ``OUT/best/model.pt``), each a local path
+  or a filesystem URI (``s3://...``, read with ``reslstm.storage``), or a Ray Train
+  ``Checkpoint``;
+- ``model_from_payload(payload)`` rebuilds the model (eval mode); ``load_checkpoint(ref)`` is
+  both steps.
 
-- a run directory written by ``jobs/train.py`` (its ``summary.json`` names the best checkpoint),
-- a checkpoint directory holding ``model.pt``,
-- a ``model.pt`` file (e.g. a sweep's ``OUT/best/model.pt``),
-
-each a local path or a filesystem URI (``s3://...``, read with ``reslstm.storage``).
-``load_checkpoint(ref)`` also rebuilds the model (eval mode). Registered models
+``payload_info(payload)`` is a payload without its tensors. Registered models
 (``models:/NAME@ALIAS``) live in MLflow and are read by ``reslstm.distributed.tracking.models``.
 """
 
@@ -25,16 +29,19 @@ import logging
 import torch
 
 from reslstm import storage
+from reslstm.errors import ReslstmError
 from reslstm.model import ActionModel, build_model
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "model.pt"
 SUMMARY_FILE = "summary.json"
-PAYLOAD_KEYS = ("model_state", "model_config", "label_names")
+PAYLOAD_KEYS = ("model_state", "model_config", "label_names")  # what every payload holds
+# What a payload may hold besides, in the order it is saved (``build_payload``).
+PAYLOAD_PARTS = ("features", "store", "train_config", "epoch", "metrics")
 
 
-class ModelRefError(ValueError):
+class ModelRefError(ReslstmError, ValueError):
     """A model reference that names no readable checkpoint; the message says what to pass."""
 
     exit_code = 2
@@ -51,7 +58,10 @@ def _checkpoint_file(ref: str) -> storage.Location:
     if loc.join(CHECKPOINT_FILE).is_file():
         return loc.join(CHECKPOINT_FILE)
     if loc.join(SUMMARY_FILE).is_file():
-        summary = json.loads(loc.join(SUMMARY_FILE).read_text())
+        try:
+            summary = json.loads(loc.join(SUMMARY_FILE).read_text())
+        except ValueError as exc:
+            raise ModelRefError(f"{loc.join(SUMMARY_FILE)}: not JSON ({exc})") from None
         best = summary.get("best_checkpoint")
         if not best:
             raise ModelRefError(f"{loc.join(SUMMARY_FILE)} names no best_checkpoint")
@@ -67,8 +77,39 @@ def _checkpoint_file(ref: str) -> storage.Location:
                         f"{CHECKPOINT_FILE} file")
 
 
+def build_payload(model: ActionModel, label_names, optimizer_state: dict | None = None,
+                  **parts) -> dict:
+    """The payload of ``model`` (module docstring): its weights (on the CPU, PCA buffers
+    included) and config, ``label_names``, and the ``PAYLOAD_PARTS`` given as keywords (one
+    given as None is left out); ``optimizer_state`` only in a training checkpoint, from which a
+    restarted worker resumes."""
+    unknown = sorted(set(parts) - set(PAYLOAD_PARTS))
+    if unknown:
+        raise TypeError(f"build_payload: no payload part {unknown}; the parts: "
+                        f"{', '.join(PAYLOAD_PARTS)}")
+    payload = {"model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if optimizer_state is not None:
+        payload["optimizer_state"] = optimizer_state
+    payload["model_config"] = model.config.to_dict()
+    payload["label_names"] = list(label_names)
+    payload.update((k, parts[k]) for k in PAYLOAD_PARTS if parts.get(k) is not None)
+    return payload
+
+
+def payload_info(payload: dict) -> dict:
+    """The payload without its tensors (weights, optimizer state): the model's config, label
+    names and the ``PAYLOAD_PARTS`` it holds, e.g. a registered model's metadata."""
+    return {k: payload[k] for k in (*PAYLOAD_KEYS, *PAYLOAD_PARTS)
+            if k in payload and k != "model_state"}
+
+
 def load_payload(ref, map_location="cpu") -> dict:
-    """The payload of the checkpoint ``ref`` names (module docstring)."""
+    """The payload of the checkpoint ``ref`` names (module docstring), checked. A Ray Train
+    ``Checkpoint`` (anything with ``as_directory()``; this package never imports Ray) is
+    fetched into a local directory first."""
+    if hasattr(ref, "as_directory"):
+        with ref.as_directory() as directory:  # downloads a checkpoint on object storage
+            return load_payload(directory, map_location)
     file = _checkpoint_file(str(ref))
     data = file.read_bytes()
     try:

@@ -7,10 +7,13 @@ builds the config back, which validates it. Jobs therefore never restate a confi
 
 ``setup_console()``: library modules log through ``logging.getLogger(__name__)``; a job calls
 this once so that their INFO messages reach stdout as plain lines a person reads top to bottom,
-tagged with the stage they come from (``[extract]``, ``[train]``, ``[tune]``, ...). A record
+tagged with the package they come from (``[extract]``, ``[train]``, ``[tune]``, ...:
+``console_tag``, derived from the logger's name, so no module registers a tag). A record
 logged with ``extra={"block": True}`` (tables, summaries) is printed as it is. ``run_job``
-wraps a job's main: expected errors (bad options, a store that does not match, a failed
-extraction) print one line on stderr and exit 2, never a traceback.
+wraps a job's main: a project error (``reslstm.errors.ReslstmError``: bad options, a store that
+does not match, a failed extraction) prints one line on stderr and exits with its
+``exit_code`` (2 unless its class says otherwise); anything else is a bug and propagates with
+its full traceback (exit status 1). Argparse's own errors exit 2 before a job's body runs.
 """
 
 from __future__ import annotations
@@ -18,28 +21,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import sys
 import types
 import typing
 from typing import Any, Callable, Sequence
 
-STAGES = (  # logger name prefix -> console tag (first match wins)
-    ("reslstm.distributed.demo", "demo"),
-    ("reslstm.distributed.tune.paper_runs", "paper"),
-    ("reslstm.datasets.synthetic", "synth"),
-    ("reslstm.distributed.tune.sweep", "tune"),
-    ("reslstm.distributed.tracking.runs", "tune"),
-    ("reslstm.distributed.tracking.models", "registry"),
-    ("reslstm.distributed.extract.job", "extract"),
-    ("reslstm.distributed.predict.batch", "predict"),
-    ("reslstm.distributed.serve.app", "serve"),
-    ("reslstm.inference.predictor", "predict"),
-    ("reslstm.checkpoint", "predict"),
-    ("reslstm.extraction", "extract"),
-    ("reslstm.features", "extract"),
-    ("reslstm.distributed", "train"),
-    ("reslstm", "reslstm"),
-)
+from reslstm.errors import ConfigError, ReslstmError
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -59,7 +47,7 @@ def parse_list(text: str, kind: Callable = str) -> tuple:
     try:
         return tuple(kind(t) for t in items)
     except ValueError:
-        raise ValueError(f"cannot read {text!r} as a comma list of {kind.__name__}") from None
+        raise ConfigError(f"cannot read {text!r} as a comma list of {kind.__name__}") from None
 
 
 def _base_type(hint) -> tuple[Any, bool]:
@@ -148,12 +136,48 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
+# A record's console tag is the package its logger's module belongs to: the first name below
+# ``reslstm.distributed`` or ``reslstm`` (``reslstm.distributed.train.worker`` -> ``train``,
+# ``reslstm.distributed.tune.sweep`` -> ``tune``, ``reslstm.datasets.ucf101`` -> ``datasets``,
+# ``reslstm.checkpoint`` -> ``checkpoint``). A new module thus gets its package's tag and a new
+# package its own name, with nothing to edit. TAG_SPELLINGS spells a few library packages (or
+# one module of a package: the longest match wins) as the job whose lines they print.
+CONSOLE_ROOTS = ("reslstm.distributed", "reslstm")  # the most specific first
+TAG_SPELLINGS = {
+    "extraction": "extract", "features": "extract",  # the library side of jobs/extract.py
+    "inference": "predict",                          # ... of jobs/predict.py and serve
+    "tracking": "mlflow",                            # MLflow runs and the model registry
+    "datasets.synthetic": "synth",                   # jobs/synth.py
+    "tune.paper_runs": "paper",                      # jobs/paper.py
+}
+# How a tagged console line starts (``runtime.filter_worker_logs`` recognises the lines a Ray
+# worker's console printed by it).
+CONSOLE_LINE = re.compile(r"^\[[a-z][a-z0-9_]*\] ")
+
+
+def console_tag(logger_name: str) -> str | None:
+    """The console tag of a logger (see ``CONSOLE_ROOTS``); None outside this package."""
+    for root in CONSOLE_ROOTS:
+        if logger_name == root:
+            return root.rsplit(".", 1)[-1]
+        if logger_name.startswith(root + "."):
+            parts = logger_name[len(root) + 1:].split(".")
+            break
+    else:
+        return None
+    for n in range(len(parts), 0, -1):
+        spelled = TAG_SPELLINGS.get(".".join(parts[:n]))
+        if spelled:
+            return spelled
+    return parts[0]
+
+
 class _ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
         if getattr(record, "block", False):
             return text
-        tag = next((t for prefix, t in STAGES if record.name.startswith(prefix)), None)
+        tag = console_tag(record.name)
         if record.levelno >= logging.WARNING:
             text = f"{record.levelname.lower()}: {text}"
         return f"[{tag}] {text}" if tag else text
@@ -174,13 +198,15 @@ def setup_console(level: int = logging.INFO) -> None:
     logger.propagate = False
 
 
-def run_job(name: str, main: Callable[[], int | None], errors: tuple[type, ...] = ()) -> int:
-    """Run a job's body with the console set up; ``errors`` (and ValueError) are expected
-    failures: one line ``NAME: message`` on stderr and the error's ``exit_code`` (default 2),
-    never a traceback."""
+def run_job(name: str, main: Callable[[], int | None]) -> int:
+    """Run a job's body with the console set up and return its exit status. A project error
+    (``ReslstmError``) is an expected failure: one line ``NAME: message`` on stderr and the
+    error's ``exit_code``, no traceback. Any other exception (a ``ValueError`` from a library,
+    a ``KeyError``, ...) is a bug: it is not caught here, so Python prints its full traceback
+    and the process exits 1 (``KeyboardInterrupt`` likewise propagates)."""
     setup_console()
     try:
         return int(main() or 0)
-    except (ValueError, *errors) as exc:
+    except ReslstmError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2))
+        return int(exc.exit_code)

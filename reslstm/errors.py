@@ -24,4 +24,19 @@ class ReslstmError(Exception):
 
 class ConfigError(ReslstmError, ValueError):
     """A setting that cannot work: an option out of range, two options that contradict each
-    other, a name that is not one of the choices. Raised where a config is made."""
+    other, a name that is not one of the choices, a URI or Ray address that cannot be opened.
+    Raised where a config is made, and by the factories that take a user's name (fusion,
+    extractor, flow method, categories) or location. Checks that only a bug can fail (tensor
+    shapes and dtypes inside the model, metrics, TV-L1) stay plain ``ValueError``."""
+
+
+class DeviceUnavailable(ConfigError, RuntimeError):
+    """A step was asked to run on a device this machine does not have (CUDA for RAFT or TV-L1
+    in PyTorch): choose the CPU method or run where a GPU is."""
+
+
+class RunFailed(ReslstmError, RuntimeError):
+    """A job ran but has nothing usable to show: no trial of a sweep reported a checkpoint, a
+    training run ended without one. The message says where the run's logs are."""
+
+    exit_code = 1

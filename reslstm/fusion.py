@@ -12,6 +12,10 @@ Every late fusion returns a probability distribution over the last axis:
 
 The functions accept torch tensors or NumPy arrays (late fusion of stored predictions needs
 no model) and return the same kind.
+
+The names are defined here once, for every layer: ``STREAMS`` (the two input streams, also the
+feature store's datasets and the extractors' inputs), ``MID_OPS`` / ``LATE_OPS`` and
+``FUSION_NAMES`` (every value of ``ModelConfig.fusion`` / ``--stream``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from reslstm.errors import ConfigError
+
+# The two streams, in the order every store, table and model lists them.
+STREAMS = ("rgb", "flow")
+# The head that carries a two-stream model's (or two runs') fused scores, beside one per stream.
+FUSED = "fused"
 MID_OPS = ("sum", "product")
 LATE_OPS = ("product", "sum", "weighted")
 
@@ -63,7 +73,7 @@ def mid_fuse(xc, xf, op: str = "sum"):
     xc, xf: (..., T, h) tensors or arrays of the same shape -> the same shape.
     """
     if op not in MID_OPS:
-        raise ValueError(f"unknown mid fusion op {op!r}; valid ops: {', '.join(MID_OPS)}")
+        raise ConfigError(f"unknown mid fusion op {op!r}; valid ops: {', '.join(MID_OPS)}")
     _check_same_shape(xc, xf, "mid")
     return xc + xf if op == "sum" else xc * xf
 
@@ -75,7 +85,7 @@ def late_fuse(p_rgb, p_flow, op: str = "product", w_rgb: float = 1.0, w_flow: fl
     "weighted" (defaults: the TSN weights, flow counts 1.5 times as much as RGB).
     """
     if op not in LATE_OPS:
-        raise ValueError(f"unknown late fusion op {op!r}; valid ops: {', '.join(LATE_OPS)}")
+        raise ConfigError(f"unknown late fusion op {op!r}; valid ops: {', '.join(LATE_OPS)}")
     _check_same_shape(p_rgb, p_flow, "late")
     as_numpy = isinstance(p_rgb, np.ndarray)
     if as_numpy != isinstance(p_flow, np.ndarray):
@@ -91,7 +101,7 @@ def late_fuse(p_rgb, p_flow, op: str = "product", w_rgb: float = 1.0, w_flow: fl
         fused = (pr + pf) / 2
     else:
         if w_rgb < 0 or w_flow < 0 or w_rgb + w_flow <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"late fusion weights must be >= 0 with a positive sum, got w_rgb={w_rgb}, "
                 f"w_flow={w_flow}"
             )
@@ -109,16 +119,15 @@ FUSIONS: dict[str, Callable] = {
 }
 
 
-STREAM_NAMES = ("rgb", "flow")
 # Every value of ModelConfig.fusion / --stream, listed once: one stream, or a fusion of both.
-FUSION_NAMES = STREAM_NAMES + tuple(FUSIONS)
+FUSION_NAMES = STREAMS + tuple(FUSIONS)
 
 
 def streams_of(name: str) -> tuple[str, ...]:
     """The streams a ``FUSION_NAMES`` entry reads: ("rgb",), ("flow",) or ("rgb", "flow")."""
     if name not in FUSION_NAMES:
-        raise ValueError(f"unknown stream or fusion {name!r}; valid: {', '.join(FUSION_NAMES)}")
-    return (name,) if name in STREAM_NAMES else STREAM_NAMES
+        raise ConfigError(f"unknown stream or fusion {name!r}; valid: {', '.join(FUSION_NAMES)}")
+    return (name,) if name in STREAMS else STREAMS
 
 
 def make_fusion(name: str, **options) -> Callable:
@@ -127,7 +136,7 @@ def make_fusion(name: str, **options) -> Callable:
     ``options`` are passed on (e.g. ``w_rgb``/``w_flow`` for "late-weighted").
     """
     if name not in FUSIONS:
-        raise ValueError(f"unknown fusion {name!r}; valid fusions: {', '.join(FUSIONS)}")
+        raise ConfigError(f"unknown fusion {name!r}; valid fusions: {', '.join(FUSIONS)}")
     base = FUSIONS[name]
     return partial(base, **options) if options else base
 

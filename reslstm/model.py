@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from reslstm.errors import ConfigError
 from reslstm.fusion import FUSION_NAMES, is_late, is_mid, make_fusion, streams_of
 
 PROJECTIONS = ("pca", "linear", "none")
@@ -45,17 +46,17 @@ class InputProjection(nn.Module):
     def __init__(self, input_dim: int, hidden_size: int, kind: str = "linear"):
         super().__init__()
         if kind not in PROJECTIONS:
-            raise ValueError(f"unknown input projection {kind!r}; valid: {', '.join(PROJECTIONS)}")
+            raise ConfigError(f"unknown input projection {kind!r}; valid: {', '.join(PROJECTIONS)}")
         self.input_dim, self.hidden_size, self.kind = int(input_dim), int(hidden_size), kind
         self.linear = None
         if kind == "none" and input_dim != hidden_size:
-            raise ValueError(
+            raise ConfigError(
                 f"input_proj='none' needs input_dim == hidden_size, got {input_dim} != "
                 f"{hidden_size}; use input_proj='linear' or 'pca' to reduce the features"
             )
         if kind == "pca":
             if hidden_size > input_dim:
-                raise ValueError(
+                raise ConfigError(
                     f"PCA cannot project {input_dim}-d features up to hidden_size={hidden_size}; "
                     "use hidden_size <= input_dim or input_proj='linear'"
                 )
@@ -93,7 +94,7 @@ class InputProjection(nn.Module):
                 f"fit_pca needs an (N, {self.input_dim}) array of clip features, got shape {x.shape}"
             )
         if x.shape[0] <= self.hidden_size:
-            raise ValueError(
+            raise ConfigError(
                 f"PCA to {self.hidden_size} dims needs more than {self.hidden_size} training "
                 f"feature vectors, got {x.shape[0]}; use more clips or input_proj='linear'"
             )
@@ -214,15 +215,15 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("input_dim", "num_classes", "hidden_size", "num_layers"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.input_proj not in PROJECTIONS:
-            raise ValueError(f"ModelConfig.input_proj {self.input_proj!r} unknown; valid: {PROJECTIONS}")
+            raise ConfigError(f"ModelConfig.input_proj {self.input_proj!r} unknown; valid: {PROJECTIONS}")
         if self.arch not in ARCHS:
-            raise ValueError(f"ModelConfig.arch {self.arch!r} unknown; valid: {ARCHS}")
+            raise ConfigError(f"ModelConfig.arch {self.arch!r} unknown; valid: {ARCHS}")
         if self.fusion not in FUSION_NAMES:
-            raise ValueError(f"ModelConfig.fusion {self.fusion!r} unknown; valid: {FUSION_NAMES}")
+            raise ConfigError(f"ModelConfig.fusion {self.fusion!r} unknown; valid: {FUSION_NAMES}")
         if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -242,7 +243,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
-            raise ValueError(f"unknown ModelConfig keys {unknown}; valid keys: {sorted(known)}")
+            raise ConfigError(f"unknown ModelConfig keys {unknown}; valid keys: {sorted(known)}")
         return cls(**dict(config))
 
     def to_dict(self) -> dict:

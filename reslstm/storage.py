@@ -35,6 +35,8 @@ from typing import Iterator
 
 import pyarrow.fs as pafs
 
+from reslstm.errors import ConfigError
+
 HIDDEN = (".", "_")
 OBJECT_STORES = ("s3", "gcs")  # pyarrow's type_name of filesystems without directories or rename
 READ_BLOCK = 4 * 2 ** 20       # bytes one ranged read of an object fetches
@@ -105,7 +107,7 @@ class Location:
     def as_path(self) -> Path:
         """The local path; a clear error for object storage (for libraries that need a file)."""
         if not self.local:
-            raise ValueError(f"{self.uri} is not on the local disk; this step needs a local path")
+            raise ConfigError(f"{self.uri} is not on the local disk; this step needs a local path")
         return Path(self.path)
 
     # -- queries ------------------------------------------------------------------------------
@@ -299,7 +301,7 @@ def resolve(path, like: Location | None = None) -> Location:
         userinfo = _split_uri(text)[1]
         if userinfo:
             reason = reason.replace(userinfo, "***")
-        raise ValueError(f"{display(text)}: cannot open this URI with pyarrow ({reason}); use a "
+        raise ConfigError(f"{display(text)}: cannot open this URI with pyarrow ({reason}); use a "
                          "local path or a URI such as s3://bucket/prefix") from None
     return Location(filesystem, fs_path.rstrip("/"), display(text).rstrip("/"))
 

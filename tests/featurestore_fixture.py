@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from reslstm import features as fs
+from reslstm.fusion import STREAMS
 from reslstm.sampling import num_clips
 
 CLIP_LEN, CLIP_STRIDE = 16, 8
@@ -76,7 +77,7 @@ def make_feature_store(root: str | Path, *, num_classes: int = 4, feature_dim: i
     store = TinyStore(root=root, feature_dim=feature_dim, class_names=names)
     # Two prototypes per class pair and stream; class 2p goes a -> b, class 2p + 1 goes b -> a.
     protos = {s: 2.0 * rng.standard_normal((num_classes, feature_dim)).astype(np.float32)
-              for s in fs.STREAMS}
+              for s in STREAMS}
     rows: dict[str, list[dict]] = {s: [] for s in streams}
     for split, per_class in sizes.items():
         for c in range(num_classes):

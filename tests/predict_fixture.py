@@ -1,6 +1,7 @@
 """Small models and videos for the prediction tests: real synthetic MP4s, broken files, and
 checkpoint payloads whose extraction settings are tiny3d's (1 crop, DIS flow), built directly
-(``build_model`` + the settings ``resolve_settings`` gives) instead of trained."""
+(``build_payload`` of an untrained ``build_model`` and the settings ``resolve_settings`` gives)
+instead of trained."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from reslstm.checkpoint import build_payload
 from reslstm.configs import ExtractConfig
 from reslstm.datasets.synthetic import synthesize_video, write_mp4
 from reslstm.extraction.settings import resolve_settings
@@ -51,12 +53,10 @@ def payload(fusion: str = "late-product", seed: int = 0, extract: ExtractConfig 
                       input_proj="linear", fusion=fusion)
     torch.manual_seed(seed)
     model = build_model(cfg)
-    streams = cfg.streams
-    return {"model_state": model.state_dict(), "model_config": cfg.to_dict(),
-            "label_names": list(CLASSES),
-            "features": {s: dataclasses.asdict(settings[s]) for s in streams},
-            "store": "features/test", "train_config": {"T": T, "fusion": fusion}, "epoch": 1,
-            "metrics": {"val_top1": 0.5}}
+    return build_payload(model, CLASSES,
+                         features={s: dataclasses.asdict(settings[s]) for s in cfg.streams},
+                         store="features/test", train_config={"T": T, "fusion": fusion}, epoch=1,
+                         metrics={"val_top1": 0.5})
 
 
 def save_payload(path: Path, doc: dict) -> Path:

@@ -203,7 +203,8 @@ def test_a_holder_that_cannot_renew_stops_committing(s3_server, monkeypatch):
         with pytest.raises(StoreError, match="could not renew its lease"):
             store.check_lock()
         # The writer checks before every commit.
-        from reslstm.features import StoreWriter, StreamSettings
+        from reslstm.extraction.writer import StoreWriter
+        from reslstm.features import StreamSettings
 
         settings = {"rgb": StreamSettings("tiny3d", "random-init", 4, 16, 8, 1, 64, 72)}
         writer = StoreWriter(store, settings, run_id="x")

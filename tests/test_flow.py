@@ -172,7 +172,7 @@ def test_raft_pads_and_crops_odd_sizes_and_batches():
     assert raft(torch.from_numpy(frames)).shape == (3, 36, 50, 2)  # tensors too
     with pytest.raises(ValueError, match="at least 2 frames"):
         raft(frames[:1])
-    with pytest.raises(ValueError, match="uint8 frames"):
+    with pytest.raises(ValueError, match="uint8 RGB frames"):
         raft(frames.astype(np.float32))
 
 

@@ -15,13 +15,14 @@ import torch
 
 from predict_fixture import CLASSES, T, extract_config, payload, save_payload, write_videos
 from reslstm import features as fs
-from reslstm.checkpoint import ModelRefError, load_checkpoint, load_payload
+from reslstm.checkpoint import ModelRefError, load_checkpoint, load_payload, payload_info
 from reslstm.configs import PredictConfig
 from reslstm.datasets.manifest import write_manifest
 from reslstm.extraction.driver import run_local
 from reslstm.fusion import late_fuse
-from reslstm.inference.predictor import (BATCH_SCHEMA, PredictError, Predictor, VideoFailed, chain_settings,
-                             join_video, prediction_rows)
+from reslstm.inference.chain import PredictError, chain_settings
+from reslstm.inference.predictor import (BATCH_SCHEMA, Prediction, Predictor, VideoFailed,
+                                         join_video, prediction_rows)
 from reslstm.sampling import sample_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +146,150 @@ def test_join_video_orders_segments_ignores_duplicates_and_names_what_is_missing
     assert "no flow features came back" in failures[1]["message"]
 
 
+def mean_pool_model(fusion: str, weights: dict[str, list[float]]):
+    """A 1-d mean-pool model with hand-set classifiers: logits = W (mean over t of x^0), no bias."""
+    from reslstm.model import ModelConfig, build_model
+
+    model = build_model(ModelConfig(input_dim=1, num_classes=2, hidden_size=1, arch="meanpool",
+                                    input_proj="none", fusion=fusion))
+    with torch.no_grad():
+        for stream, w in weights.items():
+            model.nets[stream].classifier.weight.copy_(torch.tensor(w)[:, None])  # (C, 1)
+            model.nets[stream].classifier.bias.zero_()
+    return model
+
+
+def test_the_model_head_feeds_the_clips_at_sigma_t_not_the_first_T():
+    """K_v = 5 clips, T = 3: sigma(t) - 1 = 0, 2, 4, so the mean of x^0 is (1 + 4 + 16) / 3 = 7
+    (the first T clips would give 7 / 3, the last T 28 / 3)."""
+    from reslstm.inference.predictor import ModelHead
+
+    model = mean_pool_model("rgb", {"rgb": [1.0, 0.0]})
+    head = ModelHead(model, {"label_names": ["a", "b"], "train_config": {"T": 3}})
+    assert head.T == 3 and head.heads == ("fused",)
+    clips = np.array([[1.0], [2.0], [4.0], [8.0], [16.0]], dtype=np.float32)  # (K_v, 1)
+    probs = head.probabilities({"rgb": clips})
+    assert list(probs) == ["fused"] and probs["fused"].dtype == np.float32
+    np.testing.assert_allclose(probs["fused"], torch.softmax(torch.tensor([7.0, 0.0]), 0).numpy(),
+                               rtol=1e-6)
+
+
+def test_the_model_head_samples_both_streams_at_the_same_clips_of_the_shorter_one():
+    """RGB has 6 clips, flow 5: both are cut to 5, then sampled at clips 0, 2, 4 (T = 3):
+    RGB mean (1 + 4 + 16) / 3 = 7, flow mean (1 + 5 + 9) / 3 = 5. Sampling the 6 RGB clips
+    (0, 2, 5) would give 37 / 3; the first T flow clips 3. Late sum: (p_rgb + p_flow) / 2."""
+    from reslstm.inference.predictor import ModelHead
+
+    model = mean_pool_model("late-sum", {"rgb": [1.0, 0.0], "flow": [0.0, 1.0]})
+    head = ModelHead(model, {"label_names": ["a", "b"], "train_config": {"T": 3}})
+    assert head.heads == ("rgb", "flow", "fused")
+    rgb = np.array([[1.0], [2.0], [4.0], [8.0], [16.0], [32.0]], dtype=np.float32)  # (6, 1)
+    flow = np.array([[1.0], [3.0], [5.0], [7.0], [9.0]], dtype=np.float32)  # (5, 1)
+    probs = head.probabilities({"rgb": rgb, "flow": flow})
+    p_rgb = torch.softmax(torch.tensor([7.0, 0.0]), 0).numpy()
+    p_flow = torch.softmax(torch.tensor([0.0, 5.0]), 0).numpy()
+    assert list(probs) == ["rgb", "flow", "fused"]
+    np.testing.assert_allclose(probs["rgb"], p_rgb, rtol=1e-6)
+    np.testing.assert_allclose(probs["flow"], p_flow, rtol=1e-6)
+    np.testing.assert_allclose(probs["fused"], (p_rgb + p_flow) / 2, rtol=1e-6)
+
+
+# Seven classes; ties in the probabilities are listed by class index ("stable"), which NumPy's
+# default argsort does not do for float32 (it gives 0, 2, 6, 4, 3 for the RGB head here).
+NAMES7 = ["walk", "run", "jump", "swim", "ride", "brush_hair_very_slowly", "sit"]
+
+
+def late_prediction(**kw) -> Prediction:
+    probs = {"rgb": [0.2, 0.1, 0.2, 0.1, 0.2, 0.0, 0.2], "flow": [0.1, 0.1, 0.1, 0.1, 0.1, 0.0, 0.5],
+             "fused": [0.25, 0.0, 0.25, 0.0, 0.25, 0.0, 0.25]}
+    doc = dict(video_id="v7", path="videos/v7.mp4", fusion="late-product", label_names=NAMES7,
+               probs={h: np.array(p, np.float32) for h, p in probs.items()}, num_frames=64,
+               fps=25.0, num_clips={"rgb": 7, "flow": 6}, padded=True,
+               notes=["rgb: padded", "flow: odd"])
+    return Prediction(**{**doc, **kw})
+
+
+def test_a_prediction_lists_the_top_classes_with_ties_by_class_index():
+    pred = late_prediction()
+    top = pred.top()  # the fused head, k = 5
+    assert [(i, name) for i, name, _ in top] == \
+        [(0, "walk"), (2, "jump"), (4, "ride"), (6, "sit"), (1, "run")]
+    assert [p for _, _, p in top] == [0.25, 0.25, 0.25, 0.25, 0.0]
+    assert [i for i, _, _ in pred.top("rgb", 7)] == [0, 2, 4, 6, 1, 3, 5]
+    assert [i for i, _, _ in pred.top("flow", 3)] == [6, 0, 1]
+
+
+def test_a_prediction_as_json():
+    pred = late_prediction()
+    doc = pred.to_dict(top_k=2)
+    assert doc == {
+        "video_id": "v7", "path": "videos/v7.mp4", "fusion": "late-product", "num_frames": 64,
+        "fps": 25.0, "num_clips": {"rgb": 7, "flow": 6}, "padded": True,
+        "notes": ["rgb: padded", "flow: odd"],
+        "top": {"rgb": [{"index": 0, "label": "walk", "probability": pytest.approx(0.2)},
+                        {"index": 2, "label": "jump", "probability": pytest.approx(0.2)}],
+                "flow": [{"index": 6, "label": "sit", "probability": 0.5},
+                         {"index": 0, "label": "walk", "probability": pytest.approx(0.1)}],
+                "fused": [{"index": 0, "label": "walk", "probability": 0.25},
+                          {"index": 2, "label": "jump", "probability": 0.25}]}}
+    assert [len(v) for v in pred.to_dict()["top"].values()] == [5, 5, 5]  # default top_k = 5
+    assert "probabilities" not in pred.to_dict() and "labels" not in pred.to_dict()
+    full = pred.to_dict(top_k=1, probabilities=True)
+    assert full["labels"] == NAMES7
+    assert full["probabilities"]["fused"] == [0.25, 0.0, 0.25, 0.0, 0.25, 0.0, 0.25]
+    assert list(full["probabilities"]) == ["rgb", "flow", "fused"]
+
+
+def test_a_prediction_as_text():
+    """Columns as wide as their title or widest cell, trailing blanks stripped, 5 rows."""
+    assert late_prediction().text() == "\n".join([
+        "videos/v7.mp4: 64 frames at 25.0 fps, clips rgb 7, flow 6",
+        "  #  rgb          flow         fused (late-product)",
+        "  1  walk 0.2000  sit 0.5000   walk 0.2500",
+        "  2  jump 0.2000  walk 0.1000  jump 0.2500",
+        "  3  ride 0.2000  run 0.1000   ride 0.2500",
+        "  4  sit 0.2000   jump 0.1000  sit 0.2500",
+        "  5  run 0.1000   swim 0.1000  run 0.0000",
+        "  note: rgb: padded",
+        "  note: flow: odd",
+    ])
+
+
+def test_prediction_rows_by_hand():
+    rows = prediction_rows([late_prediction(),
+                            late_prediction(video_id="v8", notes=[], fusion="rgb",
+                                            probs={"fused": np.eye(7, dtype=np.float32)[3]})])
+    assert rows.schema.remove_metadata() == BATCH_SCHEMA
+    assert json.loads(rows.schema.metadata[b"labels"]) == NAMES7
+    first, second = rows.to_pylist()
+    assert {k: first[k] for k in ("video_id", "path", "fusion", "num_frames", "fps", "padded",
+                                  "notes")} == \
+        {"video_id": "v7", "path": "videos/v7.mp4", "fusion": "late-product", "num_frames": 64,
+         "fps": 25.0, "padded": True, "notes": "rgb: padded; flow: odd"}
+    assert first["rgb_top_labels"] == ["walk", "jump", "ride", "sit", "run"]  # default top_k 5
+    assert first["rgb_top_probs"] == pytest.approx([0.2, 0.2, 0.2, 0.2, 0.1])
+    assert first["flow_top_labels"] == ["sit", "walk", "run", "jump", "swim"]
+    assert first["fused_probs"] == [0.25, 0.0, 0.25, 0.0, 0.25, 0.0, 0.25]
+    assert second["video_id"] == "v8" and second["notes"] is None  # no notes: null, not ""
+    assert second["rgb_top_labels"] is None and second["flow_probs"] is None  # no such heads
+    assert second["fused_top_labels"][0] == "swim" and second["fused_top_probs"][0] == 1.0
+    assert prediction_rows([late_prediction()], top_k=1).column("fused_top_labels").to_pylist() \
+        == [["walk"]]
+    empty = prediction_rows([])
+    assert empty.num_rows == 0 and empty.schema.metadata is None
+
+
+def test_video_failed_reports_its_first_failure():
+    failures = [{"video_id": "v", "stream": "rgb", "path": "v.mp4", "stage": "decode",
+                 "error_type": "VideoDecodeError:truncated", "message": "v.mp4: moov atom"},
+                {"video_id": "v", "stream": "flow", "path": "v.mp4", "stage": "flow",
+                 "error_type": "ValueError", "message": "no motion"}]
+    error = VideoFailed(failures)
+    assert str(error) == "VideoDecodeError:truncated (decode): v.mp4: moov atom"
+    assert error.error_type == "VideoDecodeError:truncated" and error.failures == failures
+    assert error.exit_code == 1
+
+
 def test_a_single_stream_model_reads_one_stream(tmp_path, videos):
     doc = payload("flow")
     model, _ = load_checkpoint(save_payload(tmp_path / "model.pt", doc))
@@ -248,7 +393,8 @@ def test_every_model_reference_kind_resolves(tmp_path, late_model):
 
 def test_a_registered_model_predicts_as_its_checkpoint(tmp_path, videos, late_model, predictor):
     """models:/NAME@ALIAS through the MLflow registry (reslstm.distributed.tracking.models): the same
-    payload, hence the same probabilities as the checkpoint file."""
+    payload (both built by reslstm.checkpoint.build_payload), hence the same probabilities as
+    the checkpoint file."""
     from mlflow import MlflowClient
 
     from reslstm.distributed.predict.batch import load_model
@@ -260,6 +406,9 @@ def test_a_registered_model_predicts_as_its_checkpoint(tmp_path, videos, late_mo
     run = client.create_run(ensure_experiment(client, "predict-test"))  # artifacts in tmp_path
     register_model(uri, run.info.run_id, load_payload(late_model), "reslstm-test")
     model, doc = load_model("models:/reslstm-test@champion", mlflow_uri=uri)
+    ckpt = load_payload(late_model)
+    assert list(doc) == list(ckpt) and payload_info(doc) == payload_info(ckpt)
+    assert all(torch.equal(doc["model_state"][k], v) for k, v in ckpt["model_state"].items())
     pred = Predictor(model, doc, PredictConfig(model="models:/reslstm-test@champion"))
     video = videos[CLASSES[0]]
     want = predictor.predict(video)

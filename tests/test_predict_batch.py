@@ -17,7 +17,8 @@ from predict_fixture import CLASSES, payload, save_payload, write_videos
 from s3_fixture import s3_server_fixture  # noqa: F401  (the fixture s3_server)
 from reslstm.checkpoint import load_checkpoint
 from reslstm.configs import PredictConfig
-from reslstm.inference.predictor import BATCH_SCHEMA, PredictError, Predictor
+from reslstm.inference.chain import PredictError
+from reslstm.inference.predictor import BATCH_SCHEMA, Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration

@@ -74,3 +74,31 @@ def test_worker_log_filter_drops_expected_notes_and_keeps_the_rest(monkeypatch):
     assert printed == [{"pid": 1, "lines": ["RuntimeError: a real error"]}]
     filter_worker_logs()  # a second call does not wrap the filter again
     assert getattr(ray_worker.print_worker_logs, "filtered", False)
+
+
+def test_worker_console_lines_reach_the_driver_as_its_own(monkeypatch):
+    """A training worker's ``[train] epoch ...`` lines print as the driver's console prints its
+    own: without Ray's ``(RayTrainWorker pid=...)`` prefix (``ignore_prefix``), in order with
+    the worker's other lines (which keep theirs), and never held back by Ray's deduplication."""
+    import ray._private.worker as ray_worker
+
+    from reslstm.distributed.runtime import filter_worker_logs
+
+    printed = []
+    monkeypatch.setattr(ray_worker, "print_worker_logs",
+                        lambda data, file, plain=False: printed.append((data["lines"], plain)))
+    filter_worker_logs()
+    ray_worker.print_worker_logs({"pid": 7, "actor_name": "RayTrainWorker", "lines": [
+        "[train] epoch 1: train_loss 1.0", "[train] epoch 2: train_loss 0.5", "a worker's print",
+        "[train] warning: slow", "[Gloo] Rank 0 is connected to 1 peer ranks"]}, None, False)
+    assert printed == [(["[train] epoch 1: train_loss 1.0", "[train] epoch 2: train_loss 0.5"],
+                        True),
+                       (["a worker's print"], False), (["[train] warning: slow"], True),
+                       (["[Gloo] Rank 0 is connected to 1 peer ranks"], False)]
+    # Two workers' similar lines (the epoch lines of two runs): both printed when they come.
+    dedup = ray_worker.stdout_deduplicator
+    for pid in (8, 9):
+        out = dedup.deduplicate({"pid": pid, "ip": "x", "lines": ["[train] epoch 1: loss 0.5"]})
+        assert [b["lines"] for b in out] == [["[train] epoch 1: loss 0.5"]]
+    filter_worker_logs()
+    assert dedup.allow_re.pattern.count("[a-z]") == 1  # extended once

@@ -6,11 +6,12 @@ import pytest
 
 from reslstm import features as fs
 from reslstm.extraction.segments import SEGMENT_SCHEMA, failure_row
-from reslstm.features import StoreWriter
+from reslstm.extraction.writer import StoreWriter
+from reslstm.fusion import STREAMS
 
 DIM = 3
 SETTINGS = {s: fs.StreamSettings("tiny3d", "random-init", DIM, 16, 8, 1, 64, 72,
-                                 flow_method="dis" if s == "flow" else None) for s in fs.STREAMS}
+                                 flow_method="dis" if s == "flow" else None) for s in STREAMS}
 ITEM = {"video_id": "v1", "stream": "rgb", "path": "/videos/v1.mp4", "label": 2,
         "label_name": "c", "split": "train"}
 

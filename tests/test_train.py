@@ -13,8 +13,8 @@ import torch
 
 from featurestore_fixture import make_feature_store
 from reslstm import metrics
+from reslstm.checkpoint import PAYLOAD_KEYS, PAYLOAD_PARTS, load_checkpoint
 from reslstm.configs import TrainConfig
-from reslstm.distributed.train import checkpoints
 from reslstm.distributed.train import trainer
 from reslstm.distributed.train import worker
 from reslstm.fusion import late_fuse
@@ -109,7 +109,9 @@ def _check_run(res, store, heads):
 
 
 def _check_checkpoint(res, cfg, store):
-    model, payload = checkpoints.load_checkpoint(res.best_checkpoint)
+    model, payload = load_checkpoint(res.best_checkpoint)
+    # The worker's payload is reslstm.checkpoint.build_payload's, with the optimizer to resume.
+    assert list(payload) == [PAYLOAD_KEYS[0], "optimizer_state", *PAYLOAD_KEYS[1:], *PAYLOAD_PARTS]
     assert payload["label_names"] == store.class_names
     assert payload["train_config"] == cfg.to_dict()
     assert payload["epoch"] == res.best_epoch
@@ -160,7 +162,7 @@ def test_late_fusion_options_train(runs, name):
     table = pq.read_table(res.predictions["test"])
     assert sorted(set(table.column("head").to_pylist())) == ["flow", "fused", "rgb"]
     assert res.best_metrics["val_top1"] >= 0.5, res.history
-    _, payload = checkpoints.load_checkpoint(res.best_checkpoint)
+    _, payload = load_checkpoint(res.best_checkpoint)
     assert payload["model_config"]["fusion"] == cfg.fusion
     for key, value in RUNS[name][1].items():
         field_name = {"hidden": "hidden_size", "residual": "residual", "dropout": "dropout",

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from featurestore_fixture import make_feature_store
+from reslstm.checkpoint import load_checkpoint
 from reslstm.configs import TrainConfig
-from reslstm.distributed.train import checkpoints
 from reslstm.distributed.train import trainer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration,
@@ -32,7 +32,7 @@ def _cfg(store, out, workers):
 def test_one_gpu_worker_trains_and_its_checkpoint_predicts_alike_on_cpu(ray_local, store, tmp_path):
     res = trainer.fit(_cfg(store, tmp_path / "one", 1))
     assert res.best_metrics["val_top1"] >= 0.5
-    model, _ = checkpoints.load_checkpoint(res.best_checkpoint)
+    model, _ = load_checkpoint(res.best_checkpoint)
     x = {s: torch.randn(6, 5, store.feature_dim) for s in ("rgb", "flow")}
     allow = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

@@ -86,4 +86,4 @@ def test_train_run_with_features_run_dir_and_checkpoints_on_s3(ray_local, s3_ser
     # Nothing was written locally (Ray's session files live under its temp dir).
     assert list(no_aws_env.iterdir()) == []
     # The same command with the same name continues the finished run: nothing is retrained.
-    assert trainer.has_run(cfg, "late-s3")
+    assert trainer.has_run(trainer.storage_location(cfg), "late-s3")

@@ -307,7 +307,7 @@ def test_two_trial_sweep_logs_finished_runs_and_the_best_trials_test(s3_sweep):
     assert "test_top1" not in other.data.metrics
 
     # The best model is registered; its alias loads a working model with what predicting needs.
-    from reslstm.distributed.train.checkpoints import load_checkpoint
+    from reslstm.checkpoint import load_checkpoint
     from reslstm.distributed.tracking.models import load_registered
 
     model, payload = load_registered("models:/reslstm@champion", tracking_uri=uri)

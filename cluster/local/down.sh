@@ -6,13 +6,11 @@
 # which would kill every Ray process on the machine, other people's too.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$root/cluster/local/procs.sh"  # live, descendants, stop_pids
 STATE=${RAY_HEAD_DIR:-$root/.ray-head}
 if [ ! -s "$STATE/head.pids" ] && [ ! -s "$STATE/workers.pids" ]; then
   echo "down.sh: no cluster recorded in $STATE"; exit 0
 fi
-
-# A process is live if it exists and is not a zombie waiting to be reaped.
-live() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
 
 # The cluster's temp dirs (mktemp names under /tmp, unique to it).
 tmps=$(cat "$STATE/temp_dir" "$STATE/worker_temp_dirs" 2>/dev/null || true)
@@ -33,33 +31,9 @@ naming_tmps() {
   return 0
 }
 
-# Recorded roots plus all their descendants (walk the parent links in /proc).
+# Recorded roots plus all their descendants, live ones.
 collect() {
-  local all=" " changed=1 p pp
-  for p in $(cat "$STATE/head.pids" "$STATE/workers.pids" 2>/dev/null) $(naming_tmps); do
-    case "$all" in *" $p "*) ;; *) all="$all$p ";; esac
-  done
-  while [ $changed = 1 ]; do
-    changed=0
-    for p in /proc/[0-9]*; do
-      p=${p#/proc/}
-      case "$all" in *" $p "*) continue;; esac
-      pp=$(awk '{print $4}' "/proc/$p/stat" 2>/dev/null) || continue
-      case "$all " in *" $pp "*) all="$all$p "; changed=1;; esac
-    done
-  done
-  for p in $all; do live "$p" && echo "$p"; done
-  return 0
-}
-
-stop() {  # TERM, up to 10 s to exit, then KILL
-  local alive="" p
-  kill -TERM "$@" 2>/dev/null || true
-  for _ in $(seq 1 50); do
-    alive=""; for p in "$@"; do live "$p" && alive="$alive $p"; done
-    [ -z "$alive" ] && break; sleep 0.2
-  done
-  [ -n "$alive" ] && kill -KILL $alive 2>/dev/null || true
+  descendants $(cat "$STATE/head.pids" "$STATE/workers.pids" 2>/dev/null) $(naming_tmps)
 }
 
 # In stages, so that each process sees the others leave cleanly and exits within a second:
@@ -79,11 +53,11 @@ by_name() {  # the live PIDs among $2.. whose process name is (or, with !, is no
   return 0
 }
 stage=$(by_name raylet $pids | tr '\n' ' ')
-[ -n "$stage" ] && stop $stage
+[ -n "$stage" ] && stop_pids $stage
 stage=$(by_name '!gcs_server' $(collect) | tr '\n' ' ')
-[ -n "$stage" ] && stop $stage
+[ -n "$stage" ] && stop_pids $stage
 stage=$(collect | tr '\n' ' ')  # the GCS, and anything started meanwhile
-[ -n "$stage" ] && stop $stage
+[ -n "$stage" ] && stop_pids $stage
 rm -f "$STATE/head.pids" "$STATE/workers.pids" "$STATE/worker_temp_dirs"
 for d in $tmps; do
   case "$d" in /tmp/reslstm-ray-*) rm -rf "$d";; esac

@@ -21,11 +21,11 @@
 # MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=false) to go through the server.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$root/cluster/local/procs.sh"  # live, descendants, stop_pids
 VENV=${VENV:-$root/.venv}
 STATE=${MLFLOW_STATE_DIR:-$root/.mlflow-server}
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-live() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
 running_pid() {  # the recorded server PID, if that process still lives
   local pid
   pid=$(cat "$STATE/server.pid" 2>/dev/null) || return 1
@@ -33,34 +33,13 @@ running_pid() {  # the recorded server PID, if that process still lives
 }
 url() { echo "http://127.0.0.1:$(cat "$STATE/port")"; }
 
-# The PID $1 and all its descendants (parent links in /proc), live ones only.
-tree() {
-  local all=" $1 " changed=1 p pp
-  while [ $changed = 1 ]; do
-    changed=0
-    for p in /proc/[0-9]*; do
-      p=${p#/proc/}
-      case "$all" in *" $p "*) continue;; esac
-      pp=$(awk '{print $4}' "/proc/$p/stat" 2>/dev/null) || continue
-      case "$all" in *" $pp "*) all="$all$p "; changed=1;; esac
-    done
-  done
-  for p in $all; do live "$p" && echo "$p"; done
-  return 0
-}
-
 stop_server() {
-  local pid pids alive p
+  local pid pids
   if ! pid=$(running_pid); then
     rm -f "$STATE/server.pid"; echo "mlflow.sh: no server running (state: $STATE)"; return 0
   fi
-  pids=$(tree "$pid" | tr '\n' ' ')
-  kill -TERM $pids 2>/dev/null || true
-  for _ in $(seq 1 50); do
-    alive=""; for p in $pids; do live "$p" && alive="$alive $p"; done
-    [ -z "$alive" ] && break; sleep 0.2
-  done
-  [ -n "$alive" ] && kill -KILL $alive 2>/dev/null || true
+  pids=$(descendants "$pid" | tr '\n' ' ')
+  stop_pids $pids
   rm -f "$STATE/server.pid"
   echo "mlflow.sh: stopped the server (PIDs $pids)"
 }

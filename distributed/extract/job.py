@@ -33,13 +33,12 @@ import ray
 from reslstm import features as fs
 from reslstm import storage
 from reslstm.configs import ExtractConfig
+from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline
+from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
 from reslstm.extraction.driver import ExtractSummary, drive, read_manifest, start
 from reslstm.extraction.settings import ExtractError
 from reslstm.extraction.stages import StageConfig
 from reslstm.flow.methods import needs_gpu
-
-from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline
-from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
 
 log = logging.getLogger(__name__)
 

@@ -50,11 +50,13 @@ import pyarrow.parquet as pq
 from reslstm import storage
 from reslstm.checkpoint import load_checkpoint, model_from_payload
 from reslstm.configs import PredictConfig
+from reslstm.datasets.manifest import ManifestError, read_table, resolve_paths
+from reslstm.errors import ReslstmError
 from reslstm.features import FAILURE_SCHEMA, write_part
+from reslstm.inference.chain import PredictError, chain_settings, model_streams, stream_settings
+from reslstm.inference.predictor import (BATCH_SCHEMA, ModelHead, Prediction, Predictor,
+                                         VideoFailed, join_video, prediction_rows)
 from reslstm.model import ActionModel
-from reslstm.inference.predictor import (BATCH_SCHEMA, ModelHead, PredictError, Prediction, Predictor,
-                             VideoFailed, chain_settings, join_video, model_streams,
-                             prediction_rows, stream_settings)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpe
 MODEL_FILE = "model.json"
 
 
-class PredictFailures(RuntimeError):
+class PredictFailures(ReslstmError, RuntimeError):
     """Some of the videos given could not be classified (each one is named)."""
 
     exit_code = 1
@@ -168,13 +170,12 @@ def read_videos(source: str) -> pa.Table:
     if not loc.is_file():
         raise PredictError(f"--manifest {loc}: no such file or folder")
     try:
-        table = pq.read_table(loc.path, filesystem=loc.filesystem)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise PredictError(f"--manifest {loc}: not a Parquet manifest ({exc})") from None
+        table, _ = read_table(loc)
+    except ManifestError as exc:
+        raise PredictError(f"--manifest {exc}") from None
     if "path" not in table.column_names:
         raise PredictError(f"--manifest {loc}: no 'path' column (columns: {table.column_names})")
-    paths = [p if storage.is_uri(p) or os.path.isabs(p) else loc.parent().join(p).uri
-             for p in table.column("path").to_pylist()]
+    paths = resolve_paths(table.column("path").to_pylist(), loc)
     ids = (table.column("video_id").to_pylist() if "video_id" in table.column_names
            else [str(PurePosixPath(p).with_suffix("")) for p in paths])
     dup = [v for v, n in Counter(ids).items() if n > 1]
@@ -230,7 +231,10 @@ def prepare_out(out: storage.Location, doc: dict, overwrite: bool) -> None:
     ``overwrite``, removed)."""
     record = out.join(MODEL_FILE)
     if record.exists():
-        old = json.loads(record.read_text())
+        try:
+            old = json.loads(record.read_text())
+        except ValueError as exc:
+            raise PredictError(f"{record}: not JSON ({exc}); remove it or pick another --out") from None
         if old.get("fingerprint") != doc["fingerprint"]:
             if not overwrite:
                 raise PredictError(f"--out {out} holds predictions of another model "
@@ -333,10 +337,9 @@ def _run_chunks(cfg: PredictConfig, todo: list[dict], payload: dict, stage, stre
     from ray.data import ActorPoolStrategy
     from ray.data.context import ShuffleStrategy
 
-    from reslstm.flow.methods import needs_gpu
-
     from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline
     from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
+    from reslstm.flow.methods import needs_gpu
 
     log.info(init_ray(cfg.address))
     if needs_gpu(stage.flow_method) and not cluster_gpus() and not cfg.allow_cpu_raft:

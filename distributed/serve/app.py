@@ -50,9 +50,9 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reslstm.configs import PredictConfig, ServeConfig
-from reslstm.inference.predictor import Predictor, VideoFailed
-
 from reslstm.distributed.predict.batch import describe, load_model
+from reslstm.errors import ConfigError, ReslstmError
+from reslstm.inference.predictor import Predictor, VideoFailed
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ api = FastAPI(title="reslstm action recognition", docs_url=None, redoc_url=None,
               openapi_url=None)
 
 
-class BadRequest(Exception):
+class BadRequest(ReslstmError):
     """A request we answer with ``status`` and a message (never a traceback)."""
 
     def __init__(self, status: int, error: str, message: str):
@@ -193,7 +193,7 @@ def config_from_env() -> ServeConfig:
     """The app's settings from the environment (module docstring)."""
     ref = os.environ.get(MODEL_ENV)
     if not ref:
-        raise ValueError(f"set {MODEL_ENV} to the model to serve (a run directory, checkpoint, "
+        raise ConfigError(f"set {MODEL_ENV} to the model to serve (a run directory, checkpoint, "
                          "model.pt or models:/NAME@ALIAS), or use reslstm.distributed.serve.app:build")
     predict = {k: os.environ[v] for k, v in ENV.items()
                if k != "max_upload_mb" and os.environ.get(v)}
@@ -362,7 +362,7 @@ def build(args: dict):
     unknown = set(args) - {f.name for f in dataclasses.fields(PredictConfig)} \
         - {f.name for f in dataclasses.fields(ServeConfig)}
     if unknown:
-        raise ValueError(f"unknown argument(s) {sorted(unknown)} for the reslstm Serve app")
+        raise ConfigError(f"unknown argument(s) {sorted(unknown)} for the reslstm Serve app")
     predict = PredictConfig(**_typed(PredictConfig, args))
     return application(ServeConfig(predict=predict, **_typed(ServeConfig, args)))
 

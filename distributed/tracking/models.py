@@ -1,19 +1,20 @@
 """The model registry: the best model of a sweep as a registered MLflow model, and back.
 
 ``register_model(tracking_uri, run_id, payload, name, alias)`` logs the model of a checkpoint
-payload (``checkpoints.load_payload``) into run ``run_id`` as an MLflow model, registers it
-under ``name`` and points ``alias`` (default "champion") at the new version.
+payload (``reslstm.checkpoint.load_payload``) into run ``run_id`` as an MLflow model, registers
+it under ``name`` and points ``alias`` (default "champion") at the new version.
 ``load_registered("models:/NAME@ALIAS")`` gives it back as (``ActionModel`` in eval mode,
-payload): the same payload keys as a checkpoint, so prediction reads the label names and the
-feature settings (``features``: extractor, weights id, clips, crops, flow method, size) from
-either.
+payload): the payload is built as a checkpoint's (``reslstm.checkpoint.build_payload``), so
+prediction reads the label names and the feature settings (``features``: extractor, weights id,
+clips, crops, flow method, size) from either.
 
 Format: MLflow's pytorch flavour with ``serialization_format="pickle"`` (the default "pt2"
 goes through ``torch.export``, which takes tensor inputs only, while ``ActionModel.forward``
-takes a dict of streams), and everything else of the payload (config, label names, feature
-settings, metrics) in the model's metadata. Loading needs this package installed, as the
-pickle names its classes. Requirements are given, not inferred (MLflow's inference imports the
-model in a subprocess, which takes longer than the logging).
+takes a dict of streams), and everything else of the payload
+(``reslstm.checkpoint.payload_info``: config, label names, feature settings, metrics) in the
+model's metadata. Loading needs this package installed, as the pickle names its classes.
+Requirements are given, not inferred (MLflow's inference imports the model in a subprocess,
+which takes longer than the logging).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ import torch
 from mlflow import MlflowClient
 
 from reslstm import __version__
-from reslstm.model import ActionModel, build_model
+from reslstm.checkpoint import (PAYLOAD_PARTS, ModelRefError, build_payload, model_from_payload,
+                                payload_info)
+from reslstm.model import ActionModel
 
 log = logging.getLogger(__name__)
 ALIAS = "champion"
-_META_KEYS = ("model_config", "label_names", "features", "store", "train_config", "epoch", "metrics")
 
 
 def _json_safe(value):
@@ -48,10 +50,8 @@ def register_model(tracking_uri: str, run_id: str, payload: dict, name: str,
                    alias: str = ALIAS) -> str:
     """Log the payload's model into ``run_id``, register it as ``name`` and set ``alias`` to
     this version; returns the version."""
-    model = build_model(payload["model_config"])
-    model.load_state_dict(payload["model_state"])
-    model.eval()
-    metadata = _json_safe({k: payload[k] for k in _META_KEYS if k in payload})
+    model = model_from_payload(payload)
+    metadata = _json_safe(payload_info(payload))
     mlflow.set_tracking_uri(tracking_uri)
     # MLflow prints its notes about this (a warning on pickled models, which are the point
     # here, and two lines on the registration) straight to stderr: the line below says it all.
@@ -86,8 +86,10 @@ def load_registered(uri: str, tracking_uri: str | None = None) -> tuple[ActionMo
         mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pytorch.load_model(uri, map_location="cpu")
     if not isinstance(model, ActionModel):
-        raise ValueError(f"{uri}: not a model of this project (got {type(model).__name__})")
-    model.eval()
-    payload = dict(mlflow.models.get_model_info(uri).metadata or {})
-    payload["model_state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return model, payload
+        raise ModelRefError(f"{uri}: not a model of this project (got {type(model).__name__})")
+    info = mlflow.models.get_model_info(uri).metadata or {}
+    if "label_names" not in info:
+        raise ModelRefError(f"{uri}: its metadata holds no label_names (not registered by "
+                            "reslstm.distributed.tracking.models?)")
+    return model.eval(), build_payload(model, info["label_names"],
+                                       **{k: info.get(k) for k in PAYLOAD_PARTS})

@@ -41,6 +41,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunS
 from ray import tune
 
 from reslstm import features as fs
+from reslstm.errors import ConfigError
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "val_mean_class_acc",
                  "val_top1_rgb", "val_top1_flow")
@@ -77,7 +78,7 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         exp_id = client.create_experiment(name, artifact_location=_artifact_root(
             client.tracking_uri, name))
     elif exp.lifecycle_stage != "active":
-        raise ValueError(f"MLflow experiment {name!r} is deleted; restore it or pick another "
+        raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it or pick another "
                          "--experiment")
     else:
         exp_id = exp.experiment_id

@@ -1,12 +1,14 @@
-"""Checkpoints of training runs: what one holds, how it is written from a worker, and how it is
-read back.
+"""Checkpoints of training runs: how one is written from a worker, and which ones a run kept.
 
 A checkpoint is a directory (local or on the run's storage, e.g. ``s3://``) with ``model.pt``
-(a torch payload: ``model_state``, ``model_config``, ``label_names``, ``features`` (how the
-features of each stream were made: the store's settings, extractor, weights id, clips, crops,
-flow method, size), ``store``, ``train_config``, ``epoch``, ``metrics``) and ``history.json``
-(the metrics of every epoch so far). Rank 0 writes one per epoch through ``ray.train.report``;
-Ray keeps the best by ``METRIC`` and, always, the latest. PCA buffers are part of the model's state_dict, hence of every checkpoint.
+(the payload of ``reslstm.checkpoint.build_payload``: ``model_state``, ``optimizer_state``,
+``model_config``, ``label_names``, ``features`` (how the features of each stream were made: the
+store's settings, extractor, weights id, clips, crops, flow method, size), ``store``,
+``train_config``, ``epoch``, ``metrics``) and ``history.json`` (the metrics of every epoch so
+far). Rank 0 writes one per epoch through ``ray.train.report``; Ray keeps the best by ``METRIC``
+and, always, the latest. PCA buffers are part of the model's state_dict, hence of every
+checkpoint. ``reslstm.checkpoint.load_payload`` / ``load_checkpoint`` read one back, a
+``ray.train.Checkpoint`` as well as a directory, file or URI.
 """
 
 from __future__ import annotations
@@ -19,9 +21,7 @@ from pathlib import Path
 import ray.train
 import torch
 
-from reslstm import checkpoint
 from reslstm.checkpoint import CHECKPOINT_FILE
-from reslstm.model import ActionModel
 
 HISTORY_FILE = "history.json"
 METRIC = "val_top1"
@@ -38,22 +38,6 @@ def report(epoch: int, metrics: dict, history: list[dict], payload) -> None:
         Path(tmp, HISTORY_FILE).write_text(json.dumps(history, indent=1))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"epoch_{epoch:04d}")
-
-
-def load_payload(path, map_location="cpu") -> dict:
-    """The model.pt payload of a checkpoint: a ``Checkpoint``, or any reference
-    ``reslstm.checkpoint.load_payload`` reads (a directory, the file, a run directory, a URI)."""
-    if isinstance(path, ray.train.Checkpoint):
-        with path.as_directory() as d:  # downloads a remote checkpoint
-            return checkpoint.load_payload(d, map_location)
-    return checkpoint.load_payload(path, map_location)
-
-
-def load_checkpoint(path, map_location="cpu") -> tuple[ActionModel, dict]:
-    """Rebuild the model saved in a checkpoint (directory, model.pt, URI or Checkpoint);
-    returns (model in eval mode, the saved payload)."""
-    payload = load_payload(path, map_location)
-    return checkpoint.model_from_payload(payload), payload
 
 
 def best_checkpoint(result) -> tuple[ray.train.Checkpoint, dict]:

@@ -192,5 +192,5 @@ def pca_sample(ds: "ray.data.Dataset", stream: str, max_vectors: int, seed: int,
             top = np.argpartition(keys, max_vectors)[:max_vectors]
             kept, keys = kept[top], keys[top]
     if kept.size == 0:
-        raise ValueError(f"no {stream} training features to fit PCA on")
+        raise fs.StoreError(f"no {stream} training features to fit PCA on")
     return kept

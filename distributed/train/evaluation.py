@@ -17,9 +17,10 @@ import torch
 
 from reslstm import storage
 from reslstm.features import write_part
+from reslstm.fusion import FUSED
 from reslstm.metrics import score
 from reslstm.model import ActionModel
-from reslstm.reports.predictions import FUSED, prediction_table
+from reslstm.reports.predictions import prediction_table
 
 
 @torch.no_grad()

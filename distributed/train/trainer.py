@@ -7,9 +7,13 @@ Python API (``reslstm.distributed.train.trainer``):
   datasets (``data.load_data``), fit PCA (``prepare``), train with a ``TorchTrainer``, then
   predict val and test with the best checkpoint into ``RUN_DIR/predictions/{val,test}.parquet``
   and write ``RUN_DIR/summary.json``.
-- ``prepare(cfg, data) -> RunSpec`` and ``build_trainer(cfg, data, spec, name, callbacks=())``:
-  the two steps ``fit`` and each Tune trial (``distributed.tune.sweep``) share; the per-worker loop
-  is ``worker.train_loop``.
+- ``prepare(cfg, data) -> RunSpec`` and ``build_trainer(cfg, data, spec, name, where,
+  callbacks=())``: the two steps ``fit`` and each Tune trial (``distributed.tune.sweep``) share;
+  the per-worker loop is ``worker.train_loop``.
+
+Storage: a run resolves where Ray Train keeps its checkpoints once (``storage_location``: a
+local path or an object-storage URI with its filesystem) and passes that ``storage.Location`` on
+(``run_storage``, ``has_run``, ``checkpoint_uri``, ``build_trainer``).
 
 Data: datasets are built and materialized in the driver. The train split is sharded across
 workers (``streaming_split(equal=True)``: every worker gets the same number of rows, at most
@@ -40,15 +44,16 @@ import ray.train.torch
 
 from reslstm import features as fs
 from reslstm import storage
+from reslstm.checkpoint import load_checkpoint
 from reslstm.configs import TrainConfig
-from reslstm.fusion import streams_of
-from reslstm.model import ActionModel, InputProjection, ModelConfig, build_model
-
+from reslstm.distributed.runtime import (cluster_cpus, cluster_gpus, cpus_per_worker, init_ray,
+                                         wants_gpu)
 from reslstm.distributed.train import checkpoints
 from reslstm.distributed.train.data import RunData, load_data, pca_sample
 from reslstm.distributed.train.evaluation import predict
-from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, cpus_per_worker, init_ray, wants_gpu
 from reslstm.distributed.train.worker import RunSpec, train_loop
+from reslstm.fusion import streams_of
+from reslstm.model import ActionModel, InputProjection, ModelConfig, build_model
 
 log = logging.getLogger(__name__)
 RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
@@ -124,32 +129,44 @@ def run_name(cfg: TrainConfig) -> str:
     return cfg.name or f"{cfg.fusion}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def storage_of(cfg: TrainConfig) -> dict:
-    """``RunConfig`` arguments for the run's storage: a local path, or an object-storage URI
-    as its pyarrow filesystem (credentials and endpoint included) and path."""
-    loc = storage.resolve(cfg.resolved_storage())
-    if loc.local:
-        return {"storage_path": loc.path}
-    return {"storage_path": loc.path, "storage_filesystem": loc.filesystem}
+def storage_location(cfg: TrainConfig) -> storage.Location:
+    """Where the run's checkpoints go (``--storage-path``, by default ``OUT/ray_results``): a
+    local directory, or a prefix on object storage with its filesystem (endpoint and
+    credentials). Resolved once per run (or sweep) and passed on."""
+    return storage.resolve(cfg.resolved_storage())
 
 
-def checkpoint_uri(cfg: TrainConfig, ckpt: ray.train.Checkpoint) -> str:
-    """Where a checkpoint of the run is, as printed and recorded: a local path, or
-    ``scheme://bucket/key`` on object storage (no endpoint or credentials: a reader resolves it
-    with the run directory's filesystem, ``storage.resolve(uri, like=...)``)."""
-    loc = storage.resolve(cfg.resolved_storage())
-    return ckpt.path if loc.local else f"{loc.uri.split('://', 1)[0]}://{ckpt.path.lstrip('/')}"
+def storage_filesystem(where: storage.Location) -> dict:
+    """The ``storage_filesystem`` argument Ray Train and Tune take beside a path on object
+    storage (its endpoint and credentials); none for a local path."""
+    return {} if where.local else {"storage_filesystem": where.filesystem}
 
 
-def has_run(cfg: TrainConfig, name: str) -> bool:
+def run_storage(where: storage.Location) -> dict:
+    """``RunConfig`` arguments (Ray Train's and Tune's) for a storage location."""
+    return {"storage_path": where.path, **storage_filesystem(where)}
+
+
+def checkpoint_uri(where: storage.Location, ckpt: ray.train.Checkpoint) -> str:
+    """Where a checkpoint of a run stored at ``where`` is, as printed and recorded: a local
+    path, or ``scheme://bucket/key`` on object storage (no endpoint or credentials: a reader
+    resolves it with the run directory's filesystem, ``storage.resolve(uri, like=...)``)."""
+    if where.local:
+        return ckpt.path
+    return f"{where.uri.split('://', 1)[0]}://{ckpt.path.lstrip('/')}"
+
+
+def has_run(where: storage.Location, name: str) -> bool:
     """Whether the storage holds a run of this name that Ray Train will continue."""
-    return storage.resolve(cfg.resolved_storage()).join(name, RUN_SNAPSHOT).exists()
+    return where.join(name, RUN_SNAPSHOT).exists()
 
 
 def build_trainer(cfg: TrainConfig, data: RunData, spec: RunSpec, name: str,
-                  callbacks: Sequence = ()) -> ray.train.torch.TorchTrainer:
-    """The TorchTrainer of a run; ``fit`` and every Tune trial build it here (the driver's
-    environment for Ray Train is set once, by ``runtime.init_ray``)."""
+                  where: storage.Location, callbacks: Sequence = ()
+                  ) -> ray.train.torch.TorchTrainer:
+    """The TorchTrainer of a run whose checkpoints go to ``where`` (``storage_location``);
+    ``fit`` and every Tune trial build it here (the driver's environment for Ray Train is set
+    once, by ``runtime.init_ray``)."""
     run_config = ray.train.RunConfig(
         name=name,
         # Ray Train's INFO lines (resources requested, worker group started, each report):
@@ -158,7 +175,7 @@ def build_trainer(cfg: TrainConfig, data: RunData, spec: RunSpec, name: str,
         # A lost worker or node restarts the worker group, which continues from the latest
         # checkpoint (worker.train_loop).
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-        **storage_of(cfg),
+        **run_storage(where),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=1, checkpoint_score_attribute=checkpoints.METRIC, checkpoint_score_order="max"),
         callbacks=list(callbacks),
@@ -183,19 +200,19 @@ def fit(cfg: TrainConfig, address: str | None = None) -> TrainResult:
     counts = {s: d.count() for s, d in data.datasets.items()}
     log.info(f"data: {storage.display(cfg.features)} streams {list(data.index.streams)} T={cfg.T} "
              f"d_f={data.index.feature_dim} classes={data.index.num_classes} videos {counts}")
-    name = run_name(cfg)
-    trainer = build_trainer(cfg, data, spec, name)
-    how = "continuing" if has_run(cfg, name) else "training"
+    name, where = run_name(cfg), storage_location(cfg)
+    trainer = build_trainer(cfg, data, spec, name, where)
+    how = "continuing" if has_run(where, name) else "training"
     log.info(f"{how} {name}: {cfg.fusion} h={cfg.hidden} L={cfg.depth} {cfg.arch} "
-             f"{cfg.workers} worker(s), storage {storage.display(cfg.resolved_storage())}")
+             f"{cfg.workers} worker(s), storage {where}")
     result = trainer.fit()
     ckpt, best = checkpoints.best_checkpoint(result)
     history = checkpoints.history(result.checkpoint or ckpt)
-    model, _ = checkpoints.load_checkpoint(ckpt)
+    model, _ = load_checkpoint(ckpt)
     paths, scores = predict(model, data.only(("val", "test")).datasets, spec.label_names,
                             run_dir.join("predictions"))
     out = TrainResult(run_dir=run_dir.uri, ray_run_path=str(result.path),
-                      best_checkpoint=checkpoint_uri(cfg, ckpt), best_epoch=int(best.get("epoch", 0)),
+                      best_checkpoint=checkpoint_uri(where, ckpt), best_epoch=int(best.get("epoch", 0)),
                       best_metrics={k: float(v) for k, v in best.items()
                                     if isinstance(v, (int, float))},
                       history=history, predictions=paths, scores=scores, train_config=cfg,

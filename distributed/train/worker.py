@@ -28,12 +28,12 @@ import ray.train
 import ray.train.torch
 import torch
 
+from reslstm.checkpoint import build_payload, load_payload
 from reslstm.configs import TrainConfig
+from reslstm.distributed.runtime import quiet_ray_logs
+from reslstm.distributed.train.checkpoints import HISTORY_FILE, report
 from reslstm.model import ModelConfig, build_model
 from reslstm.training import default_optimizer, evaluate, train_one_epoch, unwrap
-
-from reslstm.distributed.train.checkpoints import CHECKPOINT_FILE, HISTORY_FILE, report
-from reslstm.distributed.runtime import quiet_ray_logs
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,7 @@ def _resume() -> tuple[dict | None, list[dict]]:
     if ckpt is None:
         return None, []
     with ckpt.as_directory() as d:
-        payload = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu",
-                             weights_only=False)
+        payload = load_payload(d)
         history_file = os.path.join(d, HISTORY_FILE)
         history = json.loads(open(history_file).read()) if os.path.exists(history_file) else []
     return payload, history
@@ -208,9 +207,6 @@ def train_loop(config: dict) -> None:
             log.info(f"epoch {epoch}: " + "  ".join(
                 f"{k} {v:.4f}" for k, v in metrics.items()
                 if k not in ("epoch", "weights_spread") and isinstance(v, float)))
-        report(epoch, metrics, history, lambda: {
-            "model_state": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
-            "optimizer_state": optimizer.state_dict(),
-            "model_config": mcfg.to_dict(), "label_names": list(spec.label_names),
-            "features": spec.features, "store": spec.store,
-            "train_config": cfg.to_dict(), "epoch": epoch, "metrics": metrics})
+        report(epoch, metrics, history, lambda: build_payload(
+            inner, spec.label_names, optimizer.state_dict(), features=spec.features,
+            store=spec.store, train_config=cfg.to_dict(), epoch=epoch, metrics=metrics))

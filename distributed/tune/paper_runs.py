@@ -23,18 +23,18 @@ import numpy as np
 from reslstm import features as fs
 from reslstm import metrics
 from reslstm.configs import SEARCHED, PaperConfig, SweepConfig, TrainConfig
-from reslstm.paper.figures import (plot_categories, plot_examples, plot_grouped_confusion,
-                                    plot_preset)
-from reslstm.paper.report import Verdict, aggregate, check, write_table
-from reslstm.paper.presets import PRESETS, QUICK_FIXED, Preset
-
 from reslstm.distributed.tracking import runs as tracking
 from reslstm.distributed.tune.results import SweepResult
 from reslstm.distributed.tune.sweep import sweep
+from reslstm.fusion import FUSED
+from reslstm.paper.figures import (plot_categories, plot_examples, plot_grouped_confusion,
+                                   plot_preset)
+from reslstm.paper.presets import PRESETS, QUICK_FIXED, Preset
+from reslstm.paper.report import Verdict, aggregate, check, write_table
 
 log = logging.getLogger(__name__)
 QUICK = {"epochs": 12, "seeds": 2, "workers": 1}
-HEADS = {"test_top1": "fused", "test_top1_rgb": "rgb", "test_top1_flow": "flow"}
+HEADS = {"test_top1": FUSED, "test_top1_rgb": "rgb", "test_top1_flow": "flow"}
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _final_figures(pcfg: PaperConfig, res: SweepResult, out: Path) -> dict[str, 
     from reslstm.datasets.categories import categories_for
     from reslstm.reports.predictions import class_names_of, load_predictions
 
-    table = load_predictions(res.predictions["test"], "test", head="fused")
+    table = load_predictions(res.predictions["test"], "test", head=FUSED)
     probs = np.asarray(table.column("probs").to_pylist(), np.float32)
     labels = np.asarray(table.column("label").to_pylist())
     names = class_names_of(table, probs.shape[1])

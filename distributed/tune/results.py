@@ -19,14 +19,15 @@ from pathlib import Path
 import ray.train
 import torch
 
+from reslstm.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from reslstm.configs import TrainConfig
-from reslstm.reports.predictions import FUSED, evaluate_run
-from reslstm.storage import resolve as storage_loc
-
-from reslstm.distributed.train.checkpoints import CHECKPOINT_FILE, METRIC, load_checkpoint
+from reslstm.distributed.tracking.runs import trial_label
+from reslstm.distributed.train.checkpoints import METRIC
 from reslstm.distributed.train.data import RunData
 from reslstm.distributed.train.evaluation import predict
-from reslstm.distributed.tracking.runs import trial_label
+from reslstm.fusion import FUSED, STREAMS
+from reslstm.reports.predictions import evaluate_run
+from reslstm.storage import Location
 
 
 @dataclass
@@ -125,11 +126,11 @@ def curves(grid) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def checkpoint_at(path: str, storage: str):
-    """A checkpoint path as Tune reports it (no URI scheme) -> something ``load_checkpoint``
-    reads: the path itself on local storage, a ``Checkpoint`` on the storage's filesystem."""
-    loc = storage_loc(storage)
-    return path if loc.local else ray.train.Checkpoint(path, filesystem=loc.filesystem)
+def checkpoint_at(path: str, where: Location):
+    """A checkpoint path as Tune reports it (no URI scheme) on the sweep's storage ``where`` ->
+    something ``load_checkpoint`` reads: the path itself on local storage, a ``Checkpoint`` on
+    the storage's filesystem."""
+    return path if where.local else ray.train.Checkpoint(path, filesystem=where.filesystem)
 
 
 def evaluate_checkpoint(checkpoint, data: RunData, out_dir: Path
@@ -141,7 +142,7 @@ def evaluate_checkpoint(checkpoint, data: RunData, out_dir: Path
                             out_dir / "predictions")
     report = evaluate_run(out_dir, "test", out_dir=out_dir / "report")
     test = {f"test_{k}": v for k, v in scores["test"][FUSED].items()}
-    for head in ("rgb", "flow"):
+    for head in STREAMS:
         if head in scores["test"]:
             test.update({f"test_{k}_{head}": v for k, v in scores["test"][head].items()})
     files = dict(report.files)

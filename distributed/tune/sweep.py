@@ -45,18 +45,20 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from reslstm.configs import SEARCHED, SweepConfig, TrainConfig
-from reslstm.fusion import streams_of
-from reslstm.storage import resolve as storage_loc
-from reslstm.reports.sweep_tables import write_sweep_report
-
+from reslstm.distributed.runtime import (cluster_cpus, cluster_gpus, cpus_per_worker, init_ray,
+                                         wants_gpu)
 from reslstm.distributed.tracking import runs as tracking
+from reslstm.distributed.tracking.models import ALIAS, register_model
 from reslstm.distributed.train.checkpoints import METRIC
 from reslstm.distributed.train.data import RunData, load_data
-from reslstm.distributed.tracking.models import ALIAS, register_model
-from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, cpus_per_worker, init_ray, wants_gpu
-from reslstm.distributed.tune.results import (SweepResult, checkpoint_at, curves, evaluate_checkpoint,
-                            rows_of)
-from reslstm.distributed.train.trainer import build_trainer, prepare
+from reslstm.distributed.train.trainer import (build_trainer, prepare, run_storage,
+                                               storage_filesystem, storage_location)
+from reslstm.distributed.tune.results import (SweepResult, checkpoint_at, curves,
+                                              evaluate_checkpoint, rows_of)
+from reslstm.errors import RunFailed
+from reslstm.fusion import streams_of
+from reslstm.reports.sweep_tables import write_sweep_report
+from reslstm.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +96,16 @@ def data_key(fusion: str, T: int) -> str:
 
 
 def run_trial(config: dict, base: TrainConfig, sweep_name: str,
-              data: dict[str, RunData]) -> None:
+              data: dict[str, RunData], where: Location) -> None:
     """One Tune trial: the shared builder and train_loop, reporting through Tune. Its datasets
-    were built by the sweep's driver (``data``, keyed by ``data_key``)."""
+    were built by the sweep's driver (``data``, keyed by ``data_key``); its checkpoints go to
+    the sweep's storage (``where``)."""
     cfg = trial_config(base, config)
     trial_id = tune.get_context().get_trial_id()
     run_data = data[data_key(cfg.fusion, cfg.T)]
     spec = prepare(cfg, run_data)
     spec.log_epochs = False  # TrialProgress logs the sweep's progress
-    trainer = build_trainer(cfg, run_data, spec, name=f"{sweep_name}-{trial_id}",
+    trainer = build_trainer(cfg, run_data, spec, name=f"{sweep_name}-{trial_id}", where=where,
                             callbacks=[TuneReportCallback()])
     trainer.fit()
 
@@ -147,132 +150,180 @@ class TrialProgress(tune.Callback):
                     f"{getattr(trial, 'error_file', None) or 'see the Tune results folder'}")
 
 
-def _fs(loc) -> dict:
-    return {} if loc.local else {"storage_filesystem": loc.filesystem}
-
-
-def storage_kwargs(storage: str) -> dict:
-    """``RunConfig`` arguments of a storage path or URI (as ``trainer.storage_of``)."""
-    loc = storage_loc(storage)
-    return {"storage_path": loc.path} if loc.local else {
-        "storage_path": loc.path, "storage_filesystem": loc.filesystem}
-
-
-def _trainable(base: TrainConfig, name: str, data: dict[str, RunData]):
+def _trainable(base: TrainConfig, name: str, data: dict[str, RunData], where: Location):
     return tune.with_resources(
-        tune.with_parameters(run_trial, base=base, sweep_name=name, data=data),
+        tune.with_parameters(run_trial, base=base, sweep_name=name, data=data, where=where),
         {"CPU": TRIAL_CPUS})
+
+
+@dataclasses.dataclass
+class _Sweep:
+    """What the parts of one sweep share: its settings, where it lives and its MLflow runs."""
+
+    scfg: SweepConfig
+    base: TrainConfig
+    out: Path
+    name: str
+    storage: Location        # of the Tune experiment and every trial's checkpoints
+    sweep_dir: Location      # the Tune experiment
+    concurrent: int
+    uri: str
+    experiment: str
+    params: dict             # the base's settings, logged with every run
+    exp_id: str = ""
+    parent: str = ""
+
+
+def _plan(scfg: SweepConfig, address: str | None) -> _Sweep:
+    """Connect to Ray and size the sweep: CPUs per worker, trials at once, names, storage."""
+    out = Path(scfg.base.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log.info(f"ray: {init_ray(address)}")
+    cpus, gpus = cluster_cpus(), cluster_gpus()
+    use_gpu = wants_gpu(scfg.base.use_gpu, gpus)
+    cpw = scfg.base.cpus_per_worker or cpus_per_worker(cpus, scfg.base.workers, reserved=TRIAL_CPUS)
+    base = dataclasses.replace(scfg.base, out=str(out), cpus_per_worker=cpw)
+    name = scfg.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage = storage_location(base)
+    return _Sweep(scfg=scfg, base=base, out=out, name=name, storage=storage,
+                  sweep_dir=storage.join(name),
+                  concurrent=plan_concurrency(cpus, gpus, base.workers, cpw, use_gpu,
+                                              scfg.max_concurrent),
+                  uri=scfg.mlflow_uri or tracking.default_tracking_uri("."),
+                  experiment=scfg.experiment or tracking.default_experiment_name(),
+                  params={k: v for k, v in base.to_dict().items() if k not in SEARCHED})
+
+
+def _start_parent_run(sw: _Sweep) -> None:
+    scfg = sw.scfg
+    searched = {k: ",".join(map(str, getattr(scfg, k))) for k in SEARCHED}
+    sw.exp_id, sw.parent = tracking.start_sweep_run(
+        sw.uri, sw.experiment, sw.name,
+        {**sw.params, **searched, "seeds": scfg.seeds, "scheduler": scfg.scheduler,
+         "search": scfg.search, "num_samples": scfg.num_samples,
+         "grace_period": scfg.grace_period}, sw.base.features)
+
+
+def _build_data(sw: _Sweep) -> dict[str, RunData]:
+    """The datasets of every (streams, T) the sweep needs, built once (module docstring)."""
+    data = {}
+    for fusion in sw.scfg.fusion:
+        for T in sw.scfg.T:
+            key = data_key(fusion, T)
+            if key not in data:
+                data[key] = load_data(sw.base.features, streams_of(fusion), T)
+                log.info(f"data {key}: videos " + str({s: d.count() for s, d in
+                                                       data[key].datasets.items()}))
+    return data
+
+
+def _tuner(sw: _Sweep, data: dict[str, RunData], resuming: bool) -> tune.Tuner:
+    base, scfg = sw.base, sw.scfg
+    trainable = _trainable(base, sw.name, {k: d.only(("train", "val")) for k, d in data.items()},
+                           sw.storage)
+    if resuming:
+        # Tune brings back its run config (scheduler, callbacks with their state) from the
+        # sweep's folder; the trainable is given again, since its datasets live in this
+        # process's object store. Unfinished trials continue from their Train checkpoints.
+        return tune.Tuner.restore(sw.sweep_dir.path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=scfg.retry_errored, restart_errored=False,
+                                  **storage_filesystem(sw.sweep_dir))
+    # ASHA judges trials by the epoch they report (after a restore too). Its max_t is one past
+    # the last epoch, so a trial that trains all its epochs ends by itself instead of being
+    # stopped (killed) by Tune at max_t.
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=base.epochs + 1,
+                               grace_period=min(scfg.grace_period, base.epochs))
+                 if scfg.scheduler == "asha" else None)
+    return tune.Tuner(
+        trainable, param_space=param_space(scfg),
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=scfg.num_samples,
+                                    scheduler=scheduler, max_concurrent_trials=sw.concurrent,
+                                    reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=sw.name, verbose=0, **run_storage(sw.storage),
+            callbacks=[tracking.MLflowTrialCallback(sw.uri, sw.exp_id, sw.parent, sw.name,
+                                                    sw.params, base.epochs),
+                       TrialProgress(base.epochs)]))
+
+
+def _test(sw: _Sweep, rows: list, best, data: dict[str, RunData]) -> tuple:
+    """Evaluate the best trial (every finished one with ``--test-all``) on test; log each to
+    its trial's MLflow run. Returns the best's (payload, prediction paths, files, scores)."""
+    kept = None
+    for row in rows if sw.scfg.test_all else [best]:
+        is_best = row is best
+        test, paths, files, scores, payload = evaluate_checkpoint(
+            checkpoint_at(row.checkpoint, sw.storage), data[data_key(row.fusion, row.T)],
+            sw.out / ("best" if is_best else f"trials/{row.trial_id}"))
+        row.test = test
+        if is_best:
+            kept = (payload, paths, files, scores)
+        if row.mlflow_run_id:
+            tracking.log_evaluation(sw.uri, row.mlflow_run_id, test, files if is_best else {},
+                                    tags={"best_trial": str(is_best).lower(),
+                                          "ray.checkpoint_path": row.checkpoint})
+    return kept
+
+
+def _report(sw: _Sweep, rows: list, best, grid) -> None:
+    """The sweep's report files, its parent run's results and the registered model."""
+    report = write_sweep_report([r.as_dict() for r in rows], curves(grid), sw.out / "report",
+                                f"sweep {sw.name}", best=None)
+    best_params = {f"best_{k}": getattr(best, k) for k in (*SEARCHED, "seed")}
+    tracking.log_evaluation(sw.uri, sw.parent, {**best.test, "best_val_top1": best.val_top1},
+                            report, params=best_params,
+                            tags={"best_trial": best.trial_id,
+                                  "best_run_id": best.mlflow_run_id or ""})
+
+
+def _summary(result: SweepResult, version) -> None:
+    log.info(result.table(), extra={"block": True})
+    log.info("best: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.test_metrics.items()))
+    log.info(f"best checkpoint: {result.best_checkpoint}")
+    if result.registered:
+        log.info(f"best model: {result.registered} (version {version})")
+    log.info(f"predictions: {', '.join(result.predictions.values())}")
+    log.info(tracking.ui_hint(result.mlflow_uri, result.experiment_id))
 
 
 def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
     """Run the sweep, or resume it when ``scfg.name`` names one that the storage holds (see the
     module docstring)."""
-    base = scfg.base
-    out = Path(base.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    log.info(f"ray: {init_ray(address)}")
-    cpus, gpus = cluster_cpus(), cluster_gpus()
-    use_gpu = wants_gpu(base.use_gpu, gpus)
-    cpw = base.cpus_per_worker or cpus_per_worker(cpus, base.workers, reserved=TRIAL_CPUS)
-    base = dataclasses.replace(base, out=str(out), cpus_per_worker=cpw)
-    concurrent = plan_concurrency(cpus, gpus, base.workers, cpw, use_gpu, scfg.max_concurrent)
-    uri = scfg.mlflow_uri or tracking.default_tracking_uri(".")
-    experiment = scfg.experiment or tracking.default_experiment_name()
-    name = scfg.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    storage = base.resolved_storage()
-    sweep_dir = storage_loc(storage).join(name)
-    resuming = tune.Tuner.can_restore(sweep_dir.path, **_fs(sweep_dir))
-    params = {k: v for k, v in base.to_dict().items() if k not in SEARCHED}
-    exp_id, parent = tracking.start_sweep_run(
-        uri, experiment, name, {**params, **{k: ",".join(map(str, getattr(scfg, k))) for k in SEARCHED},
-                                "seeds": scfg.seeds, "scheduler": scfg.scheduler,
-                                "search": scfg.search, "num_samples": scfg.num_samples,
-                                "grace_period": scfg.grace_period}, base.features)
-    log.info(f"{'resuming' if resuming else 'starting'} sweep {name}: {base.workers} worker(s) x "
-             f"{cpw} CPU per trial + {TRIAL_CPUS} for its driver; up to {concurrent} trial(s) at "
-             f"once; MLflow {uri} experiment {experiment!r}")
-    data = {}
-    for fusion in scfg.fusion:
-        for T in scfg.T:
-            key = data_key(fusion, T)
-            if key not in data:
-                data[key] = load_data(base.features, streams_of(fusion), T)
-                log.info(f"data {key}: videos " + str({s: d.count() for s, d in
-                                                       data[key].datasets.items()}))
-    trainable = _trainable(base, name, {k: d.only(("train", "val")) for k, d in data.items()})
-    if resuming:
-        # Tune brings back its run config (scheduler, callbacks with their state) from the
-        # sweep's folder; the trainable is given again, since its datasets live in this
-        # process's object store. Unfinished trials continue from their Train checkpoints.
-        tuner = tune.Tuner.restore(sweep_dir.path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=scfg.retry_errored, restart_errored=False,
-                                   **_fs(sweep_dir))
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space(scfg),
-            tune_config=tune.TuneConfig(
-                metric=METRIC, mode="max", num_samples=scfg.num_samples,
-                # ASHA judges trials by the epoch they report (after a restore too). Its max_t
-                # is one past the last epoch, so a trial that trains all its epochs ends by
-                # itself instead of being stopped (killed) by Tune at max_t.
-                scheduler=(ASHAScheduler(time_attr="epoch", max_t=base.epochs + 1,
-                                         grace_period=min(scfg.grace_period, base.epochs))
-                           if scfg.scheduler == "asha" else None),
-                max_concurrent_trials=concurrent, reuse_actors=False),
-            run_config=tune.RunConfig(
-                name=name, verbose=0, **storage_kwargs(storage),
-                callbacks=[tracking.MLflowTrialCallback(uri, exp_id, parent, name, params,
-                                                        base.epochs),
-                           TrialProgress(base.epochs)]),
-        )
+    sw = _plan(scfg, address)
+    resuming = tune.Tuner.can_restore(sw.sweep_dir.path, **storage_filesystem(sw.sweep_dir))
+    _start_parent_run(sw)
+    log.info(f"{'resuming' if resuming else 'starting'} sweep {sw.name}: {sw.base.workers} "
+             f"worker(s) x {sw.base.cpus_per_worker} CPU per trial + {TRIAL_CPUS} for its "
+             f"driver; up to {sw.concurrent} trial(s) at once; MLflow {sw.uri} experiment "
+             f"{sw.experiment!r}")
+    data = _build_data(sw)
     try:
-        grid = tuner.fit()
+        grid = _tuner(sw, data, resuming).fit()
     except BaseException:
-        tracking.end_run(uri, parent, tracking.KILLED)
+        tracking.end_run(sw.uri, sw.parent, tracking.KILLED)
         raise
-    tracking.end_unfinished(uri, exp_id, name)
-    rows = rows_of(grid, base.epochs, tracking.trial_runs(uri, exp_id, name), base)
+    tracking.end_unfinished(sw.uri, sw.exp_id, sw.name)
+    rows = rows_of(grid, sw.base.epochs, tracking.trial_runs(sw.uri, sw.exp_id, sw.name), sw.base)
     done = [r for r in rows if r.checkpoint and r.val_top1 == r.val_top1]
     if not done:
-        tracking.end_run(uri, parent, tracking.FAILED)
-        raise RuntimeError(f"no trial of sweep {name} reported a checkpoint; see {sweep_dir}")
+        tracking.end_run(sw.uri, sw.parent, tracking.FAILED)
+        raise RunFailed(f"no trial of sweep {sw.name} reported a checkpoint; see the trials' "
+                        f"errors under {sw.sweep_dir.uri}")
     best = max(done, key=lambda r: r.val_top1)
-    best_cfg = trial_config(base, {k: getattr(best, k) for k in (*SEARCHED, "seed")})
-    payload = paths = files = scores = None
-    for row in done if scfg.test_all else [best]:
-        is_best = row is best
-        test, row_paths, row_files, row_scores, row_payload = evaluate_checkpoint(
-            checkpoint_at(row.checkpoint, storage), data[data_key(row.fusion, row.T)],
-            out / ("best" if is_best else f"trials/{row.trial_id}"))
-        row.test = test
-        if is_best:
-            payload, paths, files, scores = row_payload, row_paths, row_files, row_scores
-        if row.mlflow_run_id:
-            tracking.log_evaluation(uri, row.mlflow_run_id, test, row_files if is_best else {},
-                                    tags={"best_trial": str(is_best).lower(),
-                                          "ray.checkpoint_path": row.checkpoint})
-    test = best.test
+    payload, paths, files, scores = _test(sw, done, best, data)
     result = SweepResult(
-        trials=rows, best_config=best_cfg, best_trial_id=best.trial_id,
-        best_checkpoint=best.checkpoint, best_val_top1=best.val_top1, test_metrics=test,
-        predictions=paths, report_files=files, mlflow_uri=uri, experiment=experiment,
-        experiment_id=exp_id, best_run_id=best.mlflow_run_id,
-        storage_path=sweep_dir.uri, scores=scores, parent_run_id=parent, name=name)
-    report = write_sweep_report([r.as_dict() for r in rows], curves(grid), out / "report",
-                                f"sweep {name}", best=None)
-    tracking.log_evaluation(uri, parent, {**test, "best_val_top1": best.val_top1}, report,
-                            tags={"best_trial": best.trial_id, "best_run_id": best.mlflow_run_id or ""},
-                            params={f"best_{k}": getattr(best, k) for k in (*SEARCHED, "seed")})
+        trials=rows, best_config=trial_config(base=sw.base, params={
+            k: getattr(best, k) for k in (*SEARCHED, "seed")}),
+        best_trial_id=best.trial_id, best_checkpoint=best.checkpoint,
+        best_val_top1=best.val_top1, test_metrics=best.test, predictions=paths,
+        report_files=files, mlflow_uri=sw.uri, experiment=sw.experiment,
+        experiment_id=sw.exp_id, best_run_id=best.mlflow_run_id,
+        storage_path=sw.sweep_dir.uri, scores=scores, parent_run_id=sw.parent, name=sw.name)
+    _report(sw, rows, best, grid)
     version = None
     if scfg.register_model and best.mlflow_run_id:
-        version = register_model(uri, best.mlflow_run_id, payload, scfg.register_model)
+        version = register_model(sw.uri, best.mlflow_run_id, payload, scfg.register_model)
         result.registered = f"models:/{scfg.register_model}@{ALIAS}"
-    tracking.end_run(uri, parent)
-    log.info(result.table(), extra={"block": True})
-    log.info("best: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in test.items()))
-    log.info(f"best checkpoint: {best.checkpoint}")
-    if result.registered:
-        log.info(f"best model: {result.registered} (version {version})")
-    log.info(f"predictions: {', '.join(paths.values())}")
-    log.info(tracking.ui_hint(uri, exp_id))
+    tracking.end_run(sw.uri, sw.parent)
+    _summary(result, version)
     return result

@@ -9,10 +9,10 @@ objects as they are (``train_loop_config``); nothing here imports Ray.
 
 from .experiments import PRESET_NAMES, DemoConfig, PaperConfig
 from .extract import ExtractConfig
-from .options import ARCHS, CROPS, PROJECTIONS, SEARCHES, STREAMS, USE_GPU, flag_of, opt
+from .options import SEARCHES, USE_GPU, flag_of, opt
 from .predict import PredictConfig, ServeConfig
 from .train import SEARCHED, SweepConfig, TrainConfig, parse_bool
 
-__all__ = ["ARCHS", "CROPS", "PROJECTIONS", "SEARCHED", "SEARCHES", "STREAMS", "USE_GPU",
-           "PRESET_NAMES", "DemoConfig", "ExtractConfig", "PaperConfig", "PredictConfig",
-           "ServeConfig", "SweepConfig", "TrainConfig", "flag_of", "opt", "parse_bool"]
+__all__ = ["SEARCHED", "SEARCHES", "USE_GPU", "PRESET_NAMES", "DemoConfig", "ExtractConfig",
+           "PaperConfig", "PredictConfig", "ServeConfig", "SweepConfig", "TrainConfig", "flag_of",
+           "opt", "parse_bool"]

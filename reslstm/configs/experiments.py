@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import PROJECTIONS, _one_of, _positive, opt
+from reslstm.flow.methods import FLOW_METHODS
+from reslstm.model import PROJECTIONS
+
+from .options import _one_of, _positive, opt
 from .train import parse_bool
 
 
@@ -15,7 +18,7 @@ class DemoConfig:
     out: str = opt("demo_output", "output directory")
     videos_per_class: int = opt(40, "synthetic videos per class (11 classes)")
     seed: int = opt(0, "data, weights and shuffling seed")
-    flow: str = opt("dis", "optical flow (dis: fast on a CPU)", choices=("tvl1", "farneback", "dis"))
+    flow: str = opt("dis", "optical flow (dis: fast on a CPU)", choices=tuple(FLOW_METHODS))
     hidden: tuple[int, ...] = opt((64, 128), "hidden sizes to sweep", items=int)
     depth: tuple[int, ...] = opt((1, 2), "depths to sweep", items=int)
     T: tuple[int, ...] = opt((8,), "clips per video to sweep", items=int)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import CROPS, STREAMS, _check, _one_of, _positive, opt
+from reslstm.flow.methods import METHODS, RAFT_SIZES
+from reslstm.fusion import STREAMS
+from reslstm.video.clips import CROPS
+
+from .options import _check, _one_of, _positive, opt
 
 
 @dataclass
@@ -13,7 +17,7 @@ class ExtractConfig:
 
     out: str = opt(help="feature store directory or URI (created; reruns resume)")
     manifest: str | None = opt(None, "manifest Parquet (video_id, path, label, label_name, split)")
-    streams: tuple[str, ...] = opt(("rgb", "flow"), "comma list of rgb, flow", items=str)
+    streams: tuple[str, ...] = opt(STREAMS, f"comma list of {', '.join(STREAMS)}", items=str)
     extractor: str = opt("i3d", "3D CNN: i3d, c3d, r3d_18, mc3_18, r2plus1d_18, s3d, swin3d_t, tiny3d")
     weights: str | None = opt(None, "RGB weights: a file, a torchvision name (KINETICS400_V1) "
                               "or 'none' (random init, recorded as random-init)")
@@ -21,7 +25,7 @@ class ExtractConfig:
     flow: str = opt("tvl1", "optical flow: tvl1 (OpenCV's TV-L1 on CPUs, what pretrained flow "
                     "models expect), farneback, dis (CPU); tvl1-torch (the same TV-L1 in PyTorch, "
                     "in the feature actors: on their GPUs), raft (GPU)",
-                    choices=("tvl1", "farneback", "dis", "tvl1-torch", "raft"))
+                    choices=METHODS)
     clip_len: int | None = opt(None, "frames per clip (default: the model's, 16)")
     clip_stride: int = opt(8, "a clip starts every N frames")
     crops: int = opt(10, "10 crops (eq. 5) or the centre crop", choices=CROPS)
@@ -41,7 +45,7 @@ class ExtractConfig:
     retry_failed: bool = opt(False, "retry the videos that failed before")
     overwrite: bool = opt(False, "discard the streams' rows when the settings differ")
     allow_cpu_raft: bool = opt(False, "let --flow raft run without a GPU (very slow)")
-    raft_size: str = opt("large", "RAFT model", choices=("small", "large"))
+    raft_size: str = opt("large", "RAFT model", choices=RAFT_SIZES)
     raft_weights: str | None = opt("C_T_V2", "RAFT weights: a torchvision Raft_*_Weights name "
                                    "(from torchvision's cache), a file, or 'none' (tests only)")
     object_store_limit_gb: float | None = opt(None, "cap on the segments held in the object "
@@ -60,7 +64,7 @@ class ExtractConfig:
                and len(set(self.streams)) == len(self.streams), "streams",
                f"must be a comma list of {', '.join(STREAMS)}, got {','.join(self.streams)!r}")
         _one_of(self, "crops", CROPS)
-        _one_of(self, "raft_size", ("small", "large"))
+        _one_of(self, "raft_size", RAFT_SIZES)
         _positive(self, "clip_stride", "batch_size", "clips_per_segment", "rows_per_file")
         _positive(self, "clip_len", "size", "actors", "object_store_limit_gb", allow_none=True)
         _check(self, self.actor_cpus is None or self.actor_cpus >= 0, "actor_cpus",

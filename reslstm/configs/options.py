@@ -1,5 +1,8 @@
 """What every config is made of: ``opt`` (a field with its command-line help), the
-checks configs run where they are made, and the choices options share."""
+checks configs run where they are made, and the choices only options have. Choices that are
+facts of the method live with it and are imported from there: streams and fusions
+(``reslstm.fusion``), input projections and architectures (``reslstm.model``), crops
+(``reslstm.video.clips``)."""
 
 from __future__ import annotations
 
@@ -7,10 +10,8 @@ import dataclasses
 from dataclasses import field
 from typing import Any
 
-STREAMS = ("rgb", "flow")
-CROPS = (1, 10)
-PROJECTIONS = ("pca", "linear", "none")
-ARCHS = ("reslstm", "meanpool")
+from reslstm.errors import ConfigError
+
 USE_GPU = ("auto", "yes", "no")
 SEARCHES = ("grid", "random")
 
@@ -31,7 +32,7 @@ def flag_of(cls_or_cfg, name: str) -> str:
 
 def _check(cfg, ok: bool, name: str, message: str) -> None:
     if not ok:
-        raise ValueError(f"{flag_of(cfg, name)}: {message}")
+        raise ConfigError(f"{flag_of(cfg, name)}: {message}")
 
 
 def _positive(cfg, *names: str, allow_none: bool = False) -> None:

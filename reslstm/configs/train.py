@@ -6,19 +6,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from reslstm.errors import ConfigError
 from reslstm.fusion import FUSION_NAMES
+from reslstm.model import ARCHS, PROJECTIONS
 
-from .options import (
-    ARCHS,
-    PROJECTIONS,
-    SEARCHES,
-    USE_GPU,
-    _check,
-    _one_of,
-    _positive,
-    flag_of,
-    opt,
-)
+from .options import (SEARCHES, USE_GPU, _check, _one_of, _positive, flag_of, opt)
 
 
 @dataclass
@@ -105,7 +97,7 @@ def parse_bool(text: str) -> bool:
         return True
     if value in ("off", "false", "no", "0"):
         return False
-    raise ValueError(f"{text!r} is not on/off")
+    raise ConfigError(f"{text!r} is not on/off")
 
 
 @dataclass
@@ -151,7 +143,7 @@ class SweepConfig:
                     dataclasses.replace(self.base, **{name: v})
                 except ValueError as exc:
                     message = str(exc).split(": ", 1)[-1]
-                    raise ValueError(f"{flag_of(self, name)}: value {v!r} {message}") from None
+                    raise ConfigError(f"{flag_of(self, name)}: value {v!r} {message}") from None
         _one_of(self, "search", SEARCHES)
         _one_of(self, "scheduler", ("asha", "none"))
         _positive(self, "seeds")

@@ -16,6 +16,8 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
+from reslstm.errors import ConfigError
+
 UCF101_CATEGORY_NAMES = (
     "human-object interaction",
     "body-motion only",
@@ -100,7 +102,7 @@ def categories_for(dataset: str) -> dict[str, str]:
         from reslstm.datasets.synthetic import SYNTHETIC_CATEGORIES  # lazy: pulls in PyAV
 
         return dict(SYNTHETIC_CATEGORIES)
-    raise ValueError(f"no categories for dataset {dataset!r}; known: 'ucf101', 'hmdb51', 'synthetic'")
+    raise ConfigError(f"no categories for dataset {dataset!r}; known: 'ucf101', 'hmdb51', 'synthetic'")
 
 
 def category_names(dataset: str) -> tuple[str, ...]:

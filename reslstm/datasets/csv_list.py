@@ -10,6 +10,7 @@ import pyarrow as pa
 from .manifest import SPLITS, ManifestError, Row, finish
 from .splits import assign_splits
 
+
 def read_csv(
     path: Path | str,
     root: Path | str | None = None,

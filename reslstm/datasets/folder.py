@@ -14,6 +14,7 @@ import pyarrow as pa
 from .manifest import SPLITS, VIDEO_EXTENSIONS, ManifestError, Row, finish, listing, read_lines
 from .splits import assign_splits
 
+
 def _read_split_file(split_file: Path) -> dict[str, tuple[str, str]]:
     """'<class>/<file> <split>' lines -> {relative path: (split, where)}."""
     out: dict[str, tuple[str, str]] = {}

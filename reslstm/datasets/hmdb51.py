@@ -8,10 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pyarrow as pa
-
-from .manifest import ManifestError, Row, check_split_number, finish, listing, locate, read_lines
-from .splits import hold_out_val
+from .manifest import ManifestError, Row, listing, read_lines
+from .splits import official_split_reader
 
 _HMDB_SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<n>\d+)\.txt$")
 
@@ -19,24 +17,17 @@ _HMDB_SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<n>\d+)\.txt$")
 _HMDB_SPLIT_CODES = {"1": "train", "2": "test", "0": "unused"}
 
 
-def read_hmdb51(
-    splits_dir: Path | str,
-    video_root: Path | str,
-    split: int = 1,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    check_files: bool = True,
-) -> pa.Table:
-    """Manifest of HMDB-51 split `split` (1..3) from the ``<class>_test_splitN.txt`` files.
+@official_split_reader("*_test_split*.txt", ("testTrainMulti_7030_splits",), by_group=False)
+def read_hmdb51(splits_dir: Path, video_root: Path, split: int, check_files: bool) -> list[Row]:
+    """Manifest of HMDB-51 split `split` (1..3) from the ``<class>_test_splitN.txt`` files:
+    ``read_hmdb51(splits_dir, video_root, split=1, val_fraction=0.1, seed=0, check_files=True)``
+    (``splits.official_split_reader``).
 
     Each line is ``<video>.avi <0|1|2>`` (1 train, 2 test, 0 unused); videos live at
     ``video_root/<class>/<video>.avi``; labels are class names sorted. splits_dir may also be
     the folder above ``testTrainMulti_7030_splits``. Unused videos stay in the manifest with
     split "unused". val_fraction of each class's train videos goes to "val", seeded.
     """
-    check_split_number(split)
-    splits_dir = locate(splits_dir, "*_test_split*.txt", ("testTrainMulti_7030_splits",))
-    video_root = Path(video_root).expanduser().absolute()
     if not splits_dir.is_dir():
         raise ManifestError(f"HMDB-51 split folder not found: {splits_dir}")
     files: dict[str, Path] = {}
@@ -71,5 +62,4 @@ def read_hmdb51(
                 Row(f"{cls}/{Path(name).stem}", video_root / cls / name, label, cls,
                      _HMDB_SPLIT_CODES[code], f"{path}:{lineno}")
             )
-    return finish(rows, video_root if check_files else None,
-                  lambda rs: hold_out_val(rs, val_fraction, seed, by_group=False))
+    return rows

@@ -34,6 +34,8 @@ from typing import Callable, Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from reslstm.errors import ReslstmError
+
 MANIFEST_SCHEMA = pa.schema(
     [
         pa.field("video_id", pa.string(), nullable=False),
@@ -53,7 +55,7 @@ VIDEO_EXTENSIONS = frozenset(
 MAX_LISTED = 10  # how many offending entries an error message lists
 
 
-class ManifestError(ValueError):
+class ManifestError(ReslstmError, ValueError):
     """Bad manifest input; the message names the file (and line) and what is wrong."""
 
 
@@ -218,35 +220,38 @@ def _absolute(p: str) -> bool:
     return is_uri(p) or os.path.isabs(p)
 
 
+def read_table(path):
+    """(the Parquet table as stored, unchecked; its ``storage.Location``) of a manifest or
+    another list of videos (``path``: a local path, URI or ``storage.Location``);
+    ``ManifestError`` when it is missing or not Parquet."""
+    from reslstm import storage
+
+    loc = storage.resolve(path)
+    if not loc.is_file():
+        raise ManifestError(f"manifest not found: {loc}")
+    try:
+        table = pq.read_table(loc.path, filesystem=loc.filesystem)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ManifestError(f"{loc}: not a readable Parquet manifest ({exc})") from exc
+    return table, loc
+
+
+def resolve_paths(paths: Sequence[str], manifest) -> list[str]:
+    """``paths`` listed in the manifest at ``manifest`` (its ``storage.Location``), the relative
+    ones resolved against its folder: a local path, or ``scheme://bucket/key`` beside a manifest
+    on object storage (read with the manifest's filesystem, ``storage.resolve(p, like=...)``)."""
+    folder = manifest.parent()
+    return [p if _absolute(p) else folder.join(p).uri for p in paths]
+
+
 def read_manifest(path) -> pa.Table:
     """Read and validate a manifest (a path, URI or ``storage.Location``); relative video paths are resolved against
     its folder (its prefix on object storage)."""
-    from reslstm import storage
-
-    loc = storage.resolve(path) if isinstance(path, storage.Location) or storage.is_uri(path) else None
-    if loc is not None and not loc.local:
-        if not loc.is_file():
-            raise ManifestError(f"manifest not found: {loc}")
-        try:
-            table = pq.read_table(loc.path, filesystem=loc.filesystem)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise ManifestError(f"{loc}: not a readable Parquet manifest ({exc})") from exc
-        folder = loc.parent()
-        table = validate_manifest(table, source=str(loc))
-        resolve_relative = (lambda p: folder.join(p).uri)  # noqa: E731
-    else:
-        path = Path(loc.path if loc is not None else path).expanduser().absolute()
-        if not path.is_file():
-            raise ManifestError(f"manifest not found: {path}")
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise ManifestError(f"{path}: not a readable Parquet manifest ({exc})") from exc
-        table = validate_manifest(table, source=str(path))
-        resolve_relative = (lambda p: str(path.parent / p))  # noqa: E731
+    table, loc = read_table(path)
+    table = validate_manifest(table, source=str(loc))
     paths = table.column("path").to_pylist()
     if not all(_absolute(p) for p in paths):
-        resolved = pa.array([p if _absolute(p) else resolve_relative(p) for p in paths], pa.string())
+        resolved = pa.array(resolve_paths(paths, loc), pa.string())
         table = table.set_column(1, MANIFEST_SCHEMA.field("path"), resolved)
     return table
 

@@ -11,17 +11,23 @@ All rules are seeded and independent of the order files are listed in:
   ``round(n * test_fraction)`` go to test, the next ``round(n * val_fraction)`` to val, the
   rest to train. A class keeps at least one training video; test and val each get at least
   one video when their fraction is positive and the class is large enough.
+
+``official_split_reader`` makes the readers of official splits (UCF-101, HMDB-51) from the
+function that lists a data set's rows: what they share (the split number, the list files'
+folder, the video root, validation held out) is written once, there.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
 
-from .manifest import ManifestError, Row, listing
+from .manifest import ManifestError, Row, check_split_number, finish, listing, locate
 
 
 def _rng(seed: int, *names: str) -> np.random.Generator:
@@ -119,3 +125,31 @@ def assign_splits(rows: list[Row], given: bool, val_fraction: float | None, test
     if val_fraction is None:
         val_fraction = 0.0 if any(r.split == "val" for r in rows) else 0.1
     hold_out_val(rows, val_fraction, seed, by_group=False)
+
+
+def official_split_reader(probe: str, subdirs: Sequence[str], by_group: bool):
+    """Decorator: the reader of a data set's official splits (UCF-101, HMDB-51), made from the
+    function that lists the data set's rows, ``rows(splits_dir, video_root, split, check_files)
+    -> list[Row]``, whose name and docstring it keeps.
+
+    The reader is ``read(splits_dir, video_root, split=1, val_fraction=0.1, seed=0,
+    check_files=True) -> pa.Table``: it checks the split number (1..3), takes ``splits_dir`` or
+    the one of its ``subdirs`` that holds ``probe`` (a glob), makes ``video_root`` absolute,
+    lists the rows and ends as every reader does (``manifest.finish``): the files checked when
+    ``check_files``, and ``val_fraction`` of each class's train videos (``by_group``: whole
+    groups) held out as "val" with ``seed`` (``hold_out_val``).
+    """
+    def make(rows: Callable[[Path, Path, int, bool], list[Row]]) -> Callable[..., pa.Table]:
+        def read(splits_dir: Path | str, video_root: Path | str, split: int = 1,
+                 val_fraction: float = 0.1, seed: int = 0, check_files: bool = True) -> pa.Table:
+            check_split_number(split)
+            root = Path(video_root).expanduser().absolute()
+            listed = rows(locate(splits_dir, probe, subdirs), root, split, check_files)
+            return finish(listed, root if check_files else None,
+                          lambda rs: hold_out_val(rs, val_fraction, seed, by_group=by_group))
+
+        read.__name__, read.__qualname__ = rows.__name__, rows.__qualname__
+        read.__module__, read.__doc__ = rows.__module__, rows.__doc__
+        return read
+
+    return make

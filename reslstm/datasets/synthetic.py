@@ -48,6 +48,7 @@ import pyarrow as pa
 
 from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest
 from reslstm.datasets.splits import stratified_split
+from reslstm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def sample_video_params(class_name: str, index: int, seed: int = 0,
                         height: int = 96, width: int = 128) -> VideoParams:
     """Draw one video's parameters; a pure function of its arguments."""
     if class_name not in CLASS_PHASES:
-        raise ValueError(f"unknown synthetic class {class_name!r}; known: {SYNTHETIC_CLASSES}")
+        raise ConfigError(f"unknown synthetic class {class_name!r}; known: {SYNTHETIC_CLASSES}")
     rng = np.random.default_rng([int(seed), zlib.crc32(class_name.encode()), int(index)])
     H, W, s = height, width, min(height, width) / 96.0  # sizes below are for a 96-pixel side
     # Appearance, drawn the same way for every class.
@@ -336,7 +337,7 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"size must look like WIDTHxHEIGHT, e.g. 128x96; got {text!r}") from None
+        raise ConfigError(f"size must look like WIDTHxHEIGHT, e.g. 128x96; got {text!r}") from None
     return h, w
 
 
@@ -358,9 +359,9 @@ def generate_synthetic(
     """
     height, width = size
     if height % 2 or width % 2 or min(height, width) < 32:
-        raise ValueError(f"size (height, width) must be even and at least 32, got {size}")
+        raise ConfigError(f"size (height, width) must be even and at least 32, got {size}")
     if videos_per_class < 1:
-        raise ValueError(f"videos_per_class must be >= 1, got {videos_per_class}")
+        raise ConfigError(f"videos_per_class must be >= 1, got {videos_per_class}")
     cfg = SyntheticConfig(videos_per_class, seed, height, width, FPS, val_fraction, test_fraction)
     out_dir = Path(out_dir).expanduser().absolute()
     ids, names, tasks = [], [], []

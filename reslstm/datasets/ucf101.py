@@ -8,10 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pyarrow as pa
-
-from .manifest import ManifestError, Row, check_split_number, finish, locate, read_lines
-from .splits import hold_out_val
+from .manifest import ManifestError, Row, read_lines
+from .splits import official_split_reader
 
 _UCF_GROUP = re.compile(r"_g(\d+)_c\d+$")
 
@@ -35,24 +33,17 @@ def _read_class_ind(path: Path) -> list[str]:
     return names
 
 
-def read_ucf101(
-    splits_dir: Path | str,
-    video_root: Path | str,
-    split: int = 1,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    check_files: bool = True,
-) -> pa.Table:
-    """Manifest of UCF-101 split `split` (1..3) from the official list files.
+@official_split_reader("classInd.txt", ("ucfTrainTestlist",), by_group=True)
+def read_ucf101(splits_dir: Path, video_root: Path, split: int, check_files: bool) -> list[Row]:
+    """Manifest of UCF-101 split `split` (1..3) from the official list files:
+    ``read_ucf101(splits_dir, video_root, split=1, val_fraction=0.1, seed=0, check_files=True)``
+    (``splits.official_split_reader``).
 
     splits_dir holds classInd.txt, trainlist0N.txt and testlist0N.txt (or is the folder above
     ``ucfTrainTestlist``); videos live at ``video_root/<Class>/<video>.avi`` (a flat
     ``video_root/<video>.avi`` is accepted too). val_fraction of each class's train groups
     goes to "val", seeded (see the module docstring).
     """
-    check_split_number(split)
-    splits_dir = locate(splits_dir, "classInd.txt", ("ucfTrainTestlist",))
-    video_root = Path(video_root).expanduser().absolute()
     class_ind = splits_dir / "classInd.txt"
     classes = _read_class_ind(class_ind)
     exact = {name: i for i, name in enumerate(classes)}
@@ -89,5 +80,4 @@ def read_ucf101(
             match = _UCF_GROUP.search(stem)
             group = f"{classes[label]}/g{int(match.group(1)):02d}" if match else None
             rows.append(Row(f"{classes[label]}/{stem}", path, label, classes[label], kind, where, group))
-    return finish(rows, video_root if check_files else None,
-                  lambda rs: hold_out_val(rs, val_fraction, seed, by_group=True))
+    return rows

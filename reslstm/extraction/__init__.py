@@ -1,3 +1,7 @@
 """Feature extraction as plain stages (no Ray): ``segments`` (the format between stages),
-``settings`` (options -> recorded stream settings), ``stages`` (decode, flow, features) and
-``driver`` (planning, the loop into the store writer, and a single-process run)."""
+``settings`` (options -> recorded stream settings), ``stages`` (decode, flow, features),
+``writer`` (``StoreWriter``: segments joined into one store row per video) and ``driver``
+(planning, the loop into the writer, and a single-process run).
+
+May import: ``reslstm.video``, ``reslstm.flow``, ``reslstm.extractors``, ``reslstm.features``,
+``reslstm.datasets``, ``reslstm.configs`` and the method at the top of ``reslstm``. Never Ray."""

@@ -24,10 +24,11 @@ import pyarrow as pa
 
 from reslstm import storage
 from reslstm.configs import ExtractConfig
-from reslstm.features import FeatureStore, StoreWriter, StreamSettings
+from reslstm.features import FeatureStore, StreamSettings
 
 from .settings import ExtractError, TooManyFailures, resolve_settings
 from .stages import FeatureStage, StageConfig, decode_segments, flow_stage
+from .writer import StoreWriter
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ clip features after it. A failure travels in the same schema (``kind = "failure"
 stage, a typed error and a message naming the file, so one bad video never stops the others.
 The stages (``extraction.stages``) make these rows. ``SegmentJoiner`` joins the features of a
 video's segments back in order (arriving in any order, duplicates of retried tasks ignored);
-the store writer (``features.writer``) and prediction (``reslstm.inference.predictor``) both use it.
+the store writer (``extraction.writer``) and prediction (``reslstm.inference.predictor``) both use it.
 """
 
 from __future__ import annotations

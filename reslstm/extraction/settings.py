@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from reslstm import __version__
 from reslstm.configs import ExtractConfig
+from reslstm.errors import ReslstmError
 from reslstm.features import StreamSettings
 from reslstm.flow.methods import raft_weights_id, tvl1_torch_id
 
 from .stages import StageConfig
 
 
-class ExtractError(RuntimeError):
+class ExtractError(ReslstmError, RuntimeError):
     """Bad options or a failed extraction; the message says what to do. ``exit_code``: the
     job's exit status."""
 

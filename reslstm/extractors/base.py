@@ -31,7 +31,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-STREAMS = ("rgb", "flow")
+from reslstm.errors import ConfigError, ReslstmError
+from reslstm.fusion import STREAMS
+
 RANDOM_INIT = "random-init"
 INFLATED_SUFFIX = "+rgb-inflated-to-flow"
 # flow.quantize_flow maps [-20, 20] pixels onto uint8 around 128 with this many pixels per 255.
@@ -39,7 +41,7 @@ FLOW_QUANT_RANGE = 40.0
 FLOW_BOUND = 20.0
 
 
-class WeightsError(ValueError):
+class WeightsError(ReslstmError, ValueError):
     """A weights file that cannot be read or does not match the model's layout."""
 
 
@@ -111,6 +113,8 @@ class Extractor(nn.Module):
       rgb_mean / rgb_std (per channel, after multiplying uint8 by pixel_scale, model channel order),
       channel_order ("rgb" | "bgr"), flow_range (flow is scaled to [-flow_range, flow_range]),
       first_conv_key (state_dict key of the first convolution's weight, for RGB->flow inflation).
+    The defaults below are I3D's convention, which a subclass restates only where it differs:
+    clips of 16 frames (any length from 1), RGB scaled to [-1, 1], flow to [-1, 1].
     Set by the base: stream, in_channels, weights_id, flow_pretrained.
     """
 
@@ -131,7 +135,7 @@ class Extractor(nn.Module):
     def __init__(self, stream: str):
         super().__init__()
         if stream not in STREAMS:
-            raise ValueError(f"unknown stream {stream!r}; valid streams: {', '.join(STREAMS)}")
+            raise ConfigError(f"unknown stream {stream!r}; valid streams: {', '.join(STREAMS)}")
         self.stream = stream
         self.in_channels = 3 if stream == "rgb" else 2
         self.weights_id = RANDOM_INIT
@@ -142,11 +146,6 @@ class Extractor(nn.Module):
     def weights_module(self) -> nn.Module:
         """The module whose state_dict has the published checkpoint layout (default: self)."""
         return self
-
-    def check_clip_len(self, clip_len: int) -> None:
-        from .registry import extractor_info
-
-        extractor_info(self.name).check_clip_len(clip_len)
 
     def normalize(self, clips: torch.Tensor) -> torch.Tensor:
         """uint8 clips (B, s, H, W, C) -> float32 model input (B, C, s, H, W) on the same device."""

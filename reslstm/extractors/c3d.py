@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslstm.errors import ConfigError
+
 from .base import Extractor, seeded_init
 from .registry import ExtractorInfo, register, resolve_weights
 
@@ -61,7 +63,7 @@ class C3D(Extractor):
     def __init__(self, stream: str, layer: str = "fc6", num_classes: int = 487, seed: int = 0):
         super().__init__(stream)
         if layer not in LAYERS:
-            raise ValueError(f"c3d feature layer {layer!r} unknown; valid layers: {', '.join(LAYERS)}")
+            raise ConfigError(f"c3d feature layer {layer!r} unknown; valid layers: {', '.join(LAYERS)}")
         self.layer, self.num_classes = layer, num_classes
         with seeded_init(seed):
             for name, cin, cout in _CONVS:

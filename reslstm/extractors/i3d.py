@@ -113,13 +113,7 @@ class I3D(Extractor):
     feature_dim = 1024
     input_size = 224
     resize_short = 256
-    clip_len = 16
-    min_clip_len = 1
-    max_clip_len = None
-    pixel_scale = 1.0 / 255.0
-    rgb_mean = (0.5, 0.5, 0.5)
-    rgb_std = (0.5, 0.5, 0.5)  # RGB to [-1, 1]
-    flow_range = 1.0
+    # Clips of 16 frames (any length), RGB and flow to [-1, 1]: the base's defaults, I3D's.
     first_conv_key = "Conv3d_1a_7x7.conv3d.weight"
 
     def __init__(self, stream: str, num_classes: int = 400, seed: int = 0):

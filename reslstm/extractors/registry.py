@@ -15,7 +15,10 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .base import (INFLATED_SUFFIX, RANDOM_INIT, STREAMS, Extractor, WeightsError, file_sha256,
+from reslstm.errors import ConfigError
+from reslstm.fusion import STREAMS
+
+from .base import (INFLATED_SUFFIX, RANDOM_INIT, Extractor, WeightsError, file_sha256,
                    first_conv_channels, is_random)
 
 Factory = Callable[..., Extractor]
@@ -51,7 +54,7 @@ class ExtractorInfo:
         too_long = self.max_clip_len is not None and clip_len > self.max_clip_len
         if clip_len < self.min_clip_len or too_long:
             limit = f"{self.min_clip_len}..{self.max_clip_len or 'any'}"
-            raise ValueError(f"{self.name} takes clips of {limit} frames, got clip_len={clip_len}")
+            raise ConfigError(f"{self.name} takes clips of {limit} frames, got clip_len={clip_len}")
 
 
 _INFOS: dict[str, ExtractorInfo] = {}
@@ -91,7 +94,7 @@ def _lookup(name: str) -> Factory:
     try:
         return _FACTORIES[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown extractor {name!r}; available extractors: {', '.join(available_extractors())}"
         ) from None
 
@@ -105,11 +108,11 @@ def create_extractor(name: str, stream: str, weights=None, **options) -> Extract
     """
     factory = _lookup(name)
     if stream not in STREAMS:
-        raise ValueError(f"unknown stream {stream!r} for {name}; valid streams: {', '.join(STREAMS)}")
+        raise ConfigError(f"unknown stream {stream!r} for {name}; valid streams: {', '.join(STREAMS)}")
     valid = extractor_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"{name} has no option(s) {', '.join(unknown)}; valid options: {', '.join(valid) or 'none'}")
+        raise ConfigError(f"{name} has no option(s) {', '.join(unknown)}; valid options: {', '.join(valid) or 'none'}")
     extractor = factory(stream=stream, weights=weights, **options)
     return extractor.eval()
 

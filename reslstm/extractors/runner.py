@@ -14,11 +14,11 @@ import warnings
 import numpy as np
 import torch
 
-from reslstm.video.clips import pad_frames
-from .crops import center_crop, ten_crop
-from .base import Extractor
+from reslstm.video.clips import CROPS, pad_frames
 
-CROPS = (1, 10)
+from .base import Extractor
+from .crops import center_crop, ten_crop
+from .registry import extractor_info
 
 
 def default_device() -> torch.device:
@@ -38,7 +38,7 @@ def _check_frames(extractor: Extractor, frames, clip_len: int, stride: int, crop
         raise ValueError(f"crops must be one of {CROPS} (centre crop, or the 10 crops of eq. 5), got {crops}")
     if stride < 1 or batch_size < 1:
         raise ValueError(f"stride and batch_size must be >= 1, got stride={stride}, batch_size={batch_size}")
-    extractor.check_clip_len(clip_len)
+    extractor_info(extractor.name).check_clip_len(clip_len)
     if frames.ndim != 4 or frames.dtype not in (np.uint8, torch.uint8):
         raise ValueError(f"frames must be uint8 (n, H, W, C), got {frames.dtype} {tuple(frames.shape)}")
     n, height, width, channels = frames.shape

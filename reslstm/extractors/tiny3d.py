@@ -48,13 +48,7 @@ class Tiny3D(Extractor):
     feature_dim = _STAGES[-1][0] * _POOL[0] * _POOL[1] * _POOL[2]
     input_size = 64
     resize_short = 72
-    clip_len = 16
-    min_clip_len = 4
-    max_clip_len = None
-    pixel_scale = 1.0 / 255.0
-    rgb_mean = (0.5, 0.5, 0.5)
-    rgb_std = (0.5, 0.5, 0.5)  # RGB to [-1, 1]
-    flow_range = 1.0
+    min_clip_len = 4  # clips of 16 by default; RGB and flow to [-1, 1] as I3D (the base's)
     first_conv_key = "conv1.weight"
 
     def __init__(self, stream: str, seed: int = 0):

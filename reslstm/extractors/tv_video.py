@@ -29,7 +29,8 @@ import torch
 import torchvision
 from torch import nn
 
-from .base import INFLATED_SUFFIX, Extractor, WeightsError, inflate_first_conv, read_state_dict, seeded_init
+from .base import (INFLATED_SUFFIX, Extractor, WeightsError, inflate_first_conv, read_state_dict,
+                   seeded_init)
 from .registry import ExtractorInfo, register, resolve_weights
 
 

@@ -2,8 +2,8 @@
 
 Modules: ``schema`` (Arrow schemas, ``StreamSettings``, the features column), ``store``
 (``FeatureStore``: layout, metadata, id sets, lock, preparation; atomic part files),
-``reader`` (rows, failures, the training index, verification) and ``writer`` (``StoreWriter``,
-which joins extracted segments into rows). Everything is re-exported here, so callers write
+and ``reader`` (rows, failures, the training index, verification); the writer that joins
+extracted segments into rows is extraction's (``reslstm.extraction.writer``). Everything is re-exported here, so callers write
 ``from reslstm import features as fs`` and ``fs.read_stream(store, "rgb")``. A store is a local
 directory or any pyarrow filesystem URI (``s3://bucket/prefix``).
 """
@@ -11,10 +11,9 @@ directory or any pyarrow filesystem URI (``s3://bucket/prefix``).
 from .reader import (INDEX_COLUMNS, StoreIndex, VerifyReport, failed_ids, has_stream, read_failures,
                      read_index, read_stream, stream_files, verify_store, written_ids)
 from .schema import (COMPARED_SETTINGS, FAILURE_SCHEMA, FAILURES_DIR, METADATA_FILE,
-                     STORE_FORMAT_VERSION, STREAMS, StoreError, StreamSettings, feature_schema,
+                     STORE_FORMAT_VERSION, StoreError, StreamSettings, feature_schema,
                      features_to_arrow, features_to_numpy)
 from .store import FeatureStore, as_store, remove_temporaries, write_part
-from .writer import StoreWriter
 
 
 def stream_dir(store, stream: str):
@@ -39,7 +38,7 @@ def write_metadata(store, streams: dict[str, StreamSettings], **extra) -> str:
 
 __all__ = [
     "COMPARED_SETTINGS", "FAILURES_DIR", "as_store", "FAILURE_SCHEMA", "FeatureStore", "INDEX_COLUMNS",
-    "METADATA_FILE", "STORE_FORMAT_VERSION", "STREAMS", "StoreError", "StoreIndex", "StoreWriter",
+    "METADATA_FILE", "STORE_FORMAT_VERSION", "StoreError", "StoreIndex",
     "StreamSettings", "VerifyReport", "failed_ids", "feature_schema", "features_to_arrow",
     "features_to_numpy", "has_stream", "read_failures", "read_index", "read_metadata",
     "read_metadata_extra", "read_stream", "remove_temporaries", "stream_dir", "stream_files",

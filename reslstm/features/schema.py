@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-STREAMS = ("rgb", "flow")
+from reslstm.errors import ReslstmError
+
 FAILURES_DIR = "failures"
 METADATA_FILE = "metadata.json"
 STORE_FORMAT_VERSION = 1
@@ -49,7 +50,7 @@ def feature_schema(feature_dim: int) -> pa.Schema:
     ])
 
 
-class StoreError(RuntimeError):
+class StoreError(ReslstmError, RuntimeError):
     """A feature store that is missing, inconsistent, or not what the caller asked for."""
 
 

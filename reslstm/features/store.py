@@ -56,10 +56,12 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from reslstm import storage
+from reslstm.errors import ConfigError
+from reslstm.fusion import STREAMS
 
 from .lease import Lease
-from .schema import (FAILURE_SCHEMA, FAILURES_DIR, METADATA_FILE, STORE_FORMAT_VERSION, STREAMS,
-                     StoreError, StreamSettings)
+from .schema import (FAILURE_SCHEMA, FAILURES_DIR, METADATA_FILE, STORE_FORMAT_VERSION, StoreError,
+                     StreamSettings)
 
 LOCK_FILE = ".lock"
 LOCK_DIR = "_lock"
@@ -106,7 +108,7 @@ class FeatureStore:
     # -- layout -------------------------------------------------------------------------------
     def stream_dir(self, stream: str) -> storage.Location:
         if stream not in STREAMS:
-            raise ValueError(f"unknown stream {stream!r}; expected one of {STREAMS}")
+            raise ConfigError(f"unknown stream {stream!r}; expected one of {STREAMS}")
         return self.root.join(stream)
 
     @property

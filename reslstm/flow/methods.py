@@ -34,6 +34,8 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
+from reslstm.errors import ConfigError, DeviceUnavailable, ReslstmError
+
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (grey (H, W), grey (H, W)) -> (H, W, 2)
 
 FLOW_BOUND = 20.0  # I3D clips flow to +-20 px
@@ -73,7 +75,7 @@ def make_flow_method(method: str) -> FlowFn:
     try:
         factory = FLOW_METHODS[method]
     except KeyError:
-        raise ValueError(f"unknown flow method {method!r}; choose one of "
+        raise ConfigError(f"unknown flow method {method!r}; choose one of "
                          f"{sorted(FLOW_METHODS)} (or a device method: make_flow)") from None
     return factory()
 
@@ -96,16 +98,17 @@ def _tvl1_torch(device=None, batch_size: int = TVL1_TORCH_BATCH, compile: bool =
 
 
 # Computed inside the feature actor, on its device: name -> factory(device, **options).
-DEVICE_FLOWS: dict[str, Callable] = {"raft": _raft, "tvl1-torch": _tvl1_torch}
+DEVICE_FLOWS: dict[str, Callable] = {"tvl1-torch": _tvl1_torch, "raft": _raft}
 DEVICE_METHODS = tuple(DEVICE_FLOWS)
 METHODS = tuple(FLOW_METHODS) + DEVICE_METHODS
 GPU_METHODS = ("raft",)  # refused without a GPU unless allowed: far too slow on CPUs
+RAFT_SIZES = ("small", "large")  # torchvision's raft_small and raft_large
 
 
 def runs_on_device(method: str) -> bool:
     """True for methods computed inside the feature actor (on its GPU), False for CPU ones."""
     if method not in METHODS:
-        raise ValueError(f"unknown flow method {method!r}; choose one of {', '.join(METHODS)}")
+        raise ConfigError(f"unknown flow method {method!r}; choose one of {', '.join(METHODS)}")
     return method in DEVICE_METHODS
 
 
@@ -134,11 +137,11 @@ def make_flow(method: str, device=None, **options) -> Callable:
     if runs_on_device(method):
         return DEVICE_FLOWS[method](device=device, **options)
     if options:
-        raise ValueError(f"flow method {method!r} takes no options, got {sorted(options)}")
+        raise ConfigError(f"flow method {method!r} takes no options, got {sorted(options)}")
     return lambda frames: compute_flow(frames, method)
 
 
-class TooShortForFlow(ValueError):
+class TooShortForFlow(ReslstmError, ValueError):
     kind = "too_short_for_flow"
 
 
@@ -227,14 +230,15 @@ def _resolve_device(device, allow_cpu: bool):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"RAFT flow was asked to run on {device} but CUDA is not available on "
-                           "this machine. Run it on a GPU node, pass --allow-cpu-raft "
-                           "(allow_cpu=True) to run RAFT slowly on the CPU, or pick a CPU flow "
-                           f"method ({', '.join(sorted(FLOW_METHODS))}).")
+        raise DeviceUnavailable(
+            f"RAFT flow was asked to run on {device} but CUDA is not available on this machine. "
+            "Run it on a GPU node, pass --allow-cpu-raft (allow_cpu=True) to run RAFT slowly on "
+            f"the CPU, or pick a CPU flow method ({', '.join(sorted(FLOW_METHODS))}).")
     if device.type == "cpu" and not allow_cpu:
-        raise RuntimeError("RAFT flow needs a CUDA GPU and none is available (or device='cpu' was "
-                           "given). Pass --allow-cpu-raft (allow_cpu=True) to run it slowly on "
-                           f"the CPU, or pick a CPU flow method ({', '.join(sorted(FLOW_METHODS))}).")
+        raise DeviceUnavailable(
+            "RAFT flow needs a CUDA GPU and none is available (or device='cpu' was given). Pass "
+            "--allow-cpu-raft (allow_cpu=True) to run it slowly on the CPU, or pick a CPU flow "
+            f"method ({', '.join(sorted(FLOW_METHODS))}).")
     return device
 
 
@@ -244,10 +248,9 @@ def raft_weights_id(size: str, weights: str | None) -> str:
     unknown size or weights that are neither."""
     from torchvision.models import optical_flow as tv_flow
 
-    enums = {"small": tv_flow.Raft_Small_Weights, "large": tv_flow.Raft_Large_Weights}
-    if size not in enums:
-        raise ValueError(f"unknown RAFT size {size!r}; choose one of {sorted(enums)}")
-    enum = enums[size]
+    if size not in RAFT_SIZES:
+        raise ConfigError(f"unknown RAFT size {size!r}; choose one of {sorted(RAFT_SIZES)}")
+    enum = {"small": tv_flow.Raft_Small_Weights, "large": tv_flow.Raft_Large_Weights}[size]
     if weights is None:
         return "random-init"
     if os.path.isfile(weights):
@@ -256,7 +259,7 @@ def raft_weights_id(size: str, weights: str | None) -> str:
         return file_sha256(weights)
     if weights in enum.__members__:
         return f"torchvision:{enum.__name__}.{weights}"
-    raise ValueError(f"RAFT weights {weights!r} are neither a file nor one of "
+    raise ConfigError(f"RAFT weights {weights!r} are neither a file nor one of "
                      f"{list(enum.__members__)} for size {size!r}")
 
 
@@ -319,14 +322,10 @@ class RaftFlow:
         """uint8 frames (N, H, W, 3), array or tensor -> float32 (N - 1, H, W, 2) pixels."""
         import torch
 
-        if isinstance(frames, np.ndarray):
-            frames = torch.from_numpy(np.ascontiguousarray(frames))
-        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"expected uint8 frames (N, H, W, 3), got {frames.dtype} "
-                             f"{tuple(frames.shape)}")
+        from reslstm.flow.frames import rgb_frames
+
+        frames = rgb_frames(frames, "RAFT")
         n, h, w = frames.shape[:3]
-        if n < 2:
-            raise ValueError(f"RAFT flow needs at least 2 frames, got {n}")
         out = []
         with torch.inference_mode():
             # Frames travel to the device as uint8, one batch (+1 frame for the last pair) at a

@@ -14,6 +14,7 @@ import dataclasses
 from typing import Iterable
 
 from reslstm.configs import PredictConfig
+from reslstm.errors import ReslstmError
 from reslstm.extraction.stages import StageConfig
 from reslstm.features import StreamSettings
 from reslstm.model import ModelConfig
@@ -22,7 +23,7 @@ SHARED_SETTINGS = ("extractor", "clip_len", "clip_stride", "crops", "extractor_o
 _FLAGS = {"rgb": "--weights", "flow": "--flow-weights"}
 
 
-class PredictError(ValueError):
+class PredictError(ReslstmError, ValueError):
     """A model, its weights or options that cannot predict; the message says what to do."""
 
     exit_code = 2

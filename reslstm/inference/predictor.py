@@ -36,23 +36,21 @@ import pyarrow as pa
 import torch
 
 from reslstm.configs import PredictConfig
+from reslstm.errors import ReslstmError
 from reslstm.extraction.segments import JoinedVideo, SegmentJoiner
 from reslstm.extraction.stages import FeatureStage, decode_segments, flow_stage
 from reslstm.features import StreamSettings
-from reslstm.fusion import is_late
+from reslstm.fusion import FUSED, STREAMS, is_late
+from reslstm.inference.chain import chain_settings, model_T
 from reslstm.model import ActionModel
-# PredictError and the chain are part of this module's interface too
-from reslstm.inference.chain import (PredictError, chain_settings, model_streams,  # noqa: F401
-                                   model_T, stream_settings)
-from reslstm.reports.predictions import FUSED
 from reslstm.sampling import sample_pair, sample_video
 
 log = logging.getLogger(__name__)
 
-HEADS = ("rgb", "flow", FUSED)  # the order heads are listed in
+HEADS = (*STREAMS, FUSED)  # the order heads are listed in
 
 
-class VideoFailed(RuntimeError):
+class VideoFailed(ReslstmError, RuntimeError):
     """A video that could not be classified; ``failures`` are rows of the failures table
     (video_id, stream, path, stage, error_type, message), as extraction records them."""
 
@@ -130,7 +128,7 @@ class ModelHead:
     def probabilities(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """{stream: (K_v, d_f)} -> {head: (C,) float32}."""
         if len(self.streams) == 2:
-            x = dict(zip(("rgb", "flow"), sample_pair(features["rgb"], features["flow"], self.T)))
+            x = dict(zip(STREAMS, sample_pair(*(features[s] for s in STREAMS), self.T)))
         else:
             (s,) = self.streams
             x = {s: sample_video(features[s], self.T)}

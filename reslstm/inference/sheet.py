@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from reslstm.fusion import FUSED
 from reslstm.inference.predictor import Prediction
 
 FRAME_SIDE = 128  # short side frames are shown at
@@ -51,12 +52,12 @@ def draw_sheet(predictions: Sequence[Prediction], out, frames: int = 4, top_k: i
         for j, head in enumerate(pred.probs):
             ax = row[frames + j]
             top = pred.top(head, top_k)[::-1]  # barh draws bottom up
-            ax.barh(range(len(top)), [p for _, _, p in top], color="tab:blue" if head == "fused"
+            ax.barh(range(len(top)), [p for _, _, p in top], color="tab:blue" if head == FUSED
                     else "tab:gray")
             ax.set_yticks(range(len(top)), [name for _, name, _ in top], fontsize=7)
             ax.set_xlim(0, 1)
             ax.tick_params(axis="x", labelsize=7)
-            ax.set_title(f"{head} ({pred.fusion})" if head == "fused" else head, fontsize=8)
+            ax.set_title(f"{head} ({pred.fusion})" if head == FUSED else head, fontsize=8)
         for j in range(frames + len(pred.probs), cols):
             row[j].axis("off")
     fig.tight_layout()

@@ -19,8 +19,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from reslstm.paper.report import Cell
 from reslstm.paper.presets import Preset
+from reslstm.paper.report import Cell
 
 
 def _plt():

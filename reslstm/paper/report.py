@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from reslstm.fusion import FUSED
 from reslstm.paper.presets import Claim, Preset, paper_value
 
 METRIC = "test_top1"
@@ -127,7 +128,7 @@ def table_rows(preset: Preset, cells: Sequence[Cell], quick: bool) -> list[dict]
             idx = [preset.quick[f].index(cell.config[f]) for f in fields]
             paper_key = tuple(preset.grid[f][i] for f, i in zip(fields, idx))
             key = paper_key[0] if len(paper_key) == 1 else paper_key
-        if head not in (None, "fused"):
+        if head not in (None, FUSED):
             key = (key, head)  # the paper's numbers are of the fused model
         row["ours (test top-1 %)"] = cell.text()
         for dataset, label in (("hmdb51", "paper HMDB-51"), ("ucf101", "paper UCF-101")):

@@ -45,12 +45,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from reslstm import metrics, storage
-from reslstm.reports.confusion_change import (change_counts, class_change, plot_class_change,
-                                      plot_confusion_change)
 from reslstm.datasets.categories import categories_for
-from reslstm.fusion import LATE_OPS, late_fuse
-from reslstm.reports.predictions import (FUSED, PredictionError, Report, class_names_of,
-                                 load_predictions, prediction_files)
+from reslstm.errors import ConfigError
+from reslstm.fusion import FUSED, LATE_OPS, late_fuse
+from reslstm.reports.confusion_change import (change_counts, class_change, plot_class_change,
+                                              plot_confusion_change)
+from reslstm.reports.predictions import (PredictionError, Report, class_names_of, load_predictions,
+                                         prediction_files)
 
 SCORE_KINDS = ("probs", "logits")
 DEFAULT_SCORES = "probs"
@@ -104,7 +105,7 @@ def to_probabilities(values: np.ndarray, scores: str, where: str,
         z = np.exp(v - v.max(axis=1, keepdims=True))
         return (z / z.sum(axis=1, keepdims=True)).astype(np.float32), []
     if scores != "probs":
-        raise ValueError(f"unknown score kind {scores!r}; valid: {', '.join(SCORE_KINDS)}")
+        raise ConfigError(f"unknown score kind {scores!r}; valid: {', '.join(SCORE_KINDS)}")
     rows, sums = np.flatnonzero((v < 0).any(axis=1)), v.sum(axis=1)
     if rows.size:
         raise PredictionError(
@@ -123,7 +124,7 @@ def to_probabilities(values: np.ndarray, scores: str, where: str,
 def read_external(path, class_names: Sequence[str], scores: str = DEFAULT_SCORES) -> ExternalScores:
     """The external scores of ``path`` as probabilities in the order of ``class_names``."""
     if scores not in SCORE_KINDS:
-        raise ValueError(f"unknown score kind {scores!r}; valid: {', '.join(SCORE_KINDS)}")
+        raise ConfigError(f"unknown score kind {scores!r}; valid: {', '.join(SCORE_KINDS)}")
     loc = storage.resolve(path)
     where = loc.uri
     if not loc.is_file():
@@ -225,9 +226,9 @@ def evaluate_external(predictions, external, op: str = "product", split: str = "
     """Fuse ``head`` of a run's ``split`` predictions with the external scores file (see the
     module docstring) and score ours, the external model and the fusion on their common videos."""
     if op not in LATE_OPS:
-        raise ValueError(f"unknown late fusion {op!r}; valid: {', '.join(LATE_OPS)}")
+        raise ConfigError(f"unknown late fusion {op!r}; valid: {', '.join(LATE_OPS)}")
     if not np.isfinite(weight) or weight < 0:
-        raise ValueError(f"the external weight must be a finite number >= 0, got {weight}")
+        raise ConfigError(f"the external weight must be a finite number >= 0, got {weight}")
     where = str(prediction_files(predictions, split)[0])
     table = load_predictions(predictions, split, head)
     ids = table.column("video_id").to_pylist()

@@ -39,7 +39,8 @@ import pyarrow.parquet as pq
 
 from reslstm import metrics, storage
 from reslstm.datasets.categories import categories_for
-from reslstm.fusion import LATE_OPS, late_fuse
+from reslstm.errors import ConfigError, ReslstmError
+from reslstm.fusion import FUSED, LATE_OPS, late_fuse
 from reslstm.metrics import score
 
 PREDICTION_SCHEMA = pa.schema([
@@ -52,10 +53,8 @@ PREDICTION_SCHEMA = pa.schema([
 ])
 
 
-FUSED = "fused"
 
-
-class PredictionError(ValueError):
+class PredictionError(ReslstmError, ValueError):
     """Prediction files that are missing or cannot be compared."""
 
 
@@ -102,7 +101,13 @@ def load_predictions(path, split: str = "test", head: str | None = None) -> pa.T
     video_id)."""
     locs = _prediction_locations(path, split)
     files = [loc.uri for loc in locs]
-    table = pa.concat_tables(pq.read_table(loc.path, filesystem=loc.filesystem) for loc in locs)
+    tables = []
+    for loc in locs:
+        try:
+            tables.append(pq.read_table(loc.path, filesystem=loc.filesystem))
+        except pa.ArrowInvalid as exc:  # not Parquet, or a damaged file
+            raise PredictionError(f"{loc.uri}: not a readable Parquet file ({exc})") from None
+    table = pa.concat_tables(tables)
     missing = set(PREDICTION_SCHEMA.names) - set(table.column_names)
     if missing:
         raise PredictionError(f"{files[0]}: not a predictions file (lacks {sorted(missing)})")
@@ -246,7 +251,7 @@ def evaluate_fusion(rgb, flow, op: str = "product", split: str = "test", out_dir
     files when they cover different videos, labels or classes.
     """
     if op not in LATE_OPS:
-        raise ValueError(f"unknown late fusion {op!r}; valid: {', '.join(LATE_OPS)}")
+        raise ConfigError(f"unknown late fusion {op!r}; valid: {', '.join(LATE_OPS)}")
     sides = {}
     for stream, path, head in (("rgb", rgb, rgb_head), ("flow", flow, flow_head)):
         where = str(_prediction_locations(path, split)[0])

@@ -4,7 +4,9 @@ A sequence of N frames (RGB (H, W, 3) or flow (H, W, 2)) holds K = (N - s) // r 
 frames starting every r frames (``sampling.num_clips``); a sequence shorter than one clip gives
 one clip, padded by repeating its last frame (``pad_frames``). ``clip_view`` cuts the clips of a
 frame array without copying; ``iter_segments`` streams any frame sequence into segments of whole
-clips with bounded memory, which is how extraction handles videos of any length.
+clips with bounded memory, which is how extraction handles videos of any length. Each clip is
+seen through one of ``CROPS``: the centre crop, or the 10 crops of eq. (5) (4 corners and the
+centre, and their mirrors; cut by ``reslstm.extractors.crops``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
+
+CROPS = (1, 10)  # crops per clip: the centre crop, or the 10 crops of eq. (5)
 
 
 def pad_frames(frames, clip_len: int):

@@ -7,10 +7,11 @@ device and share one cached ``solver.Solver`` per parameter set.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
+
+from reslstm.errors import DeviceUnavailable
+from reslstm.flow.frames import rgb_frames
 
 from .grey import rgb_to_grey
 from .params import MIN_SIDE, TVL1Params, is_int, pyramid_sizes
@@ -108,8 +109,8 @@ class TorchTVL1:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"TorchTVL1 was asked to run on {self.device} but CUDA is not "
-                               "available; pass device='cpu' (slow) or run on a GPU node")
+            raise DeviceUnavailable(f"TorchTVL1 was asked to run on {self.device} but CUDA is not "
+                                    "available; pass device='cpu' (slow) or run on a GPU node")
         self.params = params
         self.batch_size = int(batch_size)
         self.compile = bool(compile)
@@ -117,19 +118,8 @@ class TorchTVL1:
         self._solver = get_solver(params, self.compile, sync_every)
 
     def _check(self, frames) -> torch.Tensor:
-        if isinstance(frames, np.ndarray):
-            with warnings.catch_warnings():
-                # Frames that arrive zero-copy from Arrow are read-only; they are only read.
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                frames = torch.from_numpy(np.ascontiguousarray(frames))
-        if not isinstance(frames, torch.Tensor):
-            raise TypeError(f"frames must be a tensor or NumPy array, got {type(frames).__name__}")
-        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"expected uint8 RGB frames (N, H, W, 3), got {frames.dtype} "
-                             f"{tuple(frames.shape)}")
-        n, h, w = frames.shape[:3]
-        if n < 2:
-            raise ValueError(f"TV-L1 flow needs at least 2 frames (one pair), got {n}")
+        frames = rgb_frames(frames, "TV-L1")
+        h, w = frames.shape[1:3]
         if h < MIN_SIDE or w < MIN_SIDE:
             raise ValueError(f"frames must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {h}x{w}")
         return frames

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reslstm.errors import ConfigError
+
 MIN_SIDE = 3  # OpenCV's gradient kernels read one pixel on each side of the border pixels
 MIN_LEVEL_SIDE = 16  # calc() drops a pyramid level (and every coarser one) under 16 px
 
@@ -48,19 +50,19 @@ class TVL1Params:
         for name in ("tau", "lambda_", "theta"):
             value = getattr(self, name)
             if not is_real(value) or not value > 0 or not math.isfinite(value):
-                raise ValueError(f"TVL1Params.{name} must be a finite number > 0, got {value!r}")
+                raise ConfigError(f"TVL1Params.{name} must be a finite number > 0, got {value!r}")
         for name in ("epsilon", "gamma"):
             value = getattr(self, name)
             if not is_real(value) or not value >= 0 or not math.isfinite(value):
-                raise ValueError(f"TVL1Params.{name} must be a finite number >= 0, got {value!r}")
+                raise ConfigError(f"TVL1Params.{name} must be a finite number >= 0, got {value!r}")
         for name in ("nscales", "warps", "inner_iterations", "outer_iterations"):
             value = getattr(self, name)
             if not is_int(value) or value < 1:
-                raise ValueError(f"TVL1Params.{name} must be an integer >= 1, got {value!r}")
+                raise ConfigError(f"TVL1Params.{name} must be an integer >= 1, got {value!r}")
         if not is_real(self.scale_step) or not 0 < self.scale_step < 1:
-            raise ValueError(f"TVL1Params.scale_step must be in (0, 1), got {self.scale_step!r}")
+            raise ConfigError(f"TVL1Params.scale_step must be in (0, 1), got {self.scale_step!r}")
         if not is_int(self.median_filtering) or self.median_filtering not in (0, 1, 3, 5):
-            raise ValueError("TVL1Params.median_filtering must be 3 or 5 (OpenCV's medianBlur "
+            raise ConfigError("TVL1Params.median_filtering must be 3 or 5 (OpenCV's medianBlur "
                              "filters float32 only with those sizes), or 0 / 1 for no median; "
                              f"got {self.median_filtering!r}")
 
@@ -92,7 +94,7 @@ def params_from_id(text: str) -> TVL1Params:
     for part in filter(None, text.split(",")):
         name, sep, value = part.partition("=")
         if not sep or name not in fields:
-            raise ValueError(f"not a TV-L1 parameter id: {text!r} (expected name=value pairs "
+            raise ConfigError(f"not a TV-L1 parameter id: {text!r} (expected name=value pairs "
                              f"of {', '.join(fields)})")
         kwargs[name] = int(value) if fields[name] == "int" else float(value)
     return TVL1Params(**kwargs)

@@ -4,8 +4,8 @@ The extraction driver feeds every output row of the pipeline (``extraction.segme
 ``StoreWriter.consume``. For each (video, stream) it keeps the features of the segments that
 arrived (in any order, duplicates from retried tasks ignored: ``segments.SegmentJoiner``) and,
 once the last segment and all before it are in, makes one row. Rows are flushed in part files
-that appear only when complete (``store.write_part``), so a job killed at any moment leaves only complete files and a rerun
-extracts exactly what is missing. A failure row discards that video's partial segments and is
+that appear only when complete (``features.store.write_part``), so a job killed at any moment
+leaves only complete files and a rerun extracts exactly what is missing. A failure row discards that video's partial segments and is
 recorded in the failures table. ``close`` reports anything still incomplete as a failure:
 nothing is silently skipped.
 """
@@ -17,10 +17,11 @@ import time
 
 import pyarrow as pa
 
-from reslstm.extraction.segments import JoinedVideo, SegmentJoiner
+from reslstm.features.schema import (FAILURE_SCHEMA, StreamSettings, feature_schema,
+                                     features_to_arrow)
+from reslstm.features.store import FeatureStore, write_part
 
-from .schema import FAILURE_SCHEMA, StreamSettings, feature_schema, features_to_arrow
-from .store import FeatureStore, write_part
+from .segments import JoinedVideo, SegmentJoiner
 
 
 class StoreWriter:
