@@ -1,4 +1,4 @@
-"""Decoding to short-side-224 RGB: reslstm.video.reader.iter_frames against the naive PyAV path.
+"""Decoding to short-side-224 RGB: reslstm.video.decoding.iter_frames against the naive PyAV path.
 
 Baseline: plain PyAV decoding with ``frame.to_ndarray(format="rgb24")`` at full size, then
 ``cv2.resize`` to the same output size. Ours scales and converts in one swscale pass
@@ -20,7 +20,7 @@ import av
 import cv2
 import numpy as np
 
-from reslstm.video.reader import iter_frames, output_size
+from reslstm.video.decoding import iter_frames, output_size
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEOS = REPO.parent / "shared" / "videos"

@@ -56,7 +56,7 @@ EXTENSIONS = {".mp4", ".avi", ".mkv", ".webm", ".mov"}
 def real_frames(videos: Path, size: int, n_pairs: int) -> list[np.ndarray]:
     """Runs of consecutive uint8 RGB frames (k, size, size, 3), one run per video in turn,
     with n_pairs pairs in all (None when there are no videos)."""
-    from reslstm.video.reader import VideoReader
+    from reslstm.video.decoding import VideoReader
 
     paths = sorted(p for p in videos.iterdir() if p.suffix.lower() in EXTENSIONS) if videos.is_dir() else []
     if not paths:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reslstm.video.clips import Segment, clip_view, iter_segments, pad_frames
-from reslstm.video.reader import iter_frames, read_frames
+from reslstm.video.decoding import iter_frames, read_frames
 from test_video import colour_frames, write_video
 
 

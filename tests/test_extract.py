@@ -158,7 +158,7 @@ def test_ten_crops_of_a_torchvision_model_through_the_ray_pipeline(ray_local, tm
     from reslstm.datasets.synthetic import synthesize_video, write_mp4
     from reslstm.extractors import clip_features
     from reslstm.flow.methods import compute_flow, quantize_flow
-    from reslstm.video.reader import read_frames
+    from reslstm.video.decoding import read_frames
 
     # 17 frames: one RGB clip and one flow clip (16 flow frames); r3d_18 on 10 crops is slow on
     # a CPU.

@@ -29,7 +29,7 @@ import pytest
 from reslstm import features as fs
 from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest
 from reslstm.sampling import num_clips
-from reslstm.video.reader import VideoDecodeError, VideoReader
+from reslstm.video.decoding import VideoDecodeError, VideoReader
 
 import ray
 
@@ -373,7 +373,7 @@ def test_ten_minute_video_and_segments_equal_one_pass(ray_local, tmp_path):
     from reslstm.distributed.extract.job import run_extraction
     from reslstm.extractors import clip_features, create_extractor
     from reslstm.flow.methods import compute_flow, quantize_flow
-    from reslstm.video.reader import read_frames
+    from reslstm.video.decoding import read_frames
 
     long = encode(tmp_path / "ten_minutes.mp4", long_frames(10 * 60 * 25),
                   codec_options={"preset": "ultrafast"})

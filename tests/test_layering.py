@@ -86,3 +86,52 @@ def test_a_planted_import_breaks_its_contract(tmp_path, module, line, broken):
     assert result.returncode != 0
     broken_lines = [ln for ln in result.stdout.splitlines() if ln.endswith(" BROKEN")]
     assert any(ln.startswith(broken) for ln in broken_lines), result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The shape of the house: small modules, few at the top, no two with one name
+# ---------------------------------------------------------------------------------------------
+
+def _modules() -> list[Path]:
+    return [p for top in ("reslstm", "distributed") for p in (ROOT / top).rglob("*.py")
+            if "__pycache__" not in p.parts]
+
+
+def _code_lines(text: str) -> int:
+    return sum(1 for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
+
+
+def test_at_most_twelve_modules_sit_directly_in_reslstm():
+    top = sorted(p.name for p in (ROOT / "reslstm").glob("*.py") if p.name != "__init__.py")
+    assert len(top) <= 12, top
+
+
+def test_no_two_modules_share_a_file_name():
+    """configs/ mirrors its users' names on purpose (configs/train.py for the train jobs)."""
+    seen: dict[str, Path] = {}
+    for path in _modules():
+        if path.name == "__init__.py" or path.parent.name == "configs":
+            continue
+        assert path.name not in seen, f"{path.relative_to(ROOT)} and {seen[path.name].relative_to(ROOT)}"
+        seen[path.name] = path
+
+
+def test_no_module_is_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in _modules()
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"one concern per module (150-400 lines): split {long}"
+
+
+def test_jobs_stay_thin():
+    fat = {p.name: n for p in (ROOT / "jobs").glob("*.py")
+           if (n := _code_lines(p.read_text())) >= 60}
+    assert not fat, f"jobs parse arguments and call reslstm.distributed: {fat} lines of code"
+
+
+def test_the_sweep_reads_as_its_steps():
+    import ast
+
+    source = (ROOT / "distributed" / "tune" / "sweep.py").read_text()
+    fn = next(n for n in ast.parse(source).body if getattr(n, "name", None) == "sweep")
+    body = ast.get_source_segment(source, fn)
+    assert _code_lines(body) - len(ast.get_docstring(fn).splitlines()) < 60

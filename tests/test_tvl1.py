@@ -25,7 +25,7 @@ from reslstm.flow.tvl1 import TorchTVL1, TVL1Params, params_from_id, params_id, 
 from reslstm.flow.tvl1.iteration import median as _median
 from reslstm.flow.tvl1.resize import resize as _resize
 from reslstm.flow.tvl1.warp import cubic_remap as _cubic_remap, cubic_sampler as _cubic_sampler
-from reslstm.video.reader import VideoReader
+from reslstm.video.decoding import VideoReader
 
 VIDEOS = ("activitynet_320x240_audio.mp4", "kinetics_demo_340x256.mp4", "short_32f_340x256.mp4",
           "xvid_mp3_320x240.avi")

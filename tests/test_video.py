@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_VIDEO_FRAMES
-from reslstm.video import reader as video
-from reslstm.video.reader import (
+from reslstm.video import decoding as video
+from reslstm.video.decoding import (
     VideoDecodeError,
     VideoInfo,
     VideoReader,

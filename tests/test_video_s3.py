@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reslstm import storage
-from reslstm.video.reader import VideoDecodeError, VideoReader, probe
+from reslstm.video.decoding import VideoDecodeError, VideoReader, probe
 from s3_fixture import s3_server_fixture  # noqa: F401  (the fixture s3_server)
 from test_video import colour_frames, noise_frames, packet_spans, write_audio_stream, write_video
 

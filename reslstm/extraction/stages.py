@@ -91,7 +91,7 @@ def decode_segments(batch: pa.Table, cfg: StageConfig) -> Iterator[pa.Table]:
     a failure row."""
     from reslstm import storage
     from reslstm.video.clips import iter_segments
-    from reslstm.video.reader import VideoReader
+    from reslstm.video.decoding import VideoReader
 
     limit_threads(cfg.task_threads)
     for item in batch.to_pylist():

@@ -16,7 +16,7 @@ FRAME_SIDE = 128  # short side frames are shown at
 
 def sample_frames(path: str, count: int, num_frames: int) -> list[np.ndarray]:
     """``count`` frames spread evenly over the video (RGB uint8), decoded in one pass."""
-    from reslstm.video.reader import VideoReader
+    from reslstm.video.decoding import VideoReader
 
     want = set(np.linspace(0, max(num_frames - 1, 0), count).round().astype(int).tolist())
     frames = []

@@ -1,5 +1,5 @@
 """Why a video cannot be read: the error kinds, ``VideoDecodeError`` and the wording of FFmpeg's
-open failures, shared by local files (``reslstm.video.reader``) and objects on object storage
+open failures, shared by local files (``reslstm.video.decoding``) and objects on object storage
 (``reslstm.video.sources``). Imports nothing of the project but ``reslstm.errors``."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Videos on object storage (S3, GCS): an object opened for PyAV with the error kinds of a
 local file (``reslstm.video.failures``), streamed through ``storage.Location.open_input`` (ranged
-reads, a small bounded cache), never downloaded whole. ``reslstm.video.reader`` calls ``source``
+reads, a small bounded cache), never downloaded whole. ``reslstm.video.decoding`` calls ``source``
 and ``open_object``; nothing else needs this module."""
 
 from __future__ import annotations
