@@ -2,6 +2,9 @@
 built-in synthetic set. The readers and the manifest I/O are re-exported here::
 
     from reslstm.datasets import read_ucf101, write_manifest
+
+May import: ``reslstm.storage``, ``reslstm.errors`` (and ``reslstm.video`` for the synthetic
+set's encoding). Nothing here knows about features, models or Ray.
 """
 
 from .csv_list import read_csv

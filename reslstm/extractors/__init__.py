@@ -3,6 +3,9 @@
 Importing the package registers every model module (tiny3d, i3d, c3d, torchvision's video
 models); ``extractor_info`` and ``weights_identity`` describe one without building it;
 ``clip_features`` runs an extractor over every clip of a frame sequence.
+
+May import: ``reslstm.video.clips``, ``reslstm.fusion`` (stream names), ``reslstm.errors``.
+Nothing here knows about the feature store, flow or Ray.
 """
 
 from . import c3d, i3d, tiny3d, tv_video  # noqa: F401  (register the models)

@@ -3,9 +3,13 @@
 Modules: ``schema`` (Arrow schemas, ``StreamSettings``, the features column), ``store``
 (``FeatureStore``: layout, metadata, id sets, lock, preparation; atomic part files),
 and ``reader`` (rows, failures, the training index, verification); the writer that joins
-extracted segments into rows is extraction's (``reslstm.extraction.writer``). Everything is re-exported here, so callers write
-``from reslstm import features as fs`` and ``fs.read_stream(store, "rgb")``. A store is a local
-directory or any pyarrow filesystem URI (``s3://bucket/prefix``).
+extracted segments into rows is extraction's (``reslstm.extraction.writer``). Everything is
+re-exported here, so callers write ``from reslstm import features as fs`` and
+``fs.read_stream(store, "rgb")``. A store is a local directory or any pyarrow filesystem URI
+(``s3://bucket/prefix``).
+
+May import: ``reslstm.storage``, ``reslstm.sampling``, ``reslstm.fusion`` (stream names),
+``reslstm.errors``. Nothing here decodes video, runs a model or imports Ray.
 """
 
 from .reader import (INDEX_COLUMNS, StoreIndex, VerifyReport, failed_ids, has_stream, read_failures,

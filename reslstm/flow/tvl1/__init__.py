@@ -1,4 +1,6 @@
 """TV-L1 optical flow in PyTorch that reproduces OpenCV's CPU ``DualTVL1OpticalFlow``, batched.
+It may import ``reslstm.flow.frames`` and ``reslstm.errors`` (and PyTorch), nothing else of the
+project.
 
 The public API (re-exported here):
 
