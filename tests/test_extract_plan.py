@@ -1,8 +1,10 @@
 """Which (video, stream) pairs an extraction run takes on, and in what order."""
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from reslstm import features as fs
+from reslstm import storage
 from reslstm.configs import ExtractConfig
 from reslstm.datasets.manifest import MANIFEST_SCHEMA
 from reslstm.extraction.driver import plan_work
@@ -43,3 +45,67 @@ def test_written_and_failed_pairs_are_skipped_per_stream(tmp_path, monkeypatch):
     items, done, failed = plan_work(retry, manifest)
     assert [(i["video_id"], i["stream"]) for i in items] == [("b", "rgb"), ("c", "rgb")]
     assert (done, failed) == (1, 0)
+
+
+class _CountingFS(pafs.FileSystemHandler):
+    """The local disk, counting the requests a planner makes (a stat or a listing each)."""
+
+    def __init__(self):
+        self.local, self.calls = pafs.LocalFileSystem(), []
+
+    def get_type_name(self):
+        return "counting"
+
+    def get_file_info(self, paths):
+        self.calls += [("stat", p) for p in paths]
+        return self.local.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        self.calls.append(("list", selector.base_dir))
+        return self.local.get_file_info(selector)
+
+    def normalize_path(self, path):
+        return path
+
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+
+for _name in sorted(_CountingFS.__abstractmethods__):  # the rest: the local disk's
+    setattr(_CountingFS, _name, lambda self, *a, _n=_name: getattr(self.local, _n)(*a))
+_CountingFS.__abstractmethods__ = frozenset()
+
+
+def test_sizes_come_from_one_listing_per_folder(tmp_path):
+    handler = _CountingFS()
+    like = storage.Location(pafs.PyFileSystem(handler), str(tmp_path), "count://" + str(tmp_path))
+    paths = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for i in range(50):
+            (tmp_path / folder / f"{i}.mp4").write_bytes(b"\0" * (i + 1))
+            paths.append(f"count://{tmp_path}/{folder}/{i}.mp4")
+    paths.append(f"count://{tmp_path}/a/missing.mp4")
+    sizes = storage.file_sizes(paths, like=like)
+    assert sorted(handler.calls) == [("list", str(tmp_path / "a")), ("list", str(tmp_path / "b"))]
+    assert sizes[f"count://{tmp_path}/b/9.mp4"] == 10 and sizes[paths[-1]] == 0
+    assert len(sizes) == 101
+
+
+def test_a_plan_reads_the_written_and_failed_ids_once_per_stream(tmp_path, monkeypatch):
+    manifest = _manifest(tmp_path, {f"v{i}": 10 + i for i in range(40)})
+    reads = []
+
+    def once(kind):
+        return lambda _, s: reads.append((kind, s)) or {"v1", "v2"}
+
+    monkeypatch.setattr(fs.FeatureStore, "written_ids", once("written"))
+    monkeypatch.setattr(fs.FeatureStore, "failed_ids", once("failed"))
+    cfg = ExtractConfig(manifest="m.parquet", out=str(tmp_path / "store"), streams=("rgb", "flow"))
+    items, done, failed = plan_work(cfg, manifest)
+    assert sorted(reads) == [("failed", "flow"), ("failed", "rgb"), ("written", "flow"),
+                             ("written", "rgb")]
+    assert (len(items), done, failed) == (76, 4, 0)

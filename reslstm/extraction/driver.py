@@ -17,7 +17,6 @@ import logging
 import re
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
@@ -113,14 +112,6 @@ def read_manifest(path) -> pa.Table:
     return read(loc)
 
 
-def _file_size(path: str, like: storage.Location | None = None) -> int:
-    """Bytes of a video file; 0 when it cannot be read (its decode task records why)."""
-    try:
-        return storage.resolve(path, like=like).size()
-    except (OSError, ValueError):
-        return 0
-
-
 def video_location(cfg: ExtractConfig) -> storage.Location | None:
     """Where option-free video URIs of the manifest are read from (``StageConfig.videos``):
     the manifest's own object storage, else the store's; None when both are local."""
@@ -141,9 +132,9 @@ def plan_work(cfg: ExtractConfig, manifest: pa.Table, store: FeatureStore | None
     """
     store = store or FeatureStore(cfg.out)
     rows = manifest.select(["video_id", "path", "label", "label_name", "split"]).to_pylist()
-    paths = sorted({r["path"] for r in rows})
-    with ThreadPoolExecutor(16) as pool:  # stat() on network storage: overlap the round trips
-        size = dict(zip(paths, pool.map(lambda p: _file_size(p, videos), paths)))
+    # One listing per folder, not a stat per video; a file that cannot be read sorts last (its
+    # decode task records why).
+    size = storage.file_sizes(sorted({r["path"] for r in rows}), like=videos)
     rows.sort(key=lambda r: -size[r["path"]])
     streams = sorted(cfg.streams, key=lambda s: s != "flow")
     return store.plan(rows, streams, cfg.retry_failed)

@@ -203,12 +203,15 @@ class FeatureStore:
         the order of ``rows`` and ``streams``; plus how many pairs were skipped as written and as
         failed before (retried only with ``retry_failed``)."""
         streams = list(streams)
+        # Each set read once per stream: the plan is one pass over the rows, O(videos).
+        written = {s: self.written_ids(s) for s in streams}
+        failed = {s: set() if retry_failed else self.failed_ids(s) for s in streams}
         items, done_n, failed_n = [], 0, 0
         for r in rows:
             for stream in streams:
-                if r["video_id"] in self.written_ids(stream):
+                if r["video_id"] in written[stream]:
                     done_n += 1
-                elif not retry_failed and r["video_id"] in self.failed_ids(stream):
+                elif r["video_id"] in failed[stream]:
                     failed_n += 1
                 else:
                     items.append({**r, "stream": stream})
