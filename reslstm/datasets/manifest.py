@@ -11,11 +11,18 @@ A manifest is a Parquet table with one row per video (``MANIFEST_SCHEMA``):
 - ``split``      ``"train"``, ``"val"``, ``"test"`` or ``"unused"``
 
 Readers, one module each: ``ucf101.read_ucf101``, ``hmdb51.read_hmdb51``,
-``folder.read_folder_per_class`` and ``csv_list.read_csv`` (all re-exported by
-``reslstm.datasets``). Each turns its source into ``Row`` objects and hands them to ``finish``,
-the shared tail: duplicate ids (with the file and line of both), missing files, the split
-policy (``splits``) and the validated table. Bad input raises ``ManifestError`` naming the file
-(and line) and what to do about it.
+``folder.read_folder_per_class``, ``csv_list.read_csv``, ``kinetics.read_kinetics`` and
+``ssv2.read_ssv2`` (all re-exported by ``reslstm.datasets``). Each turns its source into ``Row``
+objects and hands them to ``finish``, the shared tail: duplicate ids (with the file and line of
+both), missing files, the split policy (``splits``) and the validated table. Bad input raises
+``ManifestError`` naming the file (and line) and what to do about it.
+
+Missing files are an error, except for data sets downloaded from YouTube and the like
+(Kinetics, SSv2), where some always are: those readers look their videos up in one walk of
+the video root (``index_videos``, ``find_video``) and ``finish(..., skip_missing=True)`` leaves
+the missing rows out and records them, with notes such as unlabelled test videos left out, in
+the returned table's schema metadata: ``missing_videos(table)`` and ``manifest_notes(table)``
+read them back (``write_manifest`` writes the manifest columns only).
 
 ``write_manifest`` and ``read_manifest`` take a local path or a filesystem URI
 (``s3://bucket/data/manifest.parquet?region=...``; ``reslstm.storage``). Video URIs listed in a
@@ -25,6 +32,7 @@ manifest's (``storage.resolve(path, like=...)``), so the table never holds a sec
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -106,6 +114,49 @@ def locate(directory: Path | str, probe: str, subdirs: Sequence[str]) -> Path:
     return directory
 
 
+def index_videos(root: Path, extensions: Iterable[str] = VIDEO_EXTENSIONS) -> dict[str, list[Path]]:
+    """Every video file under ``root`` (any depth: per-class, per-split or flat folders) by
+    file stem, in one walk; each stem's paths sorted."""
+    if not root.is_dir():
+        raise ManifestError(f"video folder not found: {root}")
+    exts = {e.lower() for e in extensions}
+    index: dict[str, list[Path]] = {}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in exts and not name.startswith("."):
+                index.setdefault(stem, []).append(Path(folder) / name)
+    for paths in index.values():
+        paths.sort()
+    return index
+
+
+def find_video(index: dict[str, list[Path]], stem: str, folders: Iterable[str] = ()) -> Path | None:
+    """The video named ``stem`` in ``index``: the one in a folder named in ``folders`` (its
+    class, spelled with spaces or underscores) when there are several, else the first."""
+    paths = index.get(stem)
+    if not paths:
+        return None
+    preferred = [p for p in paths if p.parent.name in set(folders)]
+    return (preferred or paths)[0]
+
+
+_MISSING_KEY, _NOTES_KEY = b"reslstm.missing", b"reslstm.notes"
+
+
+def missing_videos(table: pa.Table) -> list[dict]:
+    """The rows a reader left out for want of their file (``finish(..., skip_missing=True)``):
+    dicts of ``video_id``, ``label``, ``label_name``, ``split``, ``path`` (where it was looked for) and
+    ``where`` (the annotation file and line)."""
+    return json.loads((table.schema.metadata or {}).get(_MISSING_KEY, b"[]"))
+
+
+def manifest_notes(table: pa.Table) -> list[str]:
+    """What a reader left out on purpose and why (e.g. unlabelled test videos)."""
+    return json.loads((table.schema.metadata or {}).get(_NOTES_KEY, b"[]"))
+
+
 # ----------------------------------------------------------------------------- the shared tail
 
 
@@ -132,14 +183,24 @@ def _check_files(rows: Sequence[Row], video_root: Path | str) -> None:
 
 
 def finish(rows: list[Row], files_root: Path | str | None = None,
-           assign: Callable[[list[Row]], None] | None = None) -> pa.Table:
+           assign: Callable[[list[Row]], None] | None = None, skip_missing: bool = False,
+           notes: Sequence[str] = ()) -> pa.Table:
     """What every reader ends with: duplicate ids are refused (naming where each was listed),
-    the files are checked when ``files_root`` is given (the folder named in the error),
-    ``assign`` sets the splits in place (``splits.hold_out_val`` / ``assign_splits``), and the
-    rows become a validated manifest table."""
+    the files are checked when ``files_root`` is given (the folder named in the error), or with
+    ``skip_missing`` the rows without a file are left out and recorded (``missing_videos``),
+    ``assign`` sets the splits in place (``splits.hold_out_val`` / ``assign_splits``) on the
+    rows kept, and the rows become a validated manifest table (with ``notes``,
+    ``manifest_notes``)."""
     _check_duplicates(rows)
     if files_root is not None:
         _check_files(rows, files_root)
+    missing = []
+    if skip_missing:
+        kept = [r for r in rows if r.path.is_file()]
+        missing = [{"video_id": r.video_id, "label": r.label, "label_name": r.label_name,
+                    "split": r.split, "path": str(r.path), "where": r.where}
+                   for r in rows if not r.path.is_file()]
+        rows = kept
     if assign is not None:
         assign(rows)
     table = pa.table(
@@ -152,7 +213,11 @@ def finish(rows: list[Row], files_root: Path | str | None = None,
         },
         schema=MANIFEST_SCHEMA,
     )
-    return validate_manifest(table)
+    table = validate_manifest(table)
+    if missing or notes:
+        table = table.replace_schema_metadata({_MISSING_KEY: json.dumps(missing),
+                                               _NOTES_KEY: json.dumps(list(notes))})
+    return table
 
 
 # ----------------------------------------------------------------------------- Parquet I/O

@@ -12,6 +12,13 @@ All rules are seeded and independent of the order files are listed in:
   rest to train. A class keeps at least one training video; test and val each get at least
   one video when their fraction is positive and the class is large enough.
 
+Kinetics and Something-Something v2 publish train / validation / test sets, and papers report
+on validation, whose labels are public (those of test are not, or came later): their readers
+map the published set of each row through ``published_split`` (train -> "train", val /
+validate / validation -> "test", test -> "unused") and end with ``finish_published``, which
+leaves out and lists the videos not downloaded and holds ``val_fraction`` of each class's
+train videos out as "val" (``hold_out_val``, by video).
+
 ``official_split_reader`` makes the readers of official splits (UCF-101, HMDB-51) from the
 function that lists a data set's rows: what they share (the split number, the list files'
 folder, the video root, validation held out) is written once, there.
@@ -20,6 +27,7 @@ folder, the video root, validation held out) is written once, there.
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,6 +36,11 @@ import numpy as np
 import pyarrow as pa
 
 from .manifest import ManifestError, Row, check_split_number, finish, listing, locate
+
+# The published sets of Kinetics and SSv2 -> manifest splits (see the module docstring).
+PUBLISHED_SPLITS = {"train": "train", "val": "test", "validate": "test", "validation": "test",
+                    "test": "unused"}
+_SPLIT_IN_NAME = re.compile(r"(?:^|[^a-z])(train|val|validate|validation|test)$")
 
 
 def _rng(seed: int, *names: str) -> np.random.Generator:
@@ -153,3 +166,50 @@ def official_split_reader(probe: str, subdirs: Sequence[str], by_group: bool):
         return read
 
     return make
+
+
+def published_split(word: str, where: str) -> str:
+    """The manifest split of a published set's name (``PUBLISHED_SPLITS``)."""
+    split = PUBLISHED_SPLITS.get(word.strip().lower())
+    if split is None:
+        raise ManifestError(f"{where}: split {word!r} is not one of {sorted(PUBLISHED_SPLITS)}")
+    return split
+
+
+def split_in_name(path: Path) -> str | None:
+    """The published set a file's name ends with (``kinetics_400_validate.csv`` -> "validate",
+    ``something-something-v2-train.json`` -> "train"), or None."""
+    match = _SPLIT_IN_NAME.search(path.stem.lower())
+    return match.group(1) if match else None
+
+
+def annotation_files(paths: Sequence[Path | str], suffix: str, what: str) -> list[Path]:
+    """The annotation files of a published data set: each of ``paths`` is a file, or a folder
+    whose ``*train``, ``*val``, ``*validate``, ``*validation`` and ``*test`` files with
+    ``suffix`` are taken."""
+    files: list[Path] = []
+    for given in paths:
+        p = Path(given).expanduser().absolute()
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() == suffix
+                           and split_in_name(f))
+            if not found:
+                raise ManifestError(f"{p}: no {what} files named '*train{suffix}', "
+                                    f"'*validate{suffix}', '*validation{suffix}' or '*test{suffix}'")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ManifestError(f"{what} not found: {p}")
+    if not files:
+        raise ManifestError(f"no {what} given")
+    return list(dict.fromkeys(files))
+
+
+def finish_published(rows: list[Row], val_fraction: float, seed: int,
+                     notes: Sequence[str] = ()) -> pa.Table:
+    """The tail of the Kinetics and SSv2 readers: rows carry ``published_split``'s splits; the
+    ones whose video is not downloaded are left out and listed (``manifest.missing_videos``),
+    and ``val_fraction`` of each class's train videos go to "val", seeded."""
+    return finish(rows, assign=lambda rs: hold_out_val(rs, val_fraction, seed, by_group=False),
+                  skip_missing=True, notes=notes)
