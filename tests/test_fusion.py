@@ -15,6 +15,7 @@ P_FLOW = torch.tensor([[0.5, 0.4, 0.1], [0.1, 0.1, 0.8]])
 def test_mid_sum_and_product():
     torch.testing.assert_close(mid_fuse(XC, XF, "sum"), torch.tensor([[1.5, 0.0], [5.0, 3.0]]))
     torch.testing.assert_close(mid_fuse(XC, XF, "product"), torch.tensor([[0.5, -4.0], [6.0, -4.0]]))
+    torch.testing.assert_close(mid_fuse(XC, XF), mid_fuse(XC, XF, "sum"))  # the default op
 
 
 def test_mid_fuse_rejects_mismatched_shapes_and_ops():
@@ -30,6 +31,7 @@ def test_late_product_is_the_normalised_product():
     expected = expected / expected.sum(dim=1, keepdim=True)
     got = late_fuse(P_RGB, P_FLOW, "product")
     torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(late_fuse(P_RGB, P_FLOW), got)  # the default op
     torch.testing.assert_close(got.sum(dim=1), torch.ones(2))
     assert got.argmax(dim=1).tolist() == (P_RGB * P_FLOW).argmax(dim=1).tolist() == [1, 2]
 
@@ -64,6 +66,14 @@ def test_late_weighted_uses_tsn_weights_by_default():
     )
     with pytest.raises(ValueError, match="weights"):
         late_fuse(P_RGB, P_FLOW, "weighted", w_rgb=0.0, w_flow=0.0)
+    # a zero weight leaves one stream; a negative one is refused even if the sum is positive
+    torch.testing.assert_close(late_fuse(P_RGB, P_FLOW, "weighted", w_rgb=0.0, w_flow=1.0), P_FLOW)
+    torch.testing.assert_close(late_fuse(P_RGB, P_FLOW, "weighted", w_rgb=1.0, w_flow=0.0), P_RGB)
+    torch.testing.assert_close(late_fuse(P_RGB, P_FLOW, "weighted", w_rgb=0.5, w_flow=0.5),
+                               (P_RGB + P_FLOW) / 2)
+    for w_rgb, w_flow in ((-1.0, 2.0), (2.0, -1.0)):
+        with pytest.raises(ValueError, match="weights"):
+            late_fuse(P_RGB, P_FLOW, "weighted", w_rgb=w_rgb, w_flow=w_flow)
 
 
 def test_late_fuse_on_numpy_arrays():
@@ -95,6 +105,9 @@ def test_make_fusion_names():
     torch.testing.assert_close(make_fusion("late-product")(P_RGB, P_FLOW),
                                late_fuse(P_RGB, P_FLOW, "product"))
     assert set(FUSIONS) == {"mid-sum", "mid-product", "late-product", "late-sum", "late-weighted"}
+    # options reach the fusion (here the weights of "late-weighted")
+    torch.testing.assert_close(make_fusion("late-weighted", w_rgb=3.0, w_flow=1.0)(P_RGB, P_FLOW),
+                               (3 * P_RGB + P_FLOW) / 4)
 
 
 def test_make_fusion_fails_loudly_listing_valid_names():

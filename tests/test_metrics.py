@@ -1,6 +1,8 @@
 """Metrics on a hand-made 3-class, 6-sample example with exact expected values."""
 
 import csv
+import io
+import warnings
 
 import matplotlib
 import numpy as np
@@ -14,6 +16,7 @@ from reslstm.metrics import (
     per_class_accuracy,
     per_class_table,
     plot_confusion,
+    score,
     topk_accuracy,
 )
 
@@ -45,7 +48,9 @@ def test_per_class_and_mean_class_accuracy():
 def test_mean_class_accuracy_skips_absent_classes():
     conf = np.zeros((4, 4), dtype=np.int64)
     conf[:3, :3] = CONF  # class 3 never appears
-    acc = per_class_accuracy(conf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its 0 / 0 is NaN without a RuntimeWarning
+        acc = per_class_accuracy(conf)
     assert np.isnan(acc[3])
     assert mean_class_accuracy(conf) == pytest.approx(13 / 18)
     with pytest.raises(ValueError, match="no samples"):
@@ -65,10 +70,28 @@ def test_topk_accuracy_by_hand():
     assert topk_accuracy(scores, labels, 3) == 1.0
     assert topk_accuracy(scores, labels, 5) == 1.0  # k capped at C = 3
     assert topk_accuracy(torch.tensor(scores), torch.tensor(labels), 2) == 0.75
+    assert topk_accuracy(scores, labels) == 0.25  # k = 1 by default
+    assert topk_accuracy(scores[:1], labels[:1]) == 0.0  # one sample is enough
+    assert topk_accuracy(scores[1:2], labels[1:2]) == 1.0
     with pytest.raises(ValueError):
         topk_accuracy(scores, np.array([1, 2, 0, 3]), 1)
     with pytest.raises(ValueError):
         topk_accuracy(scores, labels, 0)
+    with pytest.raises(ValueError, match=r"labels \(N,\)"):
+        topk_accuracy(scores, labels[:3], 1)  # 3 labels for 4 samples
+    with pytest.raises(ValueError, match="no samples"):
+        topk_accuracy(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), 1)
+
+
+def test_score_reports_top1_top5_and_mean_class_accuracy():
+    # 7 classes; sample 0 (label 0) has 5 classes above its own (rank 6: out of the top 5),
+    # sample 1 (label 6) is right
+    probs = np.array([[0.08, 0.3, 0.2, 0.15, 0.1, 0.05, 0.12],
+                      [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    got = score(probs, np.array([0, 6]))
+    assert got == {"top1": 0.5, "top5": 0.5, "mean_class_acc": 0.5}
+    # the confusion matrix takes num_classes when given (a class beyond the scores' columns)
+    assert score(probs, np.array([0, 6]), num_classes=9)["mean_class_acc"] == 0.5
 
 
 def test_top1_agrees_with_argmax_confusion_even_with_ties():
@@ -85,6 +108,11 @@ def test_category_accuracy():
     assert got == {"body": pytest.approx(3 / 5), "face": pytest.approx(1.0)}
     with pytest.raises(KeyError, match="brush_hair"):
         category_accuracy(CONF, NAMES, {"jump": "body", "run": "body"})
+    # a category whose classes have no samples is left out (not 0 / 0)
+    conf = np.zeros((4, 4), dtype=np.int64)
+    conf[:3, :3] = CONF
+    got = category_accuracy(conf, NAMES + ["yawn"], {**category_of, "yawn": "mouth"})
+    assert got == {"body": pytest.approx(3 / 5), "face": pytest.approx(1.0)}
 
 
 def test_per_class_table(tmp_path):
@@ -118,6 +146,70 @@ def test_plot_confusion_101_classes(tmp_path):
         plot_confusion(conf, names[:5], tmp_path / "bad.png")
 
 
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def test_plot_confusion_small(tmp_path):
-    out = plot_confusion(CONF, NAMES, tmp_path / "small.png", title="split 1")
-    assert out.stat().st_size > 1000
+    out = plot_confusion(CONF, NAMES, tmp_path / "a" / "b" / "small.png", title="split 1")
+    assert out == tmp_path / "a" / "b" / "small.png"  # parent folders made
+    assert png_size(out.read_bytes()) == (900, 720)  # (6 + 1.5) x 6 inches at 120 dpi
+    buffer = io.BytesIO()  # a binary file object, as storage.Location.open_output gives
+    assert plot_confusion(CONF, NAMES, buffer) is buffer
+    assert png_size(buffer.getvalue()) == (900, 720)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures plot_confusion saves, kept instead of rendered (fast)."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kw: figures.append(fig))
+    return figures
+
+
+def test_plot_confusion_draws_the_row_normalised_matrix(tmp_path, drawn):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    conf = np.zeros((4, 4), dtype=np.int64)
+    conf[:3, :3] = CONF  # class 3 has no samples: its row stays 0
+    names = NAMES + ["yawn"]
+    plot_confusion(conf, names, tmp_path / "c.png")
+    (fig,) = drawn
+    assert isinstance(fig.canvas, FigureCanvasAgg)
+    ax, bar = fig.axes
+    assert ax.get_subplotspec().get_topmost_subplotspec().get_geometry() == (1, 1, 0, 0)
+    (image,) = ax.images
+    np.testing.assert_allclose(image.get_array(), [[2 / 3, 1 / 3, 0, 0], [0, 0.5, 0.5, 0],
+                                                   [0, 0, 1, 0], [0, 0, 0, 0]])
+    assert image.get_cmap().name == "Blues" and image.get_clim() == (0.0, 1.0)
+    assert image.get_interpolation() == "nearest"
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    # 4 classes: a 6-inch matrix (+1.5 for the colour bar) at 120 dpi, tick labels at 10 pt
+    # (the cap), axis labels at 10 pt, the title 1.2 times that
+    assert tuple(fig.get_size_inches()) == (7.5, 6.0) and fig.dpi == 120
+    assert {(t.get_fontsize(), t.get_rotation()) for t in ax.get_xticklabels()} == {(10.0, 90.0)}
+    assert {t.get_fontsize() for t in ax.get_yticklabels()} == {10.0}
+    assert (ax.get_xlabel(), ax.xaxis.label.get_fontsize()) == ("predicted class", 10.0)
+    assert (ax.get_ylabel(), ax.yaxis.label.get_fontsize()) == ("true class", 10.0)
+    assert ax.get_title() == "confusion matrix (rows normalised)"
+    assert ax.title.get_fontsize() == pytest.approx(12.0)
+    assert bar.get_ylabel() == "fraction of the true class"
+
+
+def test_plot_confusion_scales_with_150_classes(tmp_path, drawn):
+    names = [f"class_{i:03d}" for i in range(150)]
+    plot_confusion(np.eye(150, dtype=np.int64), names, tmp_path / "c.png", title="split 1")
+    (fig,) = drawn
+    ax = fig.axes[0]
+    # side = 0.2 in x 150 + 3 = 33 in; 560 / 150 = 3.7 pt is raised to the 5 pt floor;
+    # axis labels 0.6 x 33 = 19.8 pt
+    np.testing.assert_allclose(fig.get_size_inches(), (34.5, 33.0))
+    assert {t.get_fontsize() for t in ax.get_xticklabels()} == {5.0}
+    assert {t.get_fontsize() for t in ax.get_yticklabels()} == {5.0}
+    assert ax.xaxis.label.get_fontsize() == pytest.approx(19.8)
+    assert ax.yaxis.label.get_fontsize() == pytest.approx(19.8)
+    assert ax.get_title() == "split 1" and ax.title.get_fontsize() == pytest.approx(1.2 * 19.8)

@@ -126,6 +126,18 @@ def test_pca_projection_by_hand():
     torch.testing.assert_close(proj(x), (x - proj.mean) @ proj.components.T)
 
 
+def test_pca_centres_before_the_svd_and_before_projecting():
+    """Three points on the line y = 10: centred, they vary along x only, so the one component
+    is e_x. An SVD of the raw points would pick about the direction of their mean (5, 10), and
+    a projection without ``- mean`` would be off by mean . e_x = 5."""
+    proj = InputProjection(2, 1, "pca").double()
+    proj.fit_pca(np.array([[3.0, 10.0], [5.0, 10.0], [7.0, 10.0]]))
+    np.testing.assert_allclose(proj.mean.numpy(), [5, 10], atol=1e-12)
+    np.testing.assert_allclose(proj.components.numpy(), [[1, 0]], atol=1e-12)
+    x = torch.tensor([[[3.0, 10.0], [9.0, 0.0]]], dtype=torch.float64)  # (1, 2, 2)
+    torch.testing.assert_close(proj(x), torch.tensor([[[-2.0], [4.0]]], dtype=torch.float64))
+
+
 def test_pca_general_case_is_orthonormal_and_centres():
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(40, 6)) @ rng.normal(size=(6, 6))
@@ -182,6 +194,12 @@ def test_temporal_mean_pool():
     expected = pool.classifier(pool.proj(x).mean(dim=1))
     torch.testing.assert_close(pool(x), expected)
     assert pool(x).shape == (2, 3)
+    assert TemporalMeanPool(5, 3, 4).proj.kind == "linear"  # the default projection
+    # input_proj reaches the projection: "none" feeds x itself to the mean
+    bare = TemporalMeanPool(4, 3, 4, "none")
+    assert bare.proj.kind == "none"
+    x = torch.randn(2, 6, 4)
+    torch.testing.assert_close(bare(x), bare.classifier(x.mean(dim=1)))
 
 
 # --- ModelConfig and ActionModel -------------------------------------------------------------

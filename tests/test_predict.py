@@ -78,6 +78,7 @@ def test_the_chain_reproduces_the_stores_features_and_the_models_scores(store, v
                           fs.features_to_numpy(table.column("features"))))[name]
         np.testing.assert_array_equal(joined[stream].features, stored)
     pred = predictor.predict(videos[name], video_id=name)
+    assert pred.video_id == name
     rgb, flow = sample_pair(joined["rgb"].features, joined["flow"].features, T)
     model = predictor.head.model
     with torch.no_grad():
@@ -88,6 +89,7 @@ def test_the_chain_reproduces_the_stores_features_and_the_models_scores(store, v
 
 def test_late_fusion_scores_both_streams_and_fuses_them_as_trained(videos, predictor):
     pred = predictor.predict(videos[CLASSES[1]])
+    assert pred.video_id == pred.path == str(videos[CLASSES[1]])  # the path names it by default
     assert list(pred.probs) == ["rgb", "flow", "fused"]
     np.testing.assert_allclose(pred.probs["fused"],
                                late_fuse(pred.probs["rgb"], pred.probs["flow"], "product"),
@@ -146,6 +148,47 @@ def test_join_video_orders_segments_ignores_duplicates_and_names_what_is_missing
     assert "no flow features came back" in failures[1]["message"]
 
 
+def test_join_video_failure_rows_by_hand():
+    """The exact failure rows: a joined stream of the wrong length, a failure after a partial
+    stream (its segments are dropped, and rows after it still count), a stream that never
+    came, one with a segment missing, and no rows at all."""
+    from reslstm.extraction.segments import encode, failure_row, segment_row
+
+    settings = {s: fs.StreamSettings("tiny3d", "random-init", 3, 16, 8, 1, 64, 72,
+                                     flow_method="dis" if s == "flow" else None)
+                for s in ("rgb", "flow")}
+    streams = ("rgb", "flow")
+
+    def seg(stream, index, k, last=False):
+        feats = np.zeros((k, 3), dtype=np.float32)
+        return segment_row({"video_id": "v", "stream": stream, "path": "v.mp4"}, seg_index=index,
+                           first_clip=0, num_clips=k, is_last=last,
+                           total_frames=64 if last else -1, **encode(feats)).to_pylist()[0]
+
+    def failure(stream, stage, error_type, message):
+        return {"video_id": "v", "stream": stream, "path": "v.mp4", "stage": stage,
+                "error_type": error_type, "message": message}
+
+    rgb, flow = seg("rgb", 0, 7, True), seg("flow", 0, 6, True)  # 64 frames: 7 and 6 clips
+    assert join_video([], streams, settings) == ({}, [])
+    joined, failures = join_video([seg("rgb", 0, 6, True), flow], streams, settings)
+    assert list(joined) == ["flow"]
+    assert failures == [failure("rgb", "assemble", "SegmentJoinError",
+                                "v.mp4: joined (6, 3) features, expected (7, 3) for 64 frames")]
+    bad = failure_row({"video_id": "v", "stream": "flow", "path": "v.mp4"}, "flow",
+                      ValueError("no motion")).to_pylist()[0]
+    joined, failures = join_video([seg("flow", 0, 3), bad, seg("flow", 0, 3), rgb], streams,
+                                  settings)
+    assert list(joined) == ["rgb"]
+    assert failures == [failure("flow", "flow", "ValueError", "v.mp4: no motion")]
+    joined, failures = join_video([rgb], streams, settings)
+    assert failures == [failure("flow", "assemble", "IncompleteVideo",
+                                "v.mp4: no flow features came back")]
+    _, failures = join_video([seg("rgb", 0, 3), seg("rgb", 2, 1, True), flow], streams, settings)
+    assert failures == [failure("rgb", "assemble", "IncompleteVideo",
+                                "v.mp4: segments [0, 2] of 3 arrived")]
+
+
 def mean_pool_model(fusion: str, weights: dict[str, list[float]]):
     """A 1-d mean-pool model with hand-set classifiers: logits = W (mean over t of x^0), no bias."""
     from reslstm.model import ModelConfig, build_model
@@ -192,6 +235,39 @@ def test_the_model_head_samples_both_streams_at_the_same_clips_of_the_shorter_on
     np.testing.assert_allclose(probs["rgb"], p_rgb, rtol=1e-6)
     np.testing.assert_allclose(probs["flow"], p_flow, rtol=1e-6)
     np.testing.assert_allclose(probs["fused"], (p_rgb + p_flow) / 2, rtol=1e-6)
+
+
+def test_the_model_head_prediction_carries_what_decoding_said():
+    """A late model given the streams in any order: the prediction lists them in the model's
+    order, takes frames and fps from the RGB stream, and notes padding and decoder warnings."""
+    from reslstm.extraction.segments import JoinedVideo
+    from reslstm.inference.predictor import ModelHead
+
+    def joined(stream, clips, **last):
+        last = {"total_frames": 9, "fps": None, "padded": False, **last}
+        return JoinedVideo(("v", stream), {"video_id": "v", "path": "v.mp4"}, last,
+                           np.array(clips, dtype=np.float32)[:, None])
+
+    model = mean_pool_model("late-sum", {"rgb": [1.0, 0.0], "flow": [0.0, 1.0]})
+    head = ModelHead(model, {"label_names": ["a", "b"], "train_config": {"T": 3}})
+    pred = head.prediction("v", "v.mp4", {
+        "flow": joined("flow", [2.0], padded=True),
+        "rgb": joined("rgb", [4.0], padded=True, warning="2 frames could not be decoded")})
+    assert (pred.video_id, pred.path, pred.fusion, pred.label_names) == \
+        ("v", "v.mp4", "late-sum", ["a", "b"])
+    assert (pred.num_frames, pred.fps, pred.num_clips, pred.padded) == \
+        (9, 0.0, {"rgb": 1, "flow": 1}, True)
+    assert pred.notes == [
+        "rgb: shorter than one clip (9 frames): padded by repeating its last frame",
+        "rgb: 2 frames could not be decoded",
+        "flow: shorter than one clip (8 frames): padded by repeating its last frame"]
+    np.testing.assert_allclose(pred.probs["rgb"], torch.softmax(torch.tensor([4.0, 0.0]), 0),
+                               rtol=1e-6)
+    np.testing.assert_allclose(pred.probs["flow"], torch.softmax(torch.tensor([0.0, 2.0]), 0),
+                               rtol=1e-6)
+    pred = head.prediction("v", "v.mp4", {"rgb": joined("rgb", [4.0], fps=25.0),
+                                          "flow": joined("flow", [2.0])})
+    assert (pred.fps, pred.padded, pred.notes) == (25.0, False, [])
 
 
 # Seven classes; ties in the probabilities are listed by class index ("stable"), which NumPy's
@@ -310,6 +386,7 @@ def test_a_short_video_is_padded_with_a_note_and_broken_ones_fail_with_typed_err
             predictor.predict(videos[name])
         assert info.value.error_type == error_type
         assert {f["stream"] for f in info.value.failures} == {"rgb", "flow"}
+        assert {f["video_id"] for f in info.value.failures} == {str(videos[name])}
         assert all(f["stage"] == "decode" and str(videos[name]) in f["message"]
                    for f in info.value.failures)
     with pytest.raises(VideoFailed, match="VideoDecodeError:missing"):

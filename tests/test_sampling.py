@@ -30,6 +30,7 @@ def test_num_clips_other_window(frames, expected):
 
 def test_clip_starts_are_multiples_of_the_stride_and_fit_in_the_video():
     np.testing.assert_array_equal(clip_starts(100), np.arange(11) * 8)
+    np.testing.assert_array_equal(clip_starts(24), [0, 8])  # defaults s = 16, r = 8
     starts = clip_starts(26, clip_len=10, stride=3)
     np.testing.assert_array_equal(starts, [0, 3, 6, 9, 12, 15])
     assert starts.dtype == np.int64
@@ -60,6 +61,11 @@ def test_bad_window_arguments():
         num_clips(32.0)
     with pytest.raises(TypeError):
         num_clips(True)
+    with pytest.raises(TypeError, match="stride must be an integer"):
+        num_clips(32, 16, 8.0)
+    with pytest.raises(TypeError, match="clip_len must be an integer"):
+        num_clips(32, True, 8)
+    assert num_clips(5, clip_len=1, stride=1) == 5  # the smallest window: every frame a clip
 
 
 @pytest.mark.parametrize(
@@ -77,6 +83,8 @@ def test_bad_window_arguments():
         (11, 5, [0, 2, 5, 7, 10]),
         # a single clip repeated T times
         (1, 3, [0, 0, 0]),
+        # T = 2: the first and the last clip
+        (5, 2, [0, 4]),
         # T = 1 takes the first clip
         (7, 1, [0]),
         (1, 1, [0]),
@@ -101,6 +109,13 @@ def test_temporal_sample_paper_sizes_span_first_to_last_clip():
 def test_temporal_sample_validates(k, T):
     with pytest.raises(ValueError):
         temporal_sample(k, T)
+
+
+@pytest.mark.parametrize("k, T", [(5.0, 3), (5, 2.5), (True, 3), (5, np.float64(3))])
+def test_temporal_sample_needs_integers(k, T):
+    with pytest.raises(TypeError):
+        temporal_sample(k, T)
+    assert temporal_sample(np.int64(5), np.int32(3)).tolist() == [0, 2, 4]  # NumPy ints are fine
 
 
 def test_sample_video_takes_sigma_rows():

@@ -34,6 +34,7 @@ def test_default_optimizer_is_rmsprop():
     opt = default_optimizer(tiny_model().parameters())
     assert isinstance(opt, torch.optim.RMSprop)
     assert opt.defaults["lr"] == 1e-3
+    assert default_optimizer(tiny_model().parameters(), momentum=0.5).defaults["momentum"] == 0.5
 
 
 @pytest.mark.parametrize("fusion", ["rgb", "mid-sum", "late-product"])
@@ -81,6 +82,51 @@ def test_evaluate_is_consistent(fusion):
             for b in batches
         ])
     assert result.loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_train_one_epoch_returns_the_sample_weighted_mean_loss():
+    """At lr 0 the model stays as it is, so the epoch's loss is the mean over samples of each
+    batch's loss (the sum over heads of its mean cross-entropy): batches of 8 and 2 weigh 8 : 2."""
+    model = tiny_model("late-sum")
+    streams = model.config.streams
+    batches = separable_batches(streams, n_batches=2)
+    batches[1] = {k: v[:2] for k, v in batches[1].items()}
+    with torch.no_grad():
+        per_batch = [sum(torch.nn.functional.cross_entropy(v, b["label"]).item()
+                         for v in model({s: b[s] for s in streams}).values()) for b in batches]
+    loss = train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.0), "cpu",
+                           streams)
+    assert loss == pytest.approx((8 * per_batch[0] + 2 * per_batch[1]) / 10, rel=1e-6)
+
+
+def test_grad_clip_bounds_the_global_gradient_norm():
+    """SGD at lr 1 moves the parameters by minus the gradient: clipped, the step's global norm
+    is the clip value (clip_grad_norm_ scales by clip / (norm + 1e-6)); unclipped it is larger."""
+    batches = separable_batches(("rgb",), n_batches=1)
+
+    def step_norm(grad_clip):
+        model = tiny_model()
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=1.0), "cpu",
+                        ("rgb",), grad_clip=grad_clip)
+        return float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
+
+    assert step_norm(None) > 0.1
+    assert step_norm(0.01) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_batches_of_float64_features_and_int32_labels_are_converted():
+    """Batches as a data loader may give them (NumPy float64, int32 labels) train and score as
+    float32 features with int64 labels do."""
+    model = tiny_model("late-sum")
+    streams = model.config.streams
+    batches = separable_batches(streams, n_batches=2)
+    loose = [{k: v.double() if k != "label" else v.int() for k, v in b.items()} for b in batches]
+    plain, converted = evaluate(model, batches, "cpu", streams), evaluate(model, loose, "cpu", streams)
+    np.testing.assert_array_equal(converted.probs, plain.probs)
+    assert converted.loss == plain.loss
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    assert train_one_epoch(model, loose, opt, "cpu", streams) == pytest.approx(plain.loss, rel=1e-6)
 
 
 def test_missing_stream_and_empty_input_are_clear_errors():
