@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs_loader import job
 import reslstm
 from reslstm import storage
 from reslstm.cli import run_job
@@ -22,16 +23,6 @@ from reslstm.flow.methods import make_flow
 from reslstm.fusion import make_fusion
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def job(name: str):
-    """A job module of jobs/, imported fresh."""
-    sys.path.insert(0, str(REPO / "jobs"))
-    try:
-        sys.modules.pop(name, None)
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "jobs"))
 
 
 # ---------------------------------------------------------------------------------------------

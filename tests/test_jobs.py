@@ -2,26 +2,15 @@
 table), bad options exit 2 with one line naming the option, and train -> evaluate run end to
 end through the jobs themselves."""
 
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
 
 from featurestore_fixture import make_feature_store
+from jobs_loader import job
 from reslstm.configs import DemoConfig, ExtractConfig, SweepConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def job(name: str):
-    """A job module of jobs/, imported fresh."""
-    sys.path.insert(0, str(REPO / "jobs"))
-    try:
-        sys.modules.pop(name, None)
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "jobs"))
 
 
 def captured(monkeypatch, module, target: str) -> list:

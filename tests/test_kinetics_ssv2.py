@@ -10,7 +10,7 @@ import pytest
 
 from reslstm.datasets import (MANIFEST_SCHEMA, ManifestError, manifest_notes, missing_videos,
                               read_kinetics, read_ssv2)
-from test_jobs import job
+from jobs_loader import job
 from test_manifest import UCF_CLASSES, make_ucf
 
 FOOTBALL = "passing American football (in game)"

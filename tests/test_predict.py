@@ -3,7 +3,6 @@ chain reproduces extraction exactly, late fusion scores both streams, weights ar
 against the model's record, bad videos get extraction's typed errors, every model reference
 kind resolves. No Ray."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from predict_fixture import CLASSES, T, extract_config, payload, save_payload, write_videos
+from jobs_loader import job as load_job
 from reslstm import features as fs
 from reslstm.checkpoint import ModelRefError, load_checkpoint, load_payload, payload_info
 from reslstm.configs import PredictConfig
@@ -26,13 +26,6 @@ from reslstm.inference.predictor import (BATCH_SCHEMA, Prediction, Predictor, Vi
 from reslstm.sampling import sample_pair
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_job(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_job", REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 failures table with extraction's typed errors, reruns that resume, another model's output
 refused; and a model really trained by jobs/train.py's fit, referenced by its run directory."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from predict_fixture import CLASSES, payload, save_payload, write_videos
 from s3_fixture import s3_server_fixture  # noqa: F401  (the fixture s3_server)
+from jobs_loader import job as load_job
 from reslstm.checkpoint import load_checkpoint
 from reslstm.configs import PredictConfig
 from reslstm.inference.chain import PredictError
@@ -138,10 +138,7 @@ def test_a_trained_run_classifies_a_folder_by_its_run_directory(trained_run, fil
     for name, where in (("grow_then_shrink", "a/one.mp4"), ("slide_up", "two.mp4")):
         (folder / where).write_bytes(files[name].read_bytes())
     (folder / "readme.txt").write_text("not a video suffix: not listed")
-    spec = importlib.util.spec_from_file_location("predict_job", REPO / "jobs" / "predict.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    assert job.main(["--manifest", str(folder), "--out", str(tmp_path / "out"),
+    assert load_job("predict").main(["--manifest", str(folder), "--out", str(tmp_path / "out"),
                      "--model", str(trained_run)]) == 0
     assert "predicted: 2 videos" in capsys.readouterr().out
     table = pq.read_table(tmp_path / "out" / "predictions")

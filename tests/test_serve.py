@@ -3,7 +3,6 @@ real, synthetic and broken videos (uploaded raw or as a form, or named by path) 
 the probabilities of jobs/predict.py on the same files; bad requests get a 4xx with a message;
 a replica that met a broken file keeps serving. Also cluster/serve.yaml and the app builder."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from predict_fixture import payload, save_payload, write_videos
+from jobs_loader import job as load_job
 from reslstm.configs import PredictConfig, ServeConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,11 +52,8 @@ def endpoint(ray_local, model_file):
 
 def cli_answers(paths, model_file, capsys) -> dict:
     """jobs/predict.py --json on ``paths``: {path: its JSON object}."""
-    spec = importlib.util.spec_from_file_location("predict_job", REPO / "jobs" / "predict.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
     capsys.readouterr()
-    assert job.main([*map(str, paths), "--model", str(model_file), "--json"]) == 0
+    assert load_job("predict").main([*map(str, paths), "--model", str(model_file), "--json"]) == 0
     return {d["path"]: d for d in map(json.loads, capsys.readouterr().out.splitlines())}
 
 
