@@ -156,6 +156,8 @@ def test_pca_survives_a_state_dict_round_trip():
     x = torch.randn(2, 3, 3)
     fresh = ResLSTM(3, 2, 1, 4, input_proj="pca")
     assert {"proj.mean", "proj.components"} <= set(model.state_dict())
+    # the fitted flag is an integer buffer: DDP broadcasts it and .to(dtype) leaves it alone
+    assert model.state_dict()["proj.fitted"].dtype == torch.uint8
     with pytest.raises(RuntimeError, match="fit_pca"):
         fresh(x)
     fresh.load_state_dict(model.state_dict())
@@ -185,6 +187,13 @@ def test_none_projection():
         ResLSTM(5, 4, 2, 3, input_proj="none")
     with pytest.raises(ValueError, match="valid"):
         InputProjection(4, 4, "lda")
+    assert InputProjection(5, 4).kind == "linear"  # the default
+
+
+def test_pca_may_keep_every_dimension():
+    """h = d_f is allowed: PCA is then a rotation onto the principal axes (no reduction)."""
+    proj = InputProjection(3, 3, "pca").double().fit_pca(PCA_DATA)
+    np.testing.assert_allclose(proj.components.numpy(), np.eye(3), atol=1e-12)
 
 
 def test_temporal_mean_pool():
@@ -283,6 +292,33 @@ def test_action_model_from_config_dict_round_trip():
     x = inputs()
     for head, value in model(x).items():
         torch.testing.assert_close(rebuilt(x)[head], value)
+
+
+def test_config_passes_its_settings_to_the_networks():
+    torch.manual_seed(0)
+    assert ResLSTM(4, 4, 2, 3, input_proj="none").residual  # residual by default (eq. 1)
+    for arch in ("reslstm", "meanpool"):
+        late = build_model(small_config(fusion="late-sum", arch=arch, dropout=0.25))
+        assert {net.drop.p for net in late.nets.values()} == {0.25}
+    for residual in (True, False):
+        model = build_model(small_config(residual=residual))
+        assert model.nets["rgb"].residual is residual
+        assert build_model(small_config(fusion="mid-sum", residual=residual)).core.residual is residual
+    mid = build_model(small_config(fusion="mid-product", input_proj="pca"))
+    assert {p.kind for p in mid.input_projections().values()} == {"pca"}
+    assert mid.core.proj.kind == "none"  # the shared stack reads the fused x^0 as it is
+
+
+def test_config_bounds():
+    ModelConfig(input_dim=1, num_classes=1, hidden_size=1, num_layers=1)  # all at their minimum
+    for name in ("input_dim", "num_classes", "hidden_size", "num_layers"):
+        with pytest.raises(ValueError, match=name):
+            small_config(**{name: 0})
+    small_config(dropout=0.0)
+    small_config(dropout=0.99)
+    for dropout in (1.0, -0.1):
+        with pytest.raises(ValueError, match="dropout"):
+            small_config(dropout=dropout)
 
 
 def test_config_errors():
