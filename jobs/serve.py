@@ -1,12 +1,14 @@
 """Serve a trained model over HTTP with Ray Serve (POST /predict, GET /health), until Ctrl-C.
 
     python jobs/serve.py --model runs/late                         # http://127.0.0.1:8000
-    python jobs/serve.py --model models:/reslstm@champion --replicas 2 --port 8080
-    curl -F video=@clip.mp4 http://127.0.0.1:8000/predict
+    python jobs/serve.py --model models:/reslstm@champion --host 0.0.0.0 --token-file serve.token \
+        --allow-prefix s3://bucket/in/ --min-replicas 1 --max-replicas 4
+    curl -H "Authorization: Bearer $(cat serve.token)" -F video=@clip.mp4 http://HOST:8000/predict
 
-Binds 127.0.0.1 unless --host says otherwise. The same app runs with `serve run
-cluster/serve.yaml` or `serve run reslstm.distributed.serve.app:build model=runs/late replicas=2`.
-See README.md, "Predicting new videos".
+Binds 127.0.0.1 unless --host says otherwise; without --token-file (or RESLSTM_TOKEN) anyone who
+reaches the port may classify videos. Requests name paths only under --allow-prefix. The same
+app runs with `serve run cluster/serve.yaml` or `serve run reslstm.distributed.serve.app:build
+model=runs/late replicas=2`. See README.md, "Predicting new videos".
 """
 
 import argparse

@@ -90,6 +90,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, exclude: Sequence
             kwargs["default"] = f.default
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif meta.get("repeat"):
+            kwargs.update(action="append", type=meta.get("items", str), default=None)
         elif "items" in meta:
             kwargs["type"] = _list_type(meta["items"])
             kwargs["metavar"] = "A,B,..."

@@ -49,7 +49,7 @@ def is_uri(path) -> bool:
     return "://" in str(path)
 
 
-def _split_uri(uri: str) -> tuple[str, str, str, str]:
+def split_uri(uri: str) -> tuple[str, str, str, str]:
     """(scheme, user-info, ``bucket/key``, query) of ``scheme://[user-info@]bucket/key[?query]``,
     the key taken literally (an object key may hold ``#`` or spaces)."""
     scheme, _, rest = uri.partition("://")
@@ -59,11 +59,11 @@ def _split_uri(uri: str) -> tuple[str, str, str, str]:
     return scheme, userinfo, host + slash + key, query
 
 
-def _normpath(path: str) -> str:
+def normpath(path: str) -> str:
     """``posixpath.normpath`` that keeps an empty path empty and a URI's ``scheme://``."""
     if is_uri(path):
         scheme, _, rest = path.partition("://")
-        return f"{scheme}://{_normpath(rest)}"
+        return f"{scheme}://{normpath(rest)}"
     return posixpath.normpath(path) if path else path
 
 
@@ -98,8 +98,8 @@ class Location:
         parts = tuple(str(p).strip("/") for p in parts if str(p).strip("/"))
         if not parts:
             return self
-        return Location(self.filesystem, _normpath(posixpath.join(self.path, *parts)),
-                        _normpath(posixpath.join(self.uri, *parts)))
+        return Location(self.filesystem, normpath(posixpath.join(self.path, *parts)),
+                        normpath(posixpath.join(self.uri, *parts)))
 
     def parent(self) -> "Location":
         return Location(self.filesystem, posixpath.dirname(self.path.rstrip("/")),
@@ -286,9 +286,9 @@ def resolve(path, like: Location | None = None) -> Location:
         return path
     text = os.fspath(path) if not isinstance(path, str) else path
     if like is not None and not like.local and is_uri(text):
-        scheme, userinfo, key, query = _split_uri(text)
-        if scheme == _split_uri(like.uri)[0] and not userinfo and not query:
-            return Location(like.filesystem, _normpath(key).rstrip("/"), _normpath(text).rstrip("/"))
+        scheme, userinfo, key, query = split_uri(text)
+        if scheme == split_uri(like.uri)[0] and not userinfo and not query:
+            return Location(like.filesystem, normpath(key).rstrip("/"), normpath(text).rstrip("/"))
     if not is_uri(text) or text.startswith("file://"):
         local = text[len("file://"):] if text.startswith("file://") else text
         absolute = str(Path(local).expanduser().absolute())
@@ -299,7 +299,7 @@ def resolve(path, like: Location | None = None) -> Location:
         # pyarrow's message quotes the whole URI: keep its credentials out of ours (and out of
         # the traceback, hence ``from None``).
         reason = str(exc).replace(text, display(text))
-        userinfo = _split_uri(text)[1]
+        userinfo = split_uri(text)[1]
         if userinfo:
             reason = reason.replace(userinfo, "***")
         raise ConfigError(f"{display(text)}: cannot open this URI with pyarrow ({reason}); use a "
@@ -356,7 +356,7 @@ def display(uri: str) -> str:
     (endpoints and options), so a printed location never shows a secret. Plain paths pass."""
     if not is_uri(uri):
         return uri
-    scheme, _, key, _ = _split_uri(uri)
+    scheme, _, key, _ = split_uri(uri)
     return f"{scheme}://{key}"
 
 

@@ -310,11 +310,19 @@ def test_rayservice_serves_the_app():
     assert app["runtime_env"]["env_vars"]["RESLSTM_MODEL_URI"] == "models:/reslstm@champion"
     [dep] = app["deployments"]
     assert dep["name"] == "ActionRecognizer"
-    assert dep["num_replicas"] >= 1 and dep["ray_actor_options"]["num_gpus"] == 1
+    scale = dep["autoscaling_config"]
+    assert 1 <= scale["min_replicas"] <= scale["max_replicas"]
+    assert dep["ray_actor_options"]["num_gpus"] == 1
+    # Backpressure: a bounded queue, then 503 with Retry-After.
+    assert dep["max_queued_requests"] > 0 and dep["backpressure_config"]["retry_after_s"] > 0
     workers = load("kuberay/rayservice.yaml")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
-    gpu_pods = sum(g["maxReplicas"] for g in workers
-                   if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu"))
-    assert gpu_pods >= dep["num_replicas"]
+    gpu_groups = [g for g in workers
+                  if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
+    assert sum(g["maxReplicas"] for g in gpu_groups) >= scale["max_replicas"]
+    # The replicas run in the GPU pods: the endpoint's token reaches them from a Secret.
+    for g in gpu_groups:
+        env = {e["name"]: e for e in g["template"]["spec"]["containers"][0]["env"]}
+        assert env["RESLSTM_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "token"
 
 
 def test_rayservice_config_passes_serves_schema():

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from jobs_loader import job
-import reslstm
 from reslstm import storage
 from reslstm.cli import run_job
 from reslstm.datasets.categories import categories_for
@@ -59,7 +58,7 @@ def test_every_project_exception_derives_from_reslstm_error():
     for known in ("reslstm.errors.ConfigError", "reslstm.features.schema.StoreError",
                   "reslstm.video.failures.VideoDecodeError",
                   "reslstm.distributed.predict.batch.PredictFailures",
-                  "reslstm.distributed.serve.app.BadRequest"):
+                  "reslstm.distributed.serve.request_body.BadRequest"):
         assert known in found, sorted(found)
     outside = sorted(name for name, cls in found.items() if not issubclass(cls, ReslstmError))
     assert not outside, f"exception classes outside the ReslstmError family: {outside}"

@@ -550,6 +550,29 @@ def test_clip_features_accepts_torch_frames_and_defaults():
     np.testing.assert_array_equal(clip_features(ext, torch.from_numpy(frames), device="cpu"), ref)
 
 
+def test_clips_of_several_sequences_share_the_forward_passes():
+    """clip_features_many: one sequence gives clip_features to the bit (the same passes);
+    several give each its own features (to float rounding: their clips share batches), in
+    order, whatever their sizes; the passes hold batch_size clips, cut across sequences."""
+    from reslstm.extractors.runner import _batches, clip_features_many
+
+    assert list(_batches([5], 2)) == [[(0, 0, 2)], [(0, 2, 4)], [(0, 4, 5)]]
+    assert list(_batches([3, 1, 4], 3)) == [[(0, 0, 3)], [(1, 0, 1), (2, 0, 2)], [(2, 2, 4)]]
+    assert list(_batches([0, 2], 4)) == [[(1, 0, 2)]]
+    for stream, c, crops in (("rgb", 3, 1), ("flow", 2, 10)):
+        ext = create_extractor("tiny3d", stream)
+        seqs = [_frames(44, c=c, seed=5), _frames(9, h=80, w=72, c=c, seed=6),
+                _frames(30, c=c, seed=7)]
+        alone = [clip_features(ext, f, 16, 8, crops, 3, "cpu") for f in seqs]
+        (one,) = clip_features_many(ext, seqs[:1], 16, 8, crops, 3, "cpu")
+        np.testing.assert_array_equal(one, alone[0])
+        many = clip_features_many(ext, seqs, 16, 8, crops, 3, "cpu")
+        assert [m.shape for m in many] == [a.shape for a in alone] == \
+            [(4, 512), (1, 512), (2, 512)]
+        for m, a in zip(many, alone):
+            np.testing.assert_allclose(m, a, rtol=1e-5, atol=1e-5)
+
+
 def test_clip_features_rejects_bad_input():
     ext = create_extractor("tiny3d", "rgb")
     with pytest.raises(ValueError, match="crops must be one of"):

@@ -19,6 +19,7 @@ from reslstm.checkpoint import ModelRefError, load_checkpoint, load_payload, pay
 from reslstm.configs import PredictConfig
 from reslstm.datasets.manifest import write_manifest
 from reslstm.extraction.driver import run_local
+from reslstm.extraction.segments import features_of
 from reslstm.fusion import late_fuse
 from reslstm.inference.chain import PredictError, chain_settings
 from reslstm.inference.predictor import (BATCH_SCHEMA, Prediction, Predictor, VideoFailed,
@@ -261,6 +262,58 @@ def test_the_model_head_prediction_carries_what_decoding_said():
     pred = head.prediction("v", "v.mp4", {"rgb": joined("rgb", [4.0], fps=25.0),
                                           "flow": joined("flow", [2.0])})
     assert (pred.fps, pred.padded, pred.notes) == (25.0, False, [])
+
+
+def test_the_model_head_batches_videos_with_the_numbers_of_one_at_a_time(late_model):
+    """ModelHead.predictions, the Serve app's batched model step: the same floats as one video
+    at a time, in order (a stacked forward pass would not give them: see its docstring)."""
+    from reslstm.checkpoint import load_checkpoint
+    from reslstm.extraction.segments import JoinedVideo
+    from reslstm.inference.predictor import ModelHead
+
+    model, payload = load_checkpoint(late_model)
+    head = ModelHead(model, payload)
+    rng = np.random.default_rng(0)
+    last = {"total_frames": 40, "fps": 25.0, "padded": False}
+    videos = [(f"v{i}", f"v{i}.mp4", {s: JoinedVideo((f"v{i}", s), {"video_id": f"v{i}"}, last,
+                                                     rng.normal(size=(k, 512)).astype(np.float32))
+                                      for s in ("rgb", "flow")})
+              for i, k in enumerate((3, 12, 7))]
+    batched = head.predictions(videos)
+    assert [p.video_id for p in batched] == ["v0", "v1", "v2"]
+    for (vid, path, joined), pred in zip(videos, batched):
+        alone = head.prediction(vid, path, joined)
+        assert alone.probs.keys() == pred.probs.keys() == {"rgb", "flow", "fused"}
+        for h in alone.probs:
+            np.testing.assert_array_equal(pred.probs[h], alone.probs[h])
+    assert not np.allclose(batched[0].probs["fused"], batched[1].probs["fused"])
+
+
+def test_segments_packed_across_videos_give_their_features_and_keep_failures_apart(videos):
+    """FeatureStage.rows(pack=True), the GPU path of the Serve app run here on the CPU: every
+    segment gets its own features (as unpacked, to float rounding); a failure row passes
+    through; a segment the packed pass cannot take is extracted alone and fails alone."""
+    from reslstm.extraction.stages import FeatureStage, decode_segments
+    from reslstm.inference.chain import chain_settings
+
+    stage, _ = chain_settings(payload("late-product"), PredictConfig(model="m"))
+    features = FeatureStage(stage, ("rgb",))
+    rows = []
+    for name in ("grow_then_shrink", "slide_up", "not_a_video"):
+        item = {"video_id": name, "stream": "rgb", "path": str(videos[name])}
+        for seg in decode_segments(pa.Table.from_pylist([item]), stage):
+            rows += seg.to_pylist()
+    assert [r["kind"] for r in rows] == ["segment", "segment", "failure"]
+    broken = dict(rows[1], num_clips=rows[1]["num_clips"] + 1)  # its features will not fit
+    packed = features.rows([dict(r) for r in rows], pack=True)
+    alone = features.rows([dict(r) for r in rows])
+    for a, b in zip(packed[:2], alone[:2]):
+        np.testing.assert_allclose(features_of(a), features_of(b), rtol=1e-5, atol=1e-5)
+    assert packed[2] == alone[2] == rows[2]
+    mixed = features.rows([dict(rows[0]), broken], pack=True)
+    assert mixed[0]["kind"] == "segment" and mixed[1]["kind"] == "failure"
+    np.testing.assert_array_equal(features_of(mixed[0]), features_of(alone[0]))
+    assert "expected" in mixed[1]["message"]
 
 
 # Seven classes; ties in the probabilities are listed by class index ("stable"), which NumPy's

@@ -18,7 +18,8 @@ SEARCHES = ("grid", "random")
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, **meta) -> Any:
     """A dataclass field with command-line metadata: ``help``; ``flag`` (another option name);
-    ``choices``; ``items`` (element type of a comma list); ``cli=False`` (not an option). A
+    ``choices``; ``items`` (element type of a comma list); ``repeat=True`` (an option given once
+    per value, e.g. ``--allow-prefix A --allow-prefix B``); ``cli=False`` (not an option). A
     field without a default is a required option."""
     kwargs = {"default_factory": factory} if factory is not None else {"default": default}
     return field(**kwargs, metadata={"help": help, **meta})

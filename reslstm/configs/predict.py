@@ -62,23 +62,65 @@ class PredictConfig:
 
 @dataclass
 class ServeConfig:
-    """jobs/serve.py and ``serve run reslstm.distributed.serve.app:build``: the Ray Serve app."""
+    """jobs/serve.py and ``serve run reslstm.distributed.serve.app:build``: the Ray Serve app
+    (README "Serving": what each limit does and which answer a client gets)."""
 
     predict: PredictConfig | None = opt(None, cli=False)  # None: from RESLSTM_MODEL_URI
     host: str = opt("127.0.0.1", "address Serve's HTTP proxy listens on (0.0.0.0: every "
-                    "interface, reachable from other machines)")
+                    "interface, reachable from other machines: set a token)")
     port: int = opt(8000, "HTTP port")
-    replicas: int = opt(1, "replicas, each with the model and extractors loaded once")
+    token_file: str | None = opt(None, "a file holding the bearer token every route but /health "
+                                 "needs (or the RESLSTM_TOKEN variable); without one anyone who "
+                                 "reaches the port may classify videos")
+    allow_prefix: tuple[str, ...] = opt((), "a local folder or URI prefix (s3://bucket/in/) under "
+                                        "which requests may name videos by path; repeatable. "
+                                        "None: requests must upload the video", repeat=True)
+    replicas: int = opt(1, "replicas, each with the model and extractors loaded once (a fixed "
+                        "count; see --min-replicas/--max-replicas)")
+    min_replicas: int | None = opt(None, "autoscaling: fewest replicas (with --max-replicas)")
+    max_replicas: int | None = opt(None, "autoscaling: most replicas; Serve adds one when the "
+                                   "ongoing requests per replica pass --target-ongoing")
+    target_ongoing: float = opt(2.0, "autoscaling: ongoing requests per replica Serve aims at")
     replica_cpus: float = opt(1.0, "CPUs each replica reserves")
     replica_gpus: float = opt(0.0, "GPUs each replica reserves")
-    max_ongoing_requests: int = opt(4, "requests a replica accepts at once (it classifies one "
-                                    "at a time; the others wait in it)")
+    max_ongoing_requests: int = opt(4, "requests a replica accepts at once (at least --max-batch; "
+                                    "it decodes one at a time and batches their model steps)")
+    max_queued_requests: int = opt(8, "requests held for busy replicas; one more gets 503 with "
+                                   "Retry-After at once")
+    retry_after: int = opt(2, "seconds a 503 asks the client to wait (Retry-After)")
+    request_timeout: float = opt(300.0, "seconds a classification may take; then 504 and the "
+                                 "replica moves on")
+    max_batch: int = opt(4, "requests whose features and model step run together")
+    batch_wait_ms: float = opt(10.0, "how long a batch waits for more requests, in ms")
     max_upload_mb: float = opt(200.0, "largest video accepted, in MiB (an upload, or a URI's "
                                "object); larger requests get 413")
-    allow_paths: bool = opt(True, "accept requests that name a path or URI the replicas read")
+    upload_dir: str | None = opt(None, "folder for uploads while they are classified (default: "
+                                 "the system's temporary folder)")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self):
-        _positive(self, "port", "replicas", "max_ongoing_requests", "max_upload_mb")
+        self.allow_prefix = tuple(self.allow_prefix or ())
+        _positive(self, "port", "replicas", "max_ongoing_requests", "max_upload_mb",
+                  "max_queued_requests", "request_timeout", "max_batch", "target_ongoing")
+        _positive(self, "max_replicas", allow_none=True)
         _check(self, self.replica_cpus >= 0, "replica_cpus", f"must be >= 0, got {self.replica_cpus}")
         _check(self, self.replica_gpus >= 0, "replica_gpus", f"must be >= 0, got {self.replica_gpus}")
+        _check(self, self.retry_after >= 0, "retry_after", f"must be >= 0, got {self.retry_after}")
+        _check(self, self.batch_wait_ms >= 0, "batch_wait_ms", f"must be >= 0, got {self.batch_wait_ms}")
+        _check(self, (self.min_replicas is None) == (self.max_replicas is None), "max_replicas",
+               "autoscaling needs both --min-replicas and --max-replicas")
+        if self.max_replicas is not None:
+            _check(self, 0 <= self.min_replicas <= self.max_replicas, "min_replicas",
+                   f"must be in 0..--max-replicas ({self.max_replicas}), got {self.min_replicas}")
+        _check(self, self.max_ongoing_requests >= self.max_batch, "max_ongoing_requests",
+               f"must be at least --max-batch ({self.max_batch}) for batches to fill, got "
+               f"{self.max_ongoing_requests}")
+
+    @property
+    def autoscaling(self) -> dict | None:
+        """Serve's autoscaling_config, or None for a fixed number of replicas."""
+        if self.max_replicas is None:
+            return None
+        return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                "initial_replicas": max(self.min_replicas, 1),
+                "target_ongoing_requests": self.target_ongoing}

@@ -176,30 +176,68 @@ class FeatureStage:
         if "flow" in streams and cfg.flow_on_device:
             self.flow = make_flow(cfg.flow_method, device=self.device, **cfg.flow_options)
 
-    def features(self, row: dict) -> np.ndarray:
-        from reslstm.extractors import clip_features
+    def frames(self, row: dict):
+        """A segment's frames as its extractor reads them (the flow of a device method is
+        computed here, on the device)."""
         from reslstm.flow.methods import flow_clip_frames
 
         frames = frames_of(row)
         if row["stream"] == "flow" and self.flow is not None:
             frames = flow_clip_frames(frames, _real_frames(row, frames), self.cfg.clip_len,
                                       self.flow)
-        feats = clip_features(self.extractors[row["stream"]], frames, self.cfg.clip_len,
+        return frames
+
+    def features(self, row: dict) -> np.ndarray:
+        from reslstm.extractors import clip_features
+
+        feats = clip_features(self.extractors[row["stream"]], self.frames(row), self.cfg.clip_len,
                               self.cfg.clip_stride, self.cfg.crops, self.cfg.batch_size, self.device)
+        return self._checked(row, feats)
+
+    @staticmethod
+    def _checked(row: dict, feats: np.ndarray) -> np.ndarray:
         if len(feats) != row["num_clips"]:
             raise RuntimeError(f"segment {row['seg_index']} gave {len(feats)} clip features, "
                                f"expected {row['num_clips']}")
         return feats
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist(self.rows(batch.to_pylist()), schema=SEGMENT_SCHEMA)
+
+    def rows(self, rows: list[dict], pack: bool = False) -> list[dict]:
+        """Segment rows -> feature rows; failure rows pass through, a video's error becomes its
+        failure row. ``pack``: the clips of all segments of a stream share the forward passes
+        (``extractors.clip_features_many``: fuller batches on a GPU, features equal to one
+        segment at a time up to float rounding); a segment the packed pass cannot take is
+        then extracted alone, so its error stays its own."""
+        packed = self._packed(rows) if pack else {}
         out = []
-        for row in batch.to_pylist():
+        for i, row in enumerate(rows):
             if row["kind"] == "segment":
                 try:
-                    row.update(encode(np.asarray(self.features(row), dtype=np.float32)))
+                    feats = packed[i] if i in packed else self.features(row)
+                    row.update(encode(np.asarray(feats, dtype=np.float32)))
                 except Exception as exc:  # noqa: BLE001
                     if is_systemic(exc):
                         raise  # every video would fail: stop the job (see the docstring)
                     row = failure_row(row, "features", exc).to_pylist()[0]
             out.append(row)
-        return pa.Table.from_pylist(out, schema=SEGMENT_SCHEMA)
+        return out
+
+    def _packed(self, rows: list[dict]) -> dict[int, np.ndarray]:
+        from reslstm.extractors.runner import clip_features_many
+
+        out: dict[int, np.ndarray] = {}
+        for stream, extractor in self.extractors.items():
+            index = [i for i, r in enumerate(rows) if r["kind"] == "segment" and r["stream"] == stream]
+            if len(index) < 2:
+                continue
+            try:
+                feats = clip_features_many(extractor, [self.frames(rows[i]) for i in index],
+                                           self.cfg.clip_len, self.cfg.clip_stride, self.cfg.crops,
+                                           self.cfg.batch_size, self.device)
+                out.update({i: self._checked(rows[i], f) for i, f in zip(index, feats)})
+            except Exception as exc:  # noqa: BLE001 - one at a time then names the segment
+                if is_systemic(exc):
+                    raise
+        return out
