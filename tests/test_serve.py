@@ -55,7 +55,7 @@ def uploads(tmp_path_factory):
 @pytest.fixture(scope="module")
 def endpoint(ray_local, model_file, files, uploads, tmp_path_factory):
     """The app on 127.0.0.1:<free port>, one replica, a 3 MiB upload limit, a token, the
-    folders of the test videos allowed, batches of up to 4 requests within 300 ms."""
+    folders of the test videos allowed, batches of up to 4 requests within 100 ms."""
     from ray import serve
 
     from reslstm.distributed.runtime import free_port
@@ -66,7 +66,7 @@ def endpoint(ray_local, model_file, files, uploads, tmp_path_factory):
     cfg = ServeConfig(predict=PredictConfig(model=str(model_file)), port=free_port(),
                       max_upload_mb=LIMIT_MB, replica_cpus=1, token_file=str(token),
                       allow_prefix=(str(files["empty"].parent), str(SHARED_VIDEOS)),
-                      upload_dir=str(uploads), batch_wait_ms=300)
+                      upload_dir=str(uploads), batch_wait_ms=100)
     url = start(cfg, quiet=True)
     yield url
     serve.shutdown()

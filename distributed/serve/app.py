@@ -123,6 +123,7 @@ class ActionRecognizer:
         self.limit = int(self.config.max_upload_mb * 2 ** 20)
         self.decoding = threading.Lock()  # one video decoded at a time per replica
         self.working, self.counting = 0, threading.Lock()  # videos being classified now
+        self.active = 0  # requests in this replica (the event loop's count: no lock needed)
         self.pack = self.predictor.features.device.type == "cuda"
         for step in (self._features, self._heads):
             step.set_max_batch_size(self.config.max_batch)
@@ -192,8 +193,17 @@ class ActionRecognizer:
         video_id = str(q.get("video_id") or name)
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
-        joined = await asyncio.to_thread(self._joined, str(path), video_id, str(name), cancel, loop)
-        pred, batch = await self._heads((video_id, str(name), joined))
+        self.active += 1
+        try:
+            joined = await asyncio.to_thread(self._joined, str(path), video_id, str(name),
+                                             cancel, loop)
+            item = (video_id, str(name), joined)
+            if self.active > 1:
+                pred, batch = await self._heads(item)
+            else:  # alone: no batch to wait for
+                (pred,), batch = await asyncio.to_thread(self.predictor.head.predictions, [item]), 1
+        finally:
+            self.active -= 1
         seconds = time.perf_counter() - start
         # Server-Timing: the classification's own time, apart from HTTP and the upload, and
         # how many requests shared its model step.
@@ -240,6 +250,8 @@ class ActionRecognizer:
         """In a thread: decode the video (one at a time), its segments' features batched with
         other requests' (``_features``), joined per stream."""
         def features(rows: list[dict]) -> list[dict]:
+            if self.active <= 1:  # alone: no batch to wait for
+                return self.predictor.features.rows(rows, self.pack)
             self.decoding.release()  # let the next video decode while this one waits
             try:
                 return asyncio.run_coroutine_threadsafe(self._features(rows), loop).result()
