@@ -350,8 +350,8 @@ def start(cfg: ServeConfig, name: str = "reslstm", quiet: bool = False,
           route_prefix: str = "/") -> str:
     """Start Serve's HTTP proxy on ``cfg.host:cfg.port`` in the connected Ray (if it is not
     running) and run the app there under ``route_prefix``; returns its URL. ``quiet``: Serve's
-    own logs at WARNING, no access log."""
-    logging_config = {"log_level": "WARNING", "enable_access_log": False} if quiet else None
+    own logs at ERROR (not a warning per request the full queue turns away), no access log."""
+    logging_config = {"log_level": "ERROR", "enable_access_log": False} if quiet else None
     if quiet:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this process's Serve notes
     serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=logging_config)
