@@ -56,6 +56,7 @@ def predictor(late_model):
     return Predictor(model, doc, PredictConfig(model=str(late_model)))
 
 
+@pytest.mark.chain
 def test_the_chain_reproduces_the_stores_features_and_the_models_scores(store, videos, predictor):
     """Features of a new video equal what extraction stored for it, bit for bit, and the
     probabilities are the model's on the T clips training samples (sample_pair)."""
@@ -81,6 +82,7 @@ def test_the_chain_reproduces_the_stores_features_and_the_models_scores(store, v
     np.testing.assert_array_equal(pred.probs["fused"], model.probabilities(logits)[0].numpy())
 
 
+@pytest.mark.chain
 def test_late_fusion_scores_both_streams_and_fuses_them_as_trained(videos, predictor):
     pred = predictor.predict(videos[CLASSES[1]])
     assert pred.video_id == pred.path == str(videos[CLASSES[1]])  # the path names it by default
@@ -289,6 +291,7 @@ def test_the_model_head_batches_videos_with_the_numbers_of_one_at_a_time(late_mo
     assert not np.allclose(batched[0].probs["fused"], batched[1].probs["fused"])
 
 
+@pytest.mark.chain
 def test_segments_packed_across_videos_give_their_features_and_keep_failures_apart(videos):
     """FeatureStage.rows(pack=True), the GPU path of the Serve app run here on the CPU: every
     segment gets its own features (as unpacked, to float rounding); a failure row passes
@@ -412,6 +415,7 @@ def test_video_failed_reports_its_first_failure():
     assert error.exit_code == 1
 
 
+@pytest.mark.chain
 def test_a_single_stream_model_reads_one_stream(tmp_path, videos):
     doc = payload("flow")
     model, _ = load_checkpoint(save_payload(tmp_path / "model.pt", doc))
@@ -420,6 +424,7 @@ def test_a_single_stream_model_reads_one_stream(tmp_path, videos):
     assert pred.probs["fused"].sum() == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.chain
 def test_a_short_video_is_padded_with_a_note_and_broken_ones_fail_with_typed_errors(videos,
                                                                                   predictor):
     pred = predictor.predict(videos["short"])
@@ -514,6 +519,7 @@ def test_every_model_reference_kind_resolves(tmp_path, late_model):
         load_model(str(tmp_path / "junk.pt"))
 
 
+@pytest.mark.chain
 def test_a_registered_model_predicts_as_its_checkpoint(tmp_path, videos, late_model, predictor):
     """models:/NAME@ALIAS through the MLflow registry (reslstm.distributed.tracking.models): the same
     payload (both built by reslstm.checkpoint.build_payload), hence the same probabilities as
@@ -541,6 +547,7 @@ def test_a_registered_model_predicts_as_its_checkpoint(tmp_path, videos, late_mo
         load_model("models:/reslstm-test@nosuchalias", mlflow_uri=uri)
 
 
+@pytest.mark.chain
 def test_the_command_line_prints_tables_json_and_a_sheet(tmp_path, videos, late_model, capsys):
     job = load_job("predict")
     good = [str(videos[CLASSES[0]]), str(videos["short"])]
@@ -556,6 +563,7 @@ def test_the_command_line_prints_tables_json_and_a_sheet(tmp_path, videos, late_
                for d in docs)
 
 
+@pytest.mark.chain
 def test_the_command_line_fails_clearly(tmp_path, videos, late_model, capsys):
     job = load_job("predict")
     code = job.main([str(videos[CLASSES[0]]), str(videos["truncated"]), "--model", str(late_model)])
@@ -571,6 +579,7 @@ def test_the_command_line_fails_clearly(tmp_path, videos, late_model, capsys):
     assert "give video files, or --manifest" in capsys.readouterr().err
 
 
+@pytest.mark.chain
 def test_real_videos(shared_videos, predictor):
     from conftest import SHARED_VIDEO_FRAMES
 

@@ -130,7 +130,8 @@ class FeatureStore:
         return pads.dataset(files, format="parquet", filesystem=self.root.filesystem)
 
     # -- metadata -----------------------------------------------------------------------------
-    def _metadata_doc(self) -> dict:
+    def metadata_doc(self) -> dict:
+        """metadata.json as it is written ({} for a new store)."""
         loc = self.root.join(METADATA_FILE)
         if not loc.exists():
             return {}
@@ -141,7 +142,7 @@ class FeatureStore:
 
     def read_metadata(self) -> dict[str, StreamSettings]:
         """Settings per stream recorded in ``metadata.json`` ({} for a new store)."""
-        doc = self._metadata_doc()
+        doc = self.metadata_doc()
         try:
             return {s: StreamSettings(**v) for s, v in doc.get("streams", {}).items()}
         except TypeError as exc:
@@ -150,7 +151,7 @@ class FeatureStore:
 
     def read_metadata_extra(self) -> dict:
         """The fields of metadata.json beyond the stream settings (e.g. the manifest path)."""
-        return {k: v for k, v in self._metadata_doc().items()
+        return {k: v for k, v in self.metadata_doc().items()
                 if k not in ("streams", "format_version")}
 
     def write_metadata(self, streams: Mapping[str, StreamSettings], **extra) -> str:
