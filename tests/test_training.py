@@ -138,6 +138,7 @@ def test_missing_stream_and_empty_input_are_clear_errors():
         train_one_epoch(model, [], default_optimizer(model.parameters()), "cpu", ("rgb", "flow"))
 
 
+@pytest.mark.processes
 def test_works_inside_distributed_data_parallel(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
