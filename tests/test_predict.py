@@ -380,6 +380,37 @@ def test_a_prediction_as_text():
     ])
 
 
+def test_a_prediction_as_text_sizes_its_columns_for_any_number_of_rows():
+    """top_k = 7 lists all seven classes: the 29-character cell "brush_hair_very_slowly 0.0000"
+    widens every column, titles included; top_k = 1 gives one row, each column still as wide as
+    the wider of its title and its one cell ("flow" 4 < "sit 0.5000" 10). A one-stream model's
+    only column is titled "fused (rgb)" (11 characters), narrower than its 29-character cell, and
+    the title line keeps no trailing blanks."""
+    pred = late_prediction()
+    assert pred.text(top_k=7).splitlines()[1:9] == [
+        "  #  rgb                            flow                           fused (late-product)",
+        "  1  walk 0.2000                    sit 0.5000                     walk 0.2500",
+        "  2  jump 0.2000                    walk 0.1000                    jump 0.2500",
+        "  3  ride 0.2000                    run 0.1000                     ride 0.2500",
+        "  4  sit 0.2000                     jump 0.1000                    sit 0.2500",
+        "  5  run 0.1000                     swim 0.1000                    run 0.0000",
+        "  6  swim 0.1000                    ride 0.1000                    swim 0.0000",
+        "  7  brush_hair_very_slowly 0.0000  brush_hair_very_slowly 0.0000  brush_hair_very_slowly 0.0000",
+    ]
+    assert pred.text(top_k=1).splitlines()[1:3] == [
+        "  #  rgb          flow        fused (late-product)",
+        "  1  walk 0.2000  sit 0.5000  walk 0.2500",
+    ]
+    single = late_prediction(fusion="rgb", num_clips={"rgb": 7}, notes=[],
+                             probs={"fused": np.array([0.3, 0, 0, 0, 0, 0.7, 0], np.float32)})
+    assert single.text(top_k=2) == "\n".join([
+        "videos/v7.mp4: 64 frames at 25.0 fps, clips rgb 7",
+        "  #  fused (rgb)",
+        "  1  brush_hair_very_slowly 0.7000",
+        "  2  walk 0.3000",
+    ])
+
+
 def test_prediction_rows_by_hand():
     rows = prediction_rows([late_prediction(),
                             late_prediction(video_id="v8", notes=[], fusion="rgb",

@@ -46,10 +46,17 @@ def test_short_video_gives_one_clip(frames):
 
 @pytest.mark.parametrize("frames", [0, -3])
 def test_no_frames_is_an_error_naming_the_count(frames):
+    """The message names the frame count and tells the caller what to check (the decoding)."""
     with pytest.raises(ValueError, match=f"{frames} frames"):
         num_clips(frames)
     with pytest.raises(ValueError, match=f"{frames} frames"):
         clip_starts(frames)
+    with pytest.raises(ValueError) as err:
+        num_clips(frames)
+    assert str(err.value) == (
+        f"a video with {frames} frames has no clips; "
+        "check that the video decodes (at least one frame is needed)"
+    )
 
 
 def test_bad_window_arguments():
@@ -57,13 +64,13 @@ def test_bad_window_arguments():
         num_clips(32, 16, 0)
     with pytest.raises(ValueError, match="clip_len"):
         num_clips(32, 0, 8)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^num_frames must be an integer, got 32\.0$"):
         num_clips(32.0)
     with pytest.raises(TypeError):
         num_clips(True)
-    with pytest.raises(TypeError, match="stride must be an integer"):
+    with pytest.raises(TypeError, match=r"^stride must be an integer, got 8\.0 \(float\)$"):
         num_clips(32, 16, 8.0)
-    with pytest.raises(TypeError, match="clip_len must be an integer"):
+    with pytest.raises(TypeError, match=r"^clip_len must be an integer, got True \(bool\)$"):
         num_clips(32, True, 8)
     assert num_clips(5, clip_len=1, stride=1) == 5  # the smallest window: every frame a clip
 
@@ -105,15 +112,32 @@ def test_temporal_sample_paper_sizes_span_first_to_last_clip():
     np.testing.assert_array_equal(idx + 1, 1 + np.floor((t - 1) * 34 / 24).astype(int))
 
 
-@pytest.mark.parametrize("k, T", [(0, 5), (3, 0), (-1, 2)])
-def test_temporal_sample_validates(k, T):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "k, T, message",
+    [
+        (0, 5, r"^num_clips \(K_v\) must be >= 1, got 0$"),
+        (3, 0, r"^T must be >= 1, got 0$"),
+        (-1, 2, r"^num_clips \(K_v\) must be >= 1, got -1$"),
+    ],
+)
+def test_temporal_sample_validates(k, T, message):
+    """The error names the argument in the paper's terms (K_v, T), the bound 1 and the value."""
+    with pytest.raises(ValueError, match=message):
         temporal_sample(k, T)
 
 
-@pytest.mark.parametrize("k, T", [(5.0, 3), (5, 2.5), (True, 3), (5, np.float64(3))])
-def test_temporal_sample_needs_integers(k, T):
-    with pytest.raises(TypeError):
+@pytest.mark.parametrize(
+    "k, T, message",
+    [
+        (5.0, 3, r"^num_clips \(K_v\) must be an integer, got 5\.0 \(float\)$"),
+        (5, 2.5, r"^T must be an integer, got 2\.5 \(float\)$"),
+        (True, 3, r"^num_clips \(K_v\) must be an integer, got True \(bool\)$"),
+        (5, np.float64(3), r"^T must be an integer, got .*3\.0.* \(float64\)$"),
+    ],
+)
+def test_temporal_sample_needs_integers(k, T, message):
+    """A float or bool K_v or T is refused with a message naming the argument and the type."""
+    with pytest.raises(TypeError, match=message):
         temporal_sample(k, T)
     assert temporal_sample(np.int64(5), np.int32(3)).tolist() == [0, 2, 4]  # NumPy ints are fine
 
