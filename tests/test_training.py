@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 from reslstm.model import ModelConfig, build_model
-from reslstm.training import EvalResult, default_optimizer, evaluate, train_one_epoch
+from reslstm.training import EvalResult, default_optimizer, evaluate, train_one_epoch, unwrap
 
 
 def separable_batches(streams, n_batches=6, batch=8, T=3, d=4, seed=0):
@@ -130,12 +130,97 @@ def test_batches_of_float64_features_and_int32_labels_are_converted():
 
 
 def test_missing_stream_and_empty_input_are_clear_errors():
+    """A batch lacking a stream or the label is refused up front with a KeyError that names
+    what is missing, what the batch has and the streams asked for; no batches at all is a
+    ValueError naming the function and the likely cause."""
     model = tiny_model("late-sum")
     batches = separable_batches(("rgb",), n_batches=1)
-    with pytest.raises(KeyError, match="flow"):
-        evaluate(model, batches, "cpu", model.config.streams)
-    with pytest.raises(ValueError, match="no batches"):
+    with pytest.raises(KeyError, match=r"batch lacks \['flow'\]; it has \['label', 'rgb'\] "
+                                       r"\(streams: \['rgb', 'flow'\]\)"):
+        evaluate(model, batches, "cpu", ("rgb", "flow"))
+    unlabelled = [{"rgb": batches[0]["rgb"]}]
+    with pytest.raises(KeyError, match=r"batch lacks \['label'\]"):
+        train_one_epoch(tiny_model(), unlabelled, default_optimizer(model.parameters()), "cpu",
+                        ("rgb",))
+    with pytest.raises(ValueError, match=r"^train_one_epoch got no batches "
+                                         r"\(is the training split empty\?\)$"):
         train_one_epoch(model, [], default_optimizer(model.parameters()), "cpu", ("rgb", "flow"))
+    with pytest.raises(ValueError, match=r"^evaluate got no batches "
+                                         r"\(is the evaluation split empty\?\)$"):
+        evaluate(model, [], "cpu", ("rgb", "flow"))
+
+
+def test_evaluate_reaches_probabilities_through_a_data_parallel_wrapper():
+    """Forward goes through a DataParallel wrapper, ``probabilities`` is taken from the model it
+    wraps (the wrapper has none): the result is the plain model's."""
+    model = tiny_model("late-product")
+    streams = model.config.streams
+    wrapped = torch.nn.DataParallel(model)
+    assert unwrap(wrapped) is model and unwrap(model) is model
+    batches = separable_batches(streams, n_batches=2)
+    through, plain = evaluate(wrapped, batches, "cpu", streams), evaluate(model, batches, "cpu", streams)
+    np.testing.assert_allclose(through.probs, plain.probs)
+    assert through.loss == pytest.approx(plain.loss)
+
+
+class DeviceProbe(torch.nn.Module):
+    """Records the device of each input stream and answers zero logits on that device."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def forward(self, inputs):
+        self.seen.append({s: x.device.type for s, x in inputs.items()})
+        x = inputs["rgb"]
+        return {"rgb": torch.zeros(x.shape[0], 2, device=x.device)}
+
+    def probabilities(self, logits):
+        return logits["rgb"].softmax(dim=1)
+
+
+class LossReached(Exception):
+    pass
+
+
+@pytest.mark.parametrize("run", ["train", "evaluate"])
+def test_features_and_labels_are_moved_to_the_given_device(run, monkeypatch):
+    """Both the model's inputs and the labels the loss compares them with are put on ``device``
+    (here the data-less "meta" device, so the pass stops at the loss)."""
+    seen_by_loss = []
+
+    def cross_entropy(logits, labels):
+        seen_by_loss.append((logits.device.type, labels.device.type, labels.dtype))
+        raise LossReached
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
+    model = DeviceProbe()
+    batches = separable_batches(("rgb",), n_batches=1)
+    with pytest.raises(LossReached):
+        if run == "train":
+            train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), "meta",
+                            ("rgb",))
+        else:
+            evaluate(model, batches, "meta", ("rgb",))
+    assert model.seen == [{"rgb": "meta"}]
+    assert seen_by_loss == [("meta", "meta", torch.int64)]
+
+
+def test_parameters_without_a_gradient_are_left_out_of_the_step():
+    """Gradients are cleared to None before each backward pass, so a parameter frozen after an
+    epoch (no gradient any more) is skipped by the optimiser: weight decay does not move it."""
+    model = tiny_model()
+    batches = separable_batches(("rgb",), n_batches=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.5)
+    train_one_epoch(model, batches, opt, "cpu", ("rgb",))
+    frozen = next(model.parameters())
+    assert frozen.grad is not None
+    frozen.requires_grad_(False)
+    before = frozen.detach().clone()
+    train_one_epoch(model, batches, opt, "cpu", ("rgb",))
+    torch.testing.assert_close(frozen.detach(), before, rtol=0, atol=0)
+    assert frozen.grad is None
 
 
 @pytest.mark.processes
