@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from reslstm.errors import ConfigError
 from reslstm.fusion import late_fuse, mid_fuse
 from reslstm.model import (
     ActionModel,
@@ -167,14 +168,20 @@ def test_pca_survives_a_state_dict_round_trip():
 
 
 def test_pca_errors():
-    with pytest.raises(ValueError, match="hidden_size"):
+    """Each PCA misuse is refused with a message that says what to do instead; an unfitted
+    PCA reports ``is_fitted`` as a plain False."""
+    with pytest.raises(ConfigError, match=r"PCA cannot project 3-d features up to hidden_size=4; "
+                       r"use hidden_size <= input_dim or input_proj='linear'"):
         InputProjection(3, 4, "pca")
     proj = InputProjection(3, 2, "pca")
+    assert proj.is_fitted is False
     with pytest.raises(ValueError, match="more than 2"):
         proj.fit_pca(PCA_DATA[:2])
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
         proj.fit_pca(np.zeros((10, 4)))
-    with pytest.raises(RuntimeError, match="before fitting"):
+    with pytest.raises(RuntimeError, match=r"^PCA input projection used before fitting: call "
+                       r"fit_pca\(train_features\) \(ActionModel\.input_projections\(\) gives one "
+                       r"per stream\) or load a checkpoint$"):
         proj(torch.zeros(1, 2, 3))
 
 
@@ -185,9 +192,29 @@ def test_none_projection():
         InputProjection(5, 4, "none")
     with pytest.raises(ValueError, match="input_dim == hidden_size"):
         ResLSTM(5, 4, 2, 3, input_proj="none")
-    with pytest.raises(ValueError, match="valid"):
+    with pytest.raises(ConfigError, match=r"unknown input projection 'lda'; valid: pca, linear, none$"):
         InputProjection(4, 4, "lda")
     assert InputProjection(5, 4).kind == "linear"  # the default
+
+
+def test_only_the_linear_projection_has_a_learned_map():
+    """``linear`` is the nn.Linear for kind "linear" and None for "pca" and "none"."""
+    assert isinstance(InputProjection(5, 4, "linear").linear, torch.nn.Linear)
+    assert InputProjection(4, 4, "none").linear is None
+    assert InputProjection(5, 4, "pca").linear is None
+
+
+@pytest.mark.parametrize("kind", ["linear", "pca", "none"])
+def test_wrong_feature_dim_is_a_clear_error(kind):
+    """Every projection checks d_f first and names the expected dim and the shape it got."""
+    proj = InputProjection(3, 3, kind)
+    with pytest.raises(ValueError, match=r"^expected features of dim 3, got shape \(1, 2, 4\)$"):
+        proj(torch.zeros(1, 2, 4))
+
+
+def test_reslstm_needs_at_least_one_layer():
+    with pytest.raises(ValueError, match=r"^num_layers must be >= 1, got 0$"):
+        ResLSTM(4, 4, 0, 3, input_proj="none")
 
 
 def test_pca_may_keep_every_dimension():
@@ -328,11 +355,17 @@ def test_config_errors():
         small_config(fusion="early-sum")
     with pytest.raises(ValueError, match="arch"):
         small_config(arch="transformer")
+    with pytest.raises(ConfigError, match=r"ModelConfig\.input_proj 'lda' unknown; valid: "
+                       r"\('pca', 'linear', 'none'\)"):
+        small_config(input_proj="lda")
     with pytest.raises(ValueError, match="hidden_size"):
         build_model(small_config(input_proj="pca", hidden_size=8))  # PCA cannot go 6 -> 8
 
 
 def test_missing_stream_is_a_clear_error():
     model = build_model(small_config(fusion="mid-sum"))
-    with pytest.raises(KeyError, match="flow"):
+    with pytest.raises(KeyError, match=r"fusion 'mid-sum' needs streams \['rgb', 'flow'\], "
+                       r"missing \['flow'\] \(got \['rgb'\]\)"):
         model({"rgb": torch.zeros(1, 2, 6)})
+    with pytest.raises(KeyError, match=r"fusion 'rgb' needs streams \['rgb'\], missing \['rgb'\]"):
+        build_model(small_config(fusion="rgb"))({"flow": torch.zeros(1, 2, 6)})
