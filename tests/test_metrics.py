@@ -39,6 +39,17 @@ def test_confusion_matrix_rows_are_true_classes():
         confusion_matrix([0, 3], [0, 1], 3)
 
 
+def test_confusion_matrix_refuses_bad_input_naming_the_culprit():
+    """Mismatched lengths give both lengths (2 predictions vs 3 labels); an out-of-range value
+    names whether the predictions or the labels hold it, with their range."""
+    with pytest.raises(ValueError, match=r"^pred and labels differ in length: 2 vs 3$"):
+        confusion_matrix([0, 1], [0, 1, 2], 3)
+    with pytest.raises(ValueError, match=r"^pred must lie in \[0, 3\), got range \[0, 3\]$"):
+        confusion_matrix([0, 3], [0, 1], 3)
+    with pytest.raises(ValueError, match=r"^labels must lie in \[0, 3\), got range \[-1, 1\]$"):
+        confusion_matrix([0, 1], [-1, 1], 3)
+
+
 def test_per_class_and_mean_class_accuracy():
     np.testing.assert_allclose(per_class_accuracy(CONF), [2 / 3, 1 / 2, 1.0])
     assert mean_class_accuracy(CONF) == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)  # 13/18
@@ -53,7 +64,7 @@ def test_mean_class_accuracy_skips_absent_classes():
         acc = per_class_accuracy(conf)
     assert np.isnan(acc[3])
     assert mean_class_accuracy(conf) == pytest.approx(13 / 18)
-    with pytest.raises(ValueError, match="no samples"):
+    with pytest.raises(ValueError, match=r"^mean_class_accuracy: the confusion matrix holds no samples$"):
         mean_class_accuracy(np.zeros((3, 3)))
 
 
@@ -73,14 +84,26 @@ def test_topk_accuracy_by_hand():
     assert topk_accuracy(scores, labels) == 0.25  # k = 1 by default
     assert topk_accuracy(scores[:1], labels[:1]) == 0.0  # one sample is enough
     assert topk_accuracy(scores[1:2], labels[1:2]) == 1.0
-    with pytest.raises(ValueError):
-        topk_accuracy(scores, np.array([1, 2, 0, 3]), 1)
-    with pytest.raises(ValueError):
-        topk_accuracy(scores, labels, 0)
     with pytest.raises(ValueError, match=r"labels \(N,\)"):
         topk_accuracy(scores, labels[:3], 1)  # 3 labels for 4 samples
-    with pytest.raises(ValueError, match="no samples"):
+
+
+def test_topk_accuracy_refuses_bad_input_with_a_clear_message():
+    """Labels outside [0, C) (here a 3 with C = 3), k < 1, no samples and NaN / inf scores are
+    refused with messages that give the offending values."""
+    scores = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    labels = np.array([1, 2])
+    with pytest.raises(ValueError, match=r"^labels must lie in \[0, 3\), got range \[1, 3\]$"):
+        topk_accuracy(scores, np.array([1, 3]), 1)
+    with pytest.raises(ValueError, match=r"^k must be >= 1, got 0$"):
+        topk_accuracy(scores, labels, 0)
+    with pytest.raises(ValueError, match=r"^topk_accuracy got no samples$"):
         topk_accuracy(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), 1)
+    for bad in (np.nan, np.inf):
+        s = scores.copy()
+        s[0, 2] = bad
+        with pytest.raises(ValueError, match=r"^topk_accuracy got non-finite scores \(NaN or inf\)$"):
+            topk_accuracy(s, labels, 1)
 
 
 def test_score_reports_top1_top5_and_mean_class_accuracy():
@@ -106,13 +129,29 @@ def test_category_accuracy():
     category_of = {"jump": "body", "run": "body", "brush_hair": "face"}
     got = category_accuracy(CONF, NAMES, category_of)
     assert got == {"body": pytest.approx(3 / 5), "face": pytest.approx(1.0)}
-    with pytest.raises(KeyError, match="brush_hair"):
+    with pytest.raises(KeyError) as err:
         category_accuracy(CONF, NAMES, {"jump": "body", "run": "body"})
+    assert err.value.args[0] == "classes without a category: ['brush_hair']"
+    with pytest.raises(ValueError, match=r"^2 class names for a 3-class confusion matrix$"):
+        category_accuracy(CONF, NAMES[:2], category_of)
     # a category whose classes have no samples is left out (not 0 / 0)
     conf = np.zeros((4, 4), dtype=np.int64)
     conf[:3, :3] = CONF
     got = category_accuracy(conf, NAMES + ["yawn"], {**category_of, "yawn": "mouth"})
     assert got == {"body": pytest.approx(3 / 5), "face": pytest.approx(1.0)}
+
+
+def test_category_accuracy_names_at_most_ten_missing_classes():
+    """Classes without a category are listed in the error, the first 10 of them, with " ..."
+    only when more than 10 are missing (11 or 12 of 12 classes here, but not exactly 10)."""
+    names = [f"c{i:02d}" for i in range(12)]
+    conf = np.eye(12, dtype=np.int64)
+    first10 = str(names[:10])
+    for known, suffix in ((0, " ..."), (1, " ..."), (2, "")):
+        category_of = {name: "all" for name in names[12 - known:]}
+        with pytest.raises(KeyError) as err:
+            category_accuracy(conf, names, category_of)
+        assert err.value.args[0] == f"classes without a category: {first10}{suffix}"
 
 
 def test_per_class_table(tmp_path):
@@ -127,6 +166,8 @@ def test_per_class_table(tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     assert (tmp_path / "per_class.csv").read_text().splitlines()[0] == "class,support,correct,accuracy"
+    with pytest.raises(ValueError, match=r"^4 class names for a 3-class confusion matrix$"):
+        per_class_table(CONF, NAMES + ["yawn"])
 
 
 def test_plot_confusion_101_classes(tmp_path):

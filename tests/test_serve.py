@@ -296,6 +296,12 @@ def test_a_full_queue_answers_503_at_once_and_a_slow_video_504(tight, files, tmp
         time.sleep(0.1)
     r = post(tight, data=files["short"].read_bytes())
     assert r.status_code == 200, r.text
+    # This app has no token: its replica said so when it started.
+    import ray._private.worker
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    assert any(b"this endpoint is unauthenticated" in f.read_bytes()
+               for f in logs.rglob("*") if f.is_file())
 
 
 def test_serve_yaml_binds_localhost_and_matches_the_rayservice():
