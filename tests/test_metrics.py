@@ -254,3 +254,23 @@ def test_plot_confusion_scales_with_150_classes(tmp_path, drawn):
     assert ax.xaxis.label.get_fontsize() == pytest.approx(19.8)
     assert ax.yaxis.label.get_fontsize() == pytest.approx(19.8)
     assert ax.get_title() == "split 1" and ax.title.get_fontsize() == pytest.approx(1.2 * 19.8)
+
+
+def test_scores_that_carry_a_gradient_are_read_as_they_are():
+    """A model's output still attached to its graph (requires_grad) is scored without the
+    caller detaching it: top-1 of [[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]] against labels [1, 2] is
+    1/2, and score() gives the same."""
+    scores = torch.tensor([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]], requires_grad=True)
+    labels = torch.tensor([1, 2])
+    assert topk_accuracy(scores * 1.0, labels) == 0.5
+    assert score(scores * 1.0, labels)["top1"] == 0.5
+
+
+def test_a_confusion_matrix_must_be_square():
+    """(2, 3) is no confusion matrix: every reader of one refuses it, naming the shape."""
+    for read in (per_class_accuracy, mean_class_accuracy):
+        with pytest.raises(ValueError, match=r"^a confusion matrix must be square \(C, C\), got "
+                                             r"shape \(2, 3\)$"):
+            read(np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match="must be square"):
+        per_class_accuracy(np.zeros((3,), np.int64))
