@@ -171,6 +171,11 @@ class ResLSTM(nn.Module):
         """x: (B, T, input_dim) -> logits (B, num_classes)."""
         return self.forward_x0(self.proj(x))
 
+    def step_logits_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """x^0 (B, T, h) -> logits after every step (B, T, C) = W_y^T m_t^L, t = 1..T: what the
+        model would answer had the video ended at step t (the last step is ``forward_x0``)."""
+        return self.classifier(self.drop(self.stack(self.drop(x0))))
+
 
 class TemporalMeanPool(nn.Module):
     """Baseline without recurrence: mean of x^0 over t, then a linear classifier.
@@ -188,6 +193,11 @@ class TemporalMeanPool(nn.Module):
     def forward_x0(self, x0: torch.Tensor) -> torch.Tensor:
         """x^0 (B, T, h) -> logits (B, C)."""
         return self.classifier(self.drop(x0.mean(dim=1)))  # (B, h) -> (B, C)
+
+    def step_logits_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """x^0 (B, T, h) -> logits of the running mean after every step (B, T, C)."""
+        steps = torch.arange(1, x0.shape[1] + 1, dtype=x0.dtype, device=x0.device)
+        return self.classifier(self.drop(x0.cumsum(dim=1) / steps[:, None]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, input_dim) -> logits (B, num_classes)."""
@@ -308,9 +318,18 @@ class ActionModel(nn.Module):
             return {"mid": self.core.forward_x0(x0)}
         return {s: self.nets[s](inputs[s]) for s in self.streams}
 
+    def step_logits(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """inputs: {stream: (B, T, d_f)} -> {head: logits after every step (B, T, C)}; step T
+        is ``forward``'s answer (up to float rounding)."""
+        if is_mid(self.config.fusion):
+            x0 = self.mid(self.projections["rgb"](inputs["rgb"]),
+                          self.projections["flow"](inputs["flow"]))
+            return {"mid": self.core.step_logits_x0(x0)}
+        return {s: self.nets[s].step_logits_x0(self.nets[s].proj(inputs[s])) for s in self.streams}
+
     def probabilities(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """{head: logits (B, C)} -> class probabilities (B, C): a softmax, or the late fusion
-        of the two streams' softmaxes."""
+        of the two streams' softmaxes (any leading shape, e.g. (B, T, C) per step)."""
         if self.late is not None:
             return self.late(torch.softmax(logits["rgb"], dim=-1),
                              torch.softmax(logits["flow"], dim=-1))

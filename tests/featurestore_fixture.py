@@ -51,12 +51,20 @@ def _settings(stream: str, feature_dim: int) -> fs.StreamSettings:
         flow_method="tvl1" if stream == "flow" else None, code_version="test")
 
 
+def _spans(k: int, clip_len: int, fps: float) -> dict:
+    """The clip-span columns the writer records for k clips of a constant-rate video (a flow
+    clip reads one RGB frame more)."""
+    first = [i * CLIP_STRIDE for i in range(k)]
+    last = [f + clip_len - 1 for f in first]
+    return {"first_frame": first, "last_frame": last, "start_s": [f / fps for f in first],
+            "end_s": [(f + 1) / fps for f in last]}
+
+
 def _table(rows: list[dict], feature_dim: int) -> pa.Table:
     schema = fs.feature_schema(feature_dim)
-    cols = {name: [r[name] for r in rows] for name in schema.names if name != "features"}
-    arrays = [pa.array(cols[name], schema.field(name).type) for name in schema.names
-              if name != "features"]
-    arrays.append(fs.features_to_arrow([r["features"] for r in rows], feature_dim))
+    arrays = [fs.features_to_arrow([r["features"] for r in rows], feature_dim) if name == "features"
+              else pa.array([r[name] for r in rows], schema.field(name).type)
+              for name in schema.names]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -99,7 +107,8 @@ def make_feature_store(root: str | Path, *, num_classes: int = 4, feature_dim: i
                     store.features.setdefault(s, {})[vid] = x
                     rows[s].append(dict(video_id=vid, label=c, label_name=names[c], split=split,
                                         stream=s, num_frames=n_frames, fps=25.0, num_clips=kv,
-                                        padded=False, warning=None, features=x))
+                                        padded=False, warning=None, features=x,
+                                        **_spans(kv, CLIP_LEN + (s == "flow"), 25.0)))
     for s in streams:
         order = rng.permutation(len(rows[s]))  # parts hold videos in no particular order
         for chunk in np.array_split(order, parts):

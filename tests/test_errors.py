@@ -57,7 +57,7 @@ def test_every_project_exception_derives_from_reslstm_error():
     # The walk reaches both packages (a walk that found nothing would pass vacuously).
     for known in ("reslstm.errors.ConfigError", "reslstm.features.schema.StoreError",
                   "reslstm.video.failures.VideoDecodeError",
-                  "reslstm.distributed.predict.batch.PredictFailures",
+                  "reslstm.distributed.predict.files.PredictFailures",
                   "reslstm.distributed.serve.request_body.BadRequest"):
         assert known in found, sorted(found)
     outside = sorted(name for name, cls in found.items() if not issubclass(cls, ReslstmError))
@@ -66,7 +66,7 @@ def test_every_project_exception_derives_from_reslstm_error():
 
 def test_specific_errors_keep_their_second_base_and_exit_codes():
     from reslstm.checkpoint import ModelRefError
-    from reslstm.distributed.predict.batch import PredictFailures
+    from reslstm.distributed.predict.files import PredictFailures
     from reslstm.extraction.settings import ExtractError, TooManyFailures
     from reslstm.features import StoreError
     from reslstm.inference.predictor import VideoFailed

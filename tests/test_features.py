@@ -20,7 +20,7 @@ def _rows(ids, dim, split="train", stream="rgb", clips=(3, 1, 5)):
         "num_clips": pa.array([len(a) for a in arrays], pa.int32()),
         "padded": [False] * len(ids), "warning": pa.array([None] * len(ids), pa.string()),
         "features": fs.features_to_arrow(arrays, dim),
-    }, schema=fs.feature_schema(dim))
+    }, schema=fs.feature_schema(dim, spans=False))
     return table, arrays
 
 

@@ -529,7 +529,7 @@ def test_recorded_weights_names_and_flow_methods_are_reproduced():
 def test_every_model_reference_kind_resolves(tmp_path, late_model):
     """A model.pt, a checkpoint directory, a run directory (summary.json's best checkpoint),
     a file:// URI; clear errors otherwise."""
-    from reslstm.distributed.predict.batch import load_model
+    from reslstm.distributed.predict.files import load_model
 
     ckpt = tmp_path / "run" / "ray_results" / "epoch_0002"
     ckpt.mkdir(parents=True)
@@ -557,7 +557,7 @@ def test_a_registered_model_predicts_as_its_checkpoint(tmp_path, videos, late_mo
     the checkpoint file."""
     from mlflow import MlflowClient
 
-    from reslstm.distributed.predict.batch import load_model
+    from reslstm.distributed.predict.files import load_model
     from reslstm.distributed.tracking.models import register_model
     from reslstm.distributed.tracking.runs import ensure_experiment
 

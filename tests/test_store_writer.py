@@ -111,7 +111,7 @@ def test_verify_reports_each_kind_of_bad_row(tmp_path):
             "num_frames": pa.array(frames, pa.int32()), "fps": pa.array([25.0] * len(ids), pa.float32()),
             "num_clips": pa.array(clips, pa.int32()), "padded": [False] * len(ids),
             "warning": pa.array([None] * len(ids), pa.string()),
-            "features": fs.features_to_arrow(feats, DIM)}, schema=fs.feature_schema(DIM))
+            "features": fs.features_to_arrow(feats, DIM)}, schema=fs.feature_schema(DIM, spans=False))
 
     good = np.zeros((2, DIM), np.float32)
     nan = good.copy()

@@ -79,7 +79,8 @@ def run_extraction(cfg: ExtractConfig) -> ExtractSummary:
         log.info(f"{len(run.items)} (video, stream) pairs to extract with {cfg.extractor} "
                  f"(weights {', '.join(f'{s}={v.weights_id}' for s, v in run.settings.items())}), "
                  f"crops={cfg.crops}, clips of {run.stage.clip_len} every {run.stage.clip_stride} "
-                 "frames" + (f", flow={cfg.flow}" if "flow" in cfg.streams else ""))
+                 "frames" + (f" at {cfg.fps:g} fps" if cfg.fps else "")
+                 + (f", flow={cfg.flow}" if "flow" in cfg.streams else ""))
         log.info(f"segments in the object store: at most {plan.object_store_bytes / 2 ** 20:,.0f} "
                  "MiB" + ("" if cfg.object_store_limit_gb else " (--object-store-limit-gb to change)"))
         return drive(run, lambda todo: build_pipeline(todo, plan).iter_batches(

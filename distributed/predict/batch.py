@@ -7,14 +7,8 @@ Python API::
     run_predict(PredictConfig(model="runs/late", videos=("a.mp4",)))          # in-process
     run_predict(PredictConfig(model="runs/late", manifest="m.parquet", out="predictions/"))
 
-The model reference (``load_model``): a run directory of ``jobs/train.py``, a checkpoint
-directory, a ``model.pt`` file or a URI (``reslstm.checkpoint``), or ``models:/NAME@ALIAS``
-from the MLflow registry (``reslstm.distributed.tracking.models``). Every way runs the chain of
-``reslstm.inference.predictor``: the extraction settings recorded with the model, its weights checked.
-
-Files (``predict_files``): no Ray; a table (or ``--json``, one object per line) per video, an
-optional sheet; videos that cannot be read are reported with extraction's typed errors and make
-the job exit 1 after the others are printed.
+Files (``predict_files``, ``reslstm.distributed.predict.files``): no Ray; the model reference
+kinds are listed there (``load_model``).
 
 Batch (``run_batch``): the manifest's (or folder's) videos go through the Ray Data pipeline of
 extraction (``extract_pipeline.build_pipeline``: decode and flow tasks, the feature actor pool),
@@ -36,7 +30,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 import uuid
 from collections import Counter
@@ -48,102 +41,20 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from reslstm import storage
-from reslstm.checkpoint import load_checkpoint, model_from_payload
+from reslstm.checkpoint import model_from_payload
 from reslstm.configs import PredictConfig
 from reslstm.datasets.manifest import ManifestError, read_table, resolve_paths
-from reslstm.errors import ReslstmError
 from reslstm.features import FAILURE_SCHEMA, write_part
 from reslstm.inference.chain import PredictError, chain_settings, model_streams, stream_settings
-from reslstm.inference.predictor import (BATCH_SCHEMA, ModelHead, Prediction, Predictor,
-                                         VideoFailed, join_video, prediction_rows)
-from reslstm.model import ActionModel
+from reslstm.inference.predictor import BATCH_SCHEMA, ModelHead, join_video, prediction_rows
+
+from .files import load_model, predict_files
 
 log = logging.getLogger(__name__)
 
-REGISTRY_PREFIX = "models:/"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
                   ".wmv", ".ogv", ".3gp", ".ts")
 MODEL_FILE = "model.json"
-
-
-class PredictFailures(ReslstmError, RuntimeError):
-    """Some of the videos given could not be classified (each one is named)."""
-
-    exit_code = 1
-
-
-# ---------------------------------------------------------------------------------------------
-# The model
-# ---------------------------------------------------------------------------------------------
-
-def load_model(ref: str, mlflow_uri: str | None = None) -> tuple[ActionModel, dict]:
-    """(model in eval mode, checkpoint payload) for any model reference (module docstring)."""
-    if str(ref).startswith(REGISTRY_PREFIX):
-        try:
-            from reslstm.distributed.tracking.models import load_registered
-        except ImportError as exc:
-            raise PredictError(f"{ref}: models:/ references need reslstm.distributed.tracking.models "
-                               f"(MLflow model registration), which is missing ({exc})") from None
-        try:
-            return load_registered(str(ref), tracking_uri=mlflow_uri)
-        except Exception as exc:  # noqa: BLE001 - MLflow's errors: unknown name, alias, server
-            where = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "(no MLFLOW_TRACKING_URI)")
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise PredictError(f"{ref}: cannot load it from the MLflow registry at {where}: "
-                               f"{first}") from exc
-    return load_checkpoint(ref)
-
-
-def load_predictor(cfg: PredictConfig) -> Predictor:
-    model, payload = load_model(cfg.model, cfg.mlflow_uri)
-    return Predictor(model, payload, cfg)
-
-
-def describe(predictor: Predictor) -> str:
-    """One line: the model and the chain it runs."""
-    st, streams = predictor.stage, predictor.head.streams
-    flow = f", flow {st.flow_method}" if "flow" in streams else ""
-    return (f"model {predictor.cfg.model}: {predictor.head.fusion}, {len(predictor.label_names)} "
-            f"classes, T={predictor.head.T}; features {st.extractor} "
-            f"({', '.join(f'{s}={predictor.stage.weights_ids[s]}' for s in streams)}), clips of "
-            f"{st.clip_len} every {st.clip_stride}, {st.crops} crop(s){flow}")
-
-
-# ---------------------------------------------------------------------------------------------
-# A few files, in this process
-# ---------------------------------------------------------------------------------------------
-
-def predict_files(cfg: PredictConfig) -> list[Prediction]:
-    """Classify ``cfg.videos`` in this process; print each; ``PredictFailures`` (exit 1) after
-    the others when some could not be read."""
-    predictor = load_predictor(cfg)
-    if not cfg.as_json:
-        log.info(describe(predictor))
-    done, failed = [], []
-    for path in cfg.videos:
-        try:
-            pred = predictor.predict(path, video_id=str(path))
-        except VideoFailed as exc:
-            failed.append((path, exc))
-            if cfg.as_json:
-                log.info(json.dumps({"video_id": str(path), "path": str(path),
-                                     "error": exc.failures}), extra={"block": True})
-            continue
-        done.append(pred)
-        text = json.dumps(pred.to_dict(cfg.top_k, probabilities=True)) if cfg.as_json \
-            else pred.text(cfg.top_k)
-        log.info(text, extra={"block": True})
-    if cfg.sheet and done:
-        from reslstm.inference.sheet import draw_sheet
-
-        path = draw_sheet(done, cfg.sheet, top_k=cfg.top_k)
-        if not cfg.as_json:
-            log.info(f"sheet: {path}")
-    if failed:
-        lines = [f"{p}: {exc}" for p, exc in failed]
-        raise PredictFailures(f"{len(failed)} of {len(cfg.videos)} video(s) could not be "
-                              "classified:\n  " + "\n  ".join(lines))
-    return done
 
 
 # ---------------------------------------------------------------------------------------------

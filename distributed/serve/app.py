@@ -55,7 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from reslstm.configs import PredictConfig, ServeConfig
-from reslstm.distributed.predict.batch import describe, load_model
+from reslstm.distributed.predict.files import describe, load_model
 from reslstm.errors import ConfigError
 from reslstm.inference.predictor import Predictor, VideoFailed
 

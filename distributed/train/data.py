@@ -118,8 +118,8 @@ class _KeepIds:
 # ---------------------------------------------------------------------------------------------
 
 def _read(store: fs.FeatureStore, stream: str, ids: set[str]) -> "ray.data.Dataset":
-    ds = ray.data.read_parquet(store.stream_files(stream), filesystem=store.root.filesystem)
-    ds = ds.select_columns(["video_id", "label", "features"])
+    ds = ray.data.read_parquet(store.stream_files(stream), filesystem=store.root.filesystem,
+                               columns=["video_id", "label", "features"])
     return ds.map_batches(_Select(stream, ids), batch_format="pyarrow")
 
 

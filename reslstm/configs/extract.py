@@ -30,6 +30,10 @@ class ExtractConfig:
     clip_stride: int = opt(8, "a clip starts every N frames")
     crops: int = opt(10, "10 crops (eq. 5) or the centre crop", choices=CROPS)
     size: int | None = opt(None, "short side frames are decoded at (default: the model's)")
+    fps: float | None = opt(None, "take frames at this many per second, picked by timestamp "
+                            "(no re-encoding), so clips span the same seconds in every video; "
+                            "above a video's own rate frames repeat and its rows say so "
+                            "(default: every decoded frame)")
     batch_size: int = opt(32, "clips per forward pass")
     actors: int | None = opt(None, "feature actors at most (default: one per GPU, or CPUs / 2)")
     actor_cpus: float | None = opt(None, "CPUs each feature actor reserves (default: 1 with "
@@ -66,7 +70,8 @@ class ExtractConfig:
         _one_of(self, "crops", CROPS)
         _one_of(self, "raft_size", RAFT_SIZES)
         _positive(self, "clip_stride", "batch_size", "clips_per_segment", "rows_per_file")
-        _positive(self, "clip_len", "size", "actors", "object_store_limit_gb", allow_none=True)
+        _positive(self, "clip_len", "size", "actors", "object_store_limit_gb", "fps",
+                  allow_none=True)
         _check(self, self.actor_cpus is None or self.actor_cpus >= 0, "actor_cpus",
                f"must be >= 0, got {self.actor_cpus}")
         _check(self, self.min_frame_ratio is None or 0 < self.min_frame_ratio <= 1, "min_frame_ratio",

@@ -22,6 +22,9 @@ class PredictConfig:
     top_k: int = opt(5, "classes listed per stream and fused")
     as_json: bool = opt(False, "print one JSON object per video", flag="json")
     sheet: str | None = opt(None, "also draw a PNG: a few frames and the top-k bars of each video")
+    timeline: str | None = opt(None, "a folder: per video the running prediction after each of "
+                               "the T steps with the seconds each covers (NAME.timeline.csv, "
+                               ".json and .png)")
     weights: str | None = opt(None, "RGB extractor weights, when the model's features came from a "
                               "weights file (checked against the sha256 recorded with the model)")
     flow_weights: str | None = opt(None, "flow extractor weights, likewise")
@@ -52,6 +55,8 @@ class PredictConfig:
         self.videos = tuple(self.videos)
         _positive(self, "top_k", "batch_size", "clips_per_segment", "chunk_videos")
         _positive(self, "actors", allow_none=True)
+        _check(self, not (self.timeline and self.manifest), "timeline",
+               "works on the video files given on the command line, not with --manifest")
         _check(self, self.device is None or self.device == "cpu" or self.device.startswith("cuda"),
                "device", f"must be cpu or cuda[:N], got {self.device!r}")
         _check(self, self.min_frame_ratio is None or 0 < self.min_frame_ratio <= 1,

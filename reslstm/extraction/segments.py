@@ -19,6 +19,8 @@ import traceback
 import numpy as np
 import pyarrow as pa
 
+from reslstm.features.schema import SPAN_COLUMNS, SPAN_FIELDS
+
 SEGMENT_SCHEMA = pa.schema([
     ("video_id", pa.string()),
     ("stream", pa.string()),
@@ -40,6 +42,7 @@ SEGMENT_SCHEMA = pa.schema([
     ("stage", pa.string()),           # failures: where it failed
     ("error_type", pa.string()),
     ("message", pa.string()),
+    *SPAN_FIELDS,                     # where each clip of the segment is in the video
 ])
 
 KEY_FIELDS = ("video_id", "stream", "path", "label", "label_name", "split")
@@ -107,6 +110,7 @@ class JoinedVideo:
     first: dict                # the first segment row that arrived (the work item's keys)
     last: dict                 # the last segment (total_frames, padded, fps, warning)
     features: np.ndarray       # (K_v, d_f) float32
+    spans: dict | None = None  # SPAN_COLUMNS -> (K_v,) arrays: where each clip is in the video
 
     @property
     def num_frames(self) -> int:
@@ -129,6 +133,8 @@ class JoinedVideo:
         if not np.isfinite(feats).all():
             return ("features", "NonFiniteFeatures",
                     f"{path}: the extractor produced NaN or inf features")
+        if self.spans is not None and any(len(v) != want for v in self.spans.values()):
+            return ("assemble", "SegmentJoinError", f"{path}: clip spans do not match its {want} clips")
         return None
 
 
@@ -136,6 +142,7 @@ class JoinedVideo:
 class _Pending:
     first: dict
     segments: dict = dataclasses.field(default_factory=dict)   # seg_index -> (K_j, d_f)
+    spans: dict = dataclasses.field(default_factory=dict)      # seg_index -> its spans or None
     last_index: int | None = None
     last: dict | None = None
 
@@ -152,14 +159,22 @@ class SegmentJoiner:
         pend = self.pending.get(key)
         if pend is None:
             pend = self.pending[key] = _Pending(first=row)
-        pend.segments.setdefault(row["seg_index"], features_of(row).copy())
+        if row["seg_index"] not in pend.segments:
+            pend.segments[row["seg_index"]] = features_of(row).copy()
+            pend.spans[row["seg_index"]] = (None if row.get(SPAN_COLUMNS[0]) is None
+                                            else [row[c] for c in SPAN_COLUMNS])
         if row["is_last"]:
             pend.last_index, pend.last = row["seg_index"], row
         if pend.last_index is None or len(pend.segments) != pend.last_index + 1:
             return None
         del self.pending[key]
-        feats = np.concatenate([pend.segments[i] for i in range(pend.last_index + 1)], axis=0)
-        return JoinedVideo(key, pend.first, pend.last, feats)
+        order = range(pend.last_index + 1)
+        feats = np.concatenate([pend.segments[i] for i in order], axis=0)
+        spans = None
+        if all(pend.spans[i] is not None for i in order):
+            spans = {c: np.concatenate([np.asarray(pend.spans[i][j]) for i in order])
+                     for j, c in enumerate(SPAN_COLUMNS)}
+        return JoinedVideo(key, pend.first, pend.last, feats, spans)
 
     def discard(self, key: tuple[str, str]) -> None:
         """Forget a pair's partial segments (it failed, or its work is sent again)."""

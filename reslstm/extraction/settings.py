@@ -96,11 +96,12 @@ def resolve_settings(cfg: ExtractConfig) -> tuple[StageConfig, dict[str, StreamS
             input_size=info.input_size, resize_short=resize,
             flow_method=flow_method if stream == "flow" else None,
             flow_pretrained=flow_pretrained if stream == "flow" else True,
-            code_version=__version__, extractor_options=dict(cfg.extractor_options))
+            code_version=__version__, extractor_options=dict(cfg.extractor_options),
+            fps=None if cfg.fps is None else float(cfg.fps))
     stage = StageConfig(
         clip_len=clip_len, clip_stride=cfg.clip_stride, clips_per_segment=cfg.clips_per_segment,
         resize_short={s: resize for s in cfg.streams}, flow_method=cfg.flow,
         flow_options=flow_options, min_frame_ratio=cfg.min_frame_ratio, extractor=cfg.extractor,
         weights=weights, weights_ids=ids, extractor_options=dict(cfg.extractor_options),
-        crops=cfg.crops, batch_size=cfg.batch_size)
+        crops=cfg.crops, batch_size=cfg.batch_size, fps=cfg.fps)
     return stage, settings

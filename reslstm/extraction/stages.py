@@ -26,6 +26,8 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from reslstm.features.schema import SPAN_COLUMNS
+
 from .segments import SEGMENT_SCHEMA, encode, failure_row, frames_of, is_systemic, segment_row
 
 
@@ -52,6 +54,7 @@ class StageConfig:
     videos: object = None          # storage.Location | None
     task_threads: int | None = None   # torch/OpenCV threads in the CPU tasks (None: as is)
     actor_threads: int | None = None  # torch threads of a CPU feature actor (None: as is)
+    fps: float | None = None       # frames resampled to this rate (None: every decoded frame)
 
     @property
     def flow_on_device(self) -> bool:
@@ -92,6 +95,7 @@ def decode_segments(batch: pa.Table, cfg: StageConfig) -> Iterator[pa.Table]:
     from reslstm import storage
     from reslstm.video.clips import iter_segments
     from reslstm.video.decoding import VideoReader
+    from reslstm.video.timing import clip_spans
 
     limit_threads(cfg.task_threads)
     for item in batch.to_pylist():
@@ -99,22 +103,33 @@ def decode_segments(batch: pa.Table, cfg: StageConfig) -> Iterator[pa.Table]:
         try:
             path = storage.resolve(item["path"], like=cfg.videos) if cfg.videos else item["path"]
             reader = VideoReader(path, short_side=cfg.resize_short[stream],
-                                 min_frame_ratio=cfg.min_frame_ratio)
-            segments = iter_segments(reader, cfg.segment_clip_len(stream), cfg.clip_stride,
-                                     cfg.clips_per_segment)
+                                 min_frame_ratio=cfg.min_frame_ratio, fps=cfg.fps)
+            clip_len = cfg.segment_clip_len(stream)
+            segments = iter_segments(reader, clip_len, cfg.clip_stride, cfg.clips_per_segment)
             for index, seg in enumerate(segments):
-                fps = float(reader.info.fps or 0.0)  # known once the first frame is decoded
-                warning = None
-                if seg.is_last and reader.declared_frames and reader.decoded_frames < reader.declared_frames:
-                    warning = (f"decoded {reader.decoded_frames} of {reader.declared_frames} "
-                               f"frames the container declares")
+                spans = clip_spans(reader.clock, seg.first_clip, seg.num_clips, clip_len,
+                                   cfg.clip_stride, seg.padded)
                 yield segment_row(item, seg_index=index, first_clip=seg.first_clip,
                                   num_clips=seg.num_clips, is_last=seg.is_last,
                                   total_frames=seg.total_frames if seg.is_last else -1,
-                                  padded=seg.padded, fps=fps, warning=warning,
-                                  **encode(seg.frames))
+                                  padded=seg.padded, fps=float(cfg.fps or reader.info.fps or 0.0),
+                                  warning=_warning(reader, cfg.fps) if seg.is_last else None,
+                                  **dict(zip(SPAN_COLUMNS, spans)), **encode(seg.frames))
         except Exception as exc:  # noqa: BLE001 - every error becomes a failure row
             yield failure_row(item, "decode", exc)
+
+
+def _warning(reader, fps: float | None) -> str | None:
+    """What the last segment's row says about a finished video: fewer frames decoded than the
+    container declares, or a rate above the video's own (frames repeated)."""
+    notes = []
+    if reader.declared_frames and reader.decoded_frames < reader.declared_frames:
+        notes.append(f"decoded {reader.decoded_frames} of {reader.declared_frames} frames the "
+                     "container declares")
+    if fps and reader.clock.upsampled():
+        notes.append(f"--fps {fps:g} is above the video's own rate "
+                     f"({reader.info.fps:.3g} fps): frames repeat")
+    return "; ".join(notes) or None
 
 
 # ---------------------------------------------------------------------------------------------

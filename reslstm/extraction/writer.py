@@ -17,8 +17,8 @@ import time
 
 import pyarrow as pa
 
-from reslstm.features.schema import (FAILURE_SCHEMA, StreamSettings, feature_schema,
-                                     features_to_arrow)
+from reslstm.features.schema import (FAILURE_SCHEMA, SPAN_COLUMNS, SPAN_FIELDS, StreamSettings,
+                                     feature_schema, features_to_arrow)
 from reslstm.features.store import FeatureStore, write_part
 
 from .segments import JoinedVideo, SegmentJoiner
@@ -83,7 +83,7 @@ class StoreWriter:
             "video_id": key[0], "label": last["label"], "label_name": last["label_name"],
             "split": last["split"], "stream": key[1], "num_frames": joined.num_frames,
             "fps": last["fps"], "num_clips": len(feats), "padded": bool(last["padded"]),
-            "warning": last["warning"], "features": feats})
+            "warning": last["warning"], "features": feats, "spans": joined.spans})
         self.clips += len(feats)
         self.warnings += last["warning"] is not None
         if len(self.rows[key[1]]) >= self.rows_per_file:
@@ -97,8 +97,12 @@ class StoreWriter:
         dim = self.settings[stream].feature_dim
         schema = feature_schema(dim)
         feats = features_to_arrow([r.pop("features") for r in rows], dim)
-        table = pa.Table.from_pylist(rows, schema=schema.remove(schema.get_field_index("features")))
-        table = table.append_column(schema.field("features"), feats)
+        spans = [r.pop("spans") for r in rows]
+        small = pa.schema([f for f in schema if f.name != "features" and f.name not in SPAN_COLUMNS])
+        table = pa.Table.from_pylist(rows, schema=small).append_column(schema.field("features"), feats)
+        for field in SPAN_FIELDS:
+            table = table.append_column(field, pa.array(
+                [None if s is None else s[field.name] for s in spans], field.type))
         self.store.check_lock()
         self.files.append(write_part(self.store.stream_dir(stream), table))
         self.written[stream] += len(rows)

@@ -14,9 +14,9 @@ May import: ``reslstm.storage``, ``reslstm.sampling``, ``reslstm.fusion`` (strea
 
 from .reader import (INDEX_COLUMNS, StoreIndex, VerifyReport, failed_ids, has_stream, read_failures,
                      read_index, read_stream, stream_files, verify_store, written_ids)
-from .schema import (COMPARED_SETTINGS, FAILURE_SCHEMA, FAILURES_DIR, METADATA_FILE,
+from .schema import (COMPARED_SETTINGS, FAILURE_SCHEMA, FAILURES_DIR, METADATA_FILE, SPAN_COLUMNS,
                      STORE_FORMAT_VERSION, StoreError, StreamSettings, feature_schema,
-                     features_to_arrow, features_to_numpy)
+                     features_to_arrow, features_to_numpy, span_columns)
 from .store import FeatureStore, as_store, remove_temporaries, write_part
 
 
@@ -42,9 +42,9 @@ def write_metadata(store, streams: dict[str, StreamSettings], **extra) -> str:
 
 __all__ = [
     "COMPARED_SETTINGS", "FAILURES_DIR", "as_store", "FAILURE_SCHEMA", "FeatureStore", "INDEX_COLUMNS",
-    "METADATA_FILE", "STORE_FORMAT_VERSION", "StoreError", "StoreIndex",
+    "METADATA_FILE", "SPAN_COLUMNS", "STORE_FORMAT_VERSION", "StoreError", "StoreIndex",
     "StreamSettings", "VerifyReport", "failed_ids", "feature_schema", "features_to_arrow",
     "features_to_numpy", "has_stream", "read_failures", "read_index", "read_metadata",
-    "read_metadata_extra", "read_stream", "remove_temporaries", "stream_dir", "stream_files",
+    "read_metadata_extra", "read_stream", "remove_temporaries", "span_columns", "stream_dir", "stream_files",
     "verify_store", "write_metadata", "write_part", "written_ids",
 ]

@@ -1,13 +1,18 @@
 """A feature store in the formats other training code reads (``jobs/export.py``).
 
 - ``npy``: ``<name>_<stream>.npy`` per video and stream, the (K_v, d_f) float32 clip features
-  exactly as stored, and ``index.csv`` with one line per file (``INDEX_FIELDS``). ``name`` is
+  exactly as stored, ``index.csv`` with one line per file (``INDEX_FIELDS``) and ``clips.csv``
+  with one line per clip: video_id, stream, clip, then where it is in the video
+  (``schema.SPAN_COLUMNS``: first and last frame, start and end in seconds; rows of a store
+  written before those columns have no lines there). ``name`` is
   the video_id where it is a safe file name, else the id with other characters replaced and a
   short hash of the id appended (two ids never share a file).
 - ``hdf5``: one file (``h5py``, the optional extra ``hdf5``), a group ``/videos/<name>`` per
   video with one dataset per stream (K_v, d_f) float32; the group's attributes hold video_id,
-  label, label_name and split, each dataset's its num_frames, fps, num_clips, padded; the root's
-  ``store_metadata`` the store's metadata.json.
+  label, label_name and split, each dataset's its num_frames, fps, num_clips, padded; beside
+  each stream's dataset ``<stream>_frames`` (K_v, 2) int32 first and last frame and
+  ``<stream>_seconds`` (K_v, 2) float64 start and end of every clip (when the store has them);
+  the root's ``store_metadata`` the store's metadata.json.
 
 The store is read one row at a time (``pyarrow.parquet.ParquetFile.iter_batches``), from a
 local folder or an object-store URI: memory holds one video's features (and the row group being
@@ -32,7 +37,7 @@ import pyarrow.parquet as pq
 
 from reslstm.errors import ConfigError
 
-from .schema import features_to_numpy
+from .schema import SPAN_COLUMNS, features_to_numpy
 from .store import as_store
 
 FORMATS = ("npy", "hdf5")
@@ -93,10 +98,12 @@ def export_npy(store, out: str | Path, streams: Sequence[str] | None = None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary, seen = ExportSummary(str(out)), set()
-    index_tmp = out / ".index.csv.tmp"
-    with open(index_tmp, "w", newline="") as fh:
+    index_tmp, clips_tmp = out / ".index.csv.tmp", out / ".clips.csv.tmp"
+    with open(index_tmp, "w", newline="") as fh, open(clips_tmp, "w", newline="") as ch:
         writer = csv.DictWriter(fh, fieldnames=INDEX_FIELDS)
         writer.writeheader()
+        clips = csv.writer(ch)
+        clips.writerow(("video_id", "stream", "clip") + SPAN_COLUMNS)
         for stream in _streams(store, streams):
             for row, feats in iter_rows(store, stream):
                 name = f"{safe_name(row['video_id'])}_{stream}.npy"
@@ -106,7 +113,11 @@ def export_npy(store, out: str | Path, streams: Sequence[str] | None = None,
                 os.replace(tmp, out / name)
                 writer.writerow({**{k: row.get(k) for k in INDEX_FIELDS}, "stream": stream,
                                  "file": name})
+                if row.get(SPAN_COLUMNS[0]) is not None:
+                    clips.writerows((row["video_id"], stream, k, *span)
+                                    for k, span in enumerate(zip(*(row[c] for c in SPAN_COLUMNS))))
                 _count(summary, seen, row, stream, feats, progress)
+    os.replace(clips_tmp, out / "clips.csv")
     os.replace(index_tmp, out / "index.csv")
     return summary
 
@@ -136,6 +147,10 @@ def export_hdf5(store, out: str | Path, streams: Sequence[str] | None = None,
                 data = group.create_dataset(stream, data=feats)
                 for key in ROW_ATTRS:
                     data.attrs[key] = row[key]
+                if row.get(SPAN_COLUMNS[0]) is not None:
+                    first, last, start, end = (row[c] for c in SPAN_COLUMNS)
+                    group.create_dataset(f"{stream}_frames", data=np.array([first, last], np.int32).T)
+                    group.create_dataset(f"{stream}_seconds", data=np.array([start, end], np.float64).T)
                 _count(summary, seen, row, stream, feats, progress)
     os.replace(tmp, out)
     return summary

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schema import METADATA_FILE, StoreError, features_to_numpy
+from .schema import METADATA_FILE, SPAN_COLUMNS, StoreError, features_to_numpy, span_columns
 from .store import FeatureStore, as_store
 
 
@@ -188,11 +188,13 @@ def verify_store(store, manifest: pa.Table | None = None) -> VerifyReport:
                 clips = batch.column("num_clips").to_pylist()
                 streams = batch.column("stream").to_pylist()
                 feats = features_to_numpy(batch.column("features"))
+                spans = ([batch.column(c).to_pylist() for c in SPAN_COLUMNS]
+                         if span_columns(batch.schema) else [[None] * batch.num_rows] * 4)
                 width = batch.schema.field("features").type.value_type.list_size
                 where = path.rsplit("/", 1)[-1]
                 if width != s.feature_dim:
                     report.problems.append(f"{where}: features are {width}-d, metadata says {s.feature_dim}")
-                for vid, nf, k, st, f in zip(ids, frames, clips, streams, feats):
+                for vid, nf, k, st, f, *span in zip(ids, frames, clips, streams, feats, *spans):
                     n += 1
                     tag = f"{stream}/{vid} ({where})"
                     if vid in seen:
@@ -206,6 +208,8 @@ def verify_store(store, manifest: pa.Table | None = None) -> VerifyReport:
                                                f"expected {want} for {nf} frames")
                     if not np.isfinite(f).all():
                         report.problems.append(f"{tag}: non-finite features")
+                    if span[0] is not None and _bad_spans(span, k):
+                        report.problems.append(f"{tag}: clip spans {_bad_spans(span, k)}")
                     if wanted is not None and vid not in wanted:
                         report.problems.append(f"{tag}: not in the manifest")
         report.rows[stream] = n
@@ -217,3 +221,13 @@ def verify_store(store, manifest: pa.Table | None = None) -> VerifyReport:
             if len(missing) > 20:
                 report.problems.append(f"{stream}: {len(missing) - 20} more manifest videos missing")
     return report
+
+
+def _bad_spans(span: list, clips: int) -> str | None:
+    """What is wrong with a row's clip spans (first, last, start, end lists), or None."""
+    first, last, start, end = span
+    if any(v is None or len(v) != clips for v in span):
+        return f"do not list its {clips} clips"
+    if any(a > b for a, b in zip(first, last)) or any(a >= b for a, b in zip(start, end)):
+        return "end before they start"
+    return None

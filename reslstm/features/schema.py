@@ -6,6 +6,15 @@ flow frames, one fewer, for ``flow``), ``fps``, ``num_clips``, ``padded``, ``war
 ``features``, a plain ``list<fixed_size_list<float32, d_f>>``: the K_v clip features in order,
 so ``num_clips == sampling.num_clips(num_frames, s, r)``. Failures are rows of
 ``FAILURE_SCHEMA``. ``StreamSettings`` says how a stream's features were made (metadata.json).
+
+Where each clip is in its video (``SPAN_FIELDS``, one list entry per clip, after ``features``):
+``first_frame`` and ``last_frame``, the 0-based indices in decode order of the first and last
+decoded frame the clip reads (a flow clip reads one RGB frame more than its clip_len flow
+frames), and ``start_s`` / ``end_s``, the seconds it covers from the start of the video stream:
+its first frame's presentation time to the end of its last frame (with ``--fps``, grid times:
+``reslstm.video.timing``). Stores written before these columns existed have none; readers treat
+them as absent (``span_columns``), and a store mixing old and new part files reads them as null
+for the old rows.
 """
 
 from __future__ import annotations
@@ -33,8 +42,21 @@ FAILURE_SCHEMA = pa.schema([
 ])
 
 
-def feature_schema(feature_dim: int) -> pa.Schema:
-    """Schema of one stream's rows, with K_v x ``feature_dim`` float32 features."""
+SPAN_FIELDS = (pa.field("first_frame", pa.list_(pa.int32())),
+               pa.field("last_frame", pa.list_(pa.int32())),
+               pa.field("start_s", pa.list_(pa.float64())),
+               pa.field("end_s", pa.list_(pa.float64())))
+SPAN_COLUMNS = tuple(f.name for f in SPAN_FIELDS)
+
+
+def span_columns(schema: pa.Schema) -> list[str]:
+    """The clip-span columns a store's (or a file's) schema has: all of them, or none."""
+    return [c for c in SPAN_COLUMNS if c in schema.names]
+
+
+def feature_schema(feature_dim: int, spans: bool = True) -> pa.Schema:
+    """Schema of one stream's rows, with K_v x ``feature_dim`` float32 features (``spans``
+    False: without the clip-span columns, as stores written before them are)."""
     return pa.schema([
         ("video_id", pa.string()),
         ("label", pa.int32()),
@@ -47,6 +69,7 @@ def feature_schema(feature_dim: int) -> pa.Schema:
         ("padded", pa.bool_()),        # shorter than one clip: the last frame was repeated
         ("warning", pa.string()),      # e.g. fewer frames decoded than the container declares
         ("features", pa.list_(pa.list_(pa.float32(), feature_dim))),
+        *(SPAN_FIELDS if spans else ()),
     ])
 
 
@@ -55,7 +78,7 @@ class StoreError(ReslstmError, RuntimeError):
 
 
 COMPARED_SETTINGS = ("extractor", "weights_id", "feature_dim", "clip_len", "clip_stride", "crops",
-                     "input_size", "resize_short", "flow_method", "extractor_options")
+                     "input_size", "resize_short", "flow_method", "extractor_options", "fps")
 
 
 @dataclasses.dataclass
@@ -74,6 +97,7 @@ class StreamSettings:
     flow_pretrained: bool = True     # False: an RGB model inflated to 2 channels, or random init
     code_version: str = ""
     extractor_options: dict = dataclasses.field(default_factory=dict)  # e.g. c3d's layer
+    fps: float | None = None         # frames resampled to this rate (--fps); None: as decoded
 
     def differences(self, other: "StreamSettings") -> list[str]:
         """Human-readable differences in the settings that change the features."""

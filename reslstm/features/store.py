@@ -127,7 +127,13 @@ class FeatureStore:
         if not files:
             raise StoreError(f"{self.stream_dir(stream)}: no {stream} features in the store; "
                              f"run jobs/extract.py --streams {stream} --out {self.root} first")
-        return pads.dataset(files, format="parquet", filesystem=self.root.filesystem)
+        fs = self.root.filesystem
+        # The schema from the first and the last part file: a store written before the clip-span
+        # columns and extended since reads them as null for its older rows (names are time
+        # ordered, so the last file is the newest), instead of dropping them for all rows.
+        ends = {files[0], files[-1]}
+        schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in sorted(ends)])
+        return pads.dataset(files, format="parquet", filesystem=fs, schema=schema)
 
     # -- metadata -----------------------------------------------------------------------------
     def metadata_doc(self) -> dict:

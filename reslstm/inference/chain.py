@@ -19,7 +19,7 @@ from reslstm.extraction.stages import StageConfig
 from reslstm.features import StreamSettings
 from reslstm.model import ModelConfig
 
-SHARED_SETTINGS = ("extractor", "clip_len", "clip_stride", "crops", "extractor_options")
+SHARED_SETTINGS = ("extractor", "clip_len", "clip_stride", "crops", "extractor_options", "fps")
 _FLAGS = {"rgb": "--weights", "flow": "--flow-weights"}
 
 
@@ -149,5 +149,5 @@ def chain_settings(payload: dict, cfg: PredictConfig
         extractor=first.extractor, weights=weights,
         weights_ids={s: settings[s].weights_id for s in streams},
         extractor_options=dict(first.extractor_options), crops=first.crops,
-        batch_size=cfg.batch_size, device=cfg.device)
+        batch_size=cfg.batch_size, device=cfg.device, fps=first.fps)
     return stage, settings

@@ -44,7 +44,8 @@ from reslstm.features import StreamSettings
 from reslstm.fusion import FUSED, STREAMS, is_late
 from reslstm.inference.chain import chain_settings, model_T
 from reslstm.model import ActionModel
-from reslstm.sampling import sample_pair, sample_video
+from reslstm.inference.timeline import Timeline
+from reslstm.sampling import sample_pair, sample_video, temporal_sample
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,27 @@ class ModelHead:
             out.update({h: torch.softmax(logits[h], dim=-1) for h in self.model.heads})
         return {h: out[h][0].float().numpy() for h in self.heads}
 
+    @torch.no_grad()
+    def timeline(self, video_id: str, path: str, joined: dict[str, JoinedVideo]) -> Timeline:
+        """The running prediction after each of the T steps, with the seconds each covers
+        (``reslstm.inference.timeline``)."""
+        joined = {s: joined[s] for s in self.streams}
+        inputs = {s: torch.tensor(np.asarray(v, np.float32))[None]
+                  for s, v in self.inputs({s: j.features for s, j in joined.items()}).items()}
+        logits = self.model.step_logits(inputs)                 # {head: (1, T, C)}
+        probs = {FUSED: self.model.probabilities(logits)}
+        if self.model.late is not None:
+            probs.update({h: torch.softmax(logits[h], dim=-1) for h in self.model.heads})
+        clips = temporal_sample(min(len(j.features) for j in joined.values()), self.T)
+        spans = [j.spans for j in joined.values()]
+        if any(sp is None for sp in spans):
+            raise ReslstmError(f"{path}: its clips carry no times; a timeline needs them")
+        return Timeline(video_id=video_id, path=path, fusion=self.fusion,
+                        label_names=self.label_names, clips=clips,
+                        start_s=np.min([sp["start_s"][clips] for sp in spans], axis=0),
+                        end_s=np.max([sp["end_s"][clips] for sp in spans], axis=0),
+                        probs={h: probs[h][0].float().numpy() for h in self.heads})
+
     def prediction(self, video_id: str, path: str, joined: dict[str, JoinedVideo]) -> "Prediction":
         return self.predictions([(video_id, path, joined)])[0]
 
@@ -199,6 +221,7 @@ class Prediction:
     num_clips: dict[str, int]
     padded: bool
     notes: list[str]
+    timeline: Timeline | None = None   # the running prediction per step, when asked for
 
     def top(self, head: str = FUSED, k: int = 5) -> list[tuple[int, str, float]]:
         """(class index, name, probability) of the k most probable classes, best first."""
@@ -307,7 +330,12 @@ class Predictor:
             raise VideoFailed(failures)
         return joined
 
-    def predict(self, path, video_id: str | None = None) -> Prediction:
-        """Classify one video (a local path or URI); ``VideoFailed`` when it cannot be read."""
+    def predict(self, path, video_id: str | None = None, timeline: bool = False) -> Prediction:
+        """Classify one video (a local path or URI); ``VideoFailed`` when it cannot be read.
+        ``timeline``: also the running prediction per step (``Prediction.timeline``)."""
         path = str(path)
-        return self.head.prediction(video_id or path, path, self.joined(path, video_id))
+        joined = self.joined(path, video_id)
+        pred = self.head.prediction(video_id or path, path, joined)
+        if timeline:
+            pred.timeline = self.head.timeline(video_id or path, path, joined)
+        return pred

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Iterator
 
 import av
@@ -25,6 +26,7 @@ from av.video.reformatter import VideoReformatter
 
 from reslstm.video.failures import VideoDecodeError, container_kind, not_openable, unreadable
 from reslstm.video.sources import open_object, source
+from reslstm.video.timing import FrameClock, as_rate
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,18 @@ def _stream_info(container, stream, path: str, rotation: int) -> VideoInfo:
                      rotation=rotation)
 
 
+def _frame_time(frame, stream, clock: FrameClock) -> tuple[Fraction, Fraction | None]:
+    """(start, duration) of a decoded frame in exact seconds from the stream's start, from its
+    presentation timestamp; a frame without one is placed after the previous at the nominal
+    rate (or at its index in seconds when the container states no rate either)."""
+    tb = stream.time_base
+    if frame.pts is None or tb is None:
+        step = 1 / clock.nominal if clock.nominal else Fraction(1)
+        return clock.decoded * step, None
+    start = Fraction(frame.pts - (stream.start_time or 0)) * tb
+    return start, (Fraction(frame.duration) * tb if frame.duration else None)
+
+
 def probe(path) -> VideoInfo:
     """Frame rate, declared frame count, upright size, codec, duration and rotation of the
     first video stream. Decodes only the first frame (to read the display rotation)."""
@@ -165,10 +179,14 @@ class VideoReader:
     let the caller record a warning when fewer frames came out than the container promised;
     with ``min_frame_ratio`` set, fewer than ``min_frame_ratio * declared_frames`` decoded
     frames raise ``too_few_frames`` after the last frame (``None`` disables the check).
+
+    ``fps``: yield the frames on a uniform grid of that many per second instead of every
+    decoded frame (``reslstm.video.timing``); ``clock`` records the time and decoded index of
+    every frame yielded. ``decoded_frames`` counts decoded frames either way.
     """
 
     def __init__(self, path, short_side: int | None = None, size: tuple[int, int] | None = None,
-                 min_frame_ratio: float | None = 1.0):
+                 min_frame_ratio: float | None = 1.0, fps: float | None = None):
         if short_side is not None and size is not None:
             raise ValueError("pass short_side or size, not both")
         if short_side is not None and short_side < 1:
@@ -181,6 +199,8 @@ class VideoReader:
         self.short_side = short_side
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.min_frame_ratio = min_frame_ratio
+        self.fps = as_rate(fps)  # ValueError for 0 or less
+        self.clock: FrameClock | None = None  # the times of the frames yielded (timing.py)
         self.decoded_frames = 0
         self.declared_frames = 0
         self.rotation = 0
@@ -210,42 +230,61 @@ class VideoReader:
             stream = _video_stream(container, path)
             stream.thread_type = "AUTO"  # frame + slice threads; helps most on large frames
             self.declared_frames = int(stream.frames or 0)
+            clock = self.clock = FrameClock(self.fps, float(stream.average_rate
+                                                            or stream.guessed_rate or 0))
             frames = container.decode(stream)
             # One swscale context for the whole video: frame.reformat() builds (and frees) a new
             # context, with its filters and thread pool, on every frame, which costs more than
             # the scaling itself. threads=1: the decoder's threads already use the cores.
-            reformatter = VideoReformatter()
-            target = None
+            self._reformatter, self._target, self._last = VideoReformatter(), None, (None, None)
             while True:
                 try:
                     frame = next(frames, None)
                     if frame is None:
                         break
-                    if target is None or target[0] != (frame.width, frame.height):
-                        self.rotation = _upright_rotation(frame)
-                        target = ((frame.width, frame.height), self._reformat_size(frame))
-                        if self._info is None:
-                            self._info = _stream_info(container, stream, path, self.rotation)
-                    w, h = target[1]
-                    # Scale and convert to RGB in one swscale pass (bilinear, anti-aliased when
-                    # shrinking) instead of converting at full size and resizing the RGB array.
-                    rgb = reformatter.reformat(frame, width=w, height=h, format="rgb24",
-                                               interpolation="BILINEAR", threads=1).to_ndarray()
+                    start, duration = _frame_time(frame, stream, clock)
+                    outs = list(clock.feed(frame, start, duration))  # 0, 1 or more times
+                    self.decoded_frames = clock.decoded
+                    for out in outs:
+                        yield self._rgb(out, container, stream)
                 except (av.error.FFmpegError, OSError) as e:
-                    if self._loc is not None and not isinstance(e, av.error.FFmpegError):
-                        raise  # reading the object failed (network, credentials), not the video
-                    raise VideoDecodeError(
-                        path, "corrupt", f"decoding failed at frame {self.decoded_frames} ({e}). "
-                        "The file is damaged; re-download or re-encode it, or drop it from the "
-                        "manifest.") from e
-                if self.rotation:
-                    # Contiguous copy: torch.from_numpy refuses the negative strides of rot90.
-                    rgb = np.ascontiguousarray(np.rot90(rgb, k=self.rotation // 90))
-                self.decoded_frames += 1
-                yield rgb
+                    raise self._corrupt(e, clock.decoded) from e
+            try:
+                for out in clock.finish():  # a rate may owe the last frame more grid times
+                    yield self._rgb(out, container, stream)
+            except (av.error.FFmpegError, OSError) as e:
+                raise self._corrupt(e, clock.decoded) from e
         finally:
             container.close()
         self._check_count()
+
+    def _corrupt(self, e: Exception, at: int) -> Exception:
+        if self._loc is not None and not isinstance(e, av.error.FFmpegError):
+            return e  # reading the object failed (network, credentials), not the video
+        return VideoDecodeError(
+            self.path, "corrupt", f"decoding failed at frame {at} ({e}). The file is damaged; "
+            "re-download or re-encode it, or drop it from the manifest.")
+
+    def _rgb(self, frame, container, stream) -> np.ndarray:
+        """A decoded frame as upright uint8 RGB at the output size (a frame a rate repeats is
+        converted once: the same array comes back)."""
+        if self._last[0] is frame:
+            return self._last[1]
+        if self._target is None or self._target[0] != (frame.width, frame.height):
+            self.rotation = _upright_rotation(frame)
+            self._target = ((frame.width, frame.height), self._reformat_size(frame))
+            if self._info is None:
+                self._info = _stream_info(container, stream, self.path, self.rotation)
+        w, h = self._target[1]
+        # Scale and convert to RGB in one swscale pass (bilinear, anti-aliased when shrinking)
+        # instead of converting at full size and resizing the RGB array.
+        rgb = self._reformatter.reformat(frame, width=w, height=h, format="rgb24",
+                                         interpolation="BILINEAR", threads=1).to_ndarray()
+        if self.rotation:
+            # Contiguous copy: torch.from_numpy refuses the negative strides of rot90.
+            rgb = np.ascontiguousarray(np.rot90(rgb, k=self.rotation // 90))
+        self._last = (frame, rgb)
+        return rgb
 
     def _check_count(self) -> None:
         n, declared = self.decoded_frames, self.declared_frames
@@ -263,17 +302,21 @@ class VideoReader:
 
 
 def iter_frames(path, short_side: int | None = None, size: tuple[int, int] | None = None,
-                min_frame_ratio: float | None = 1.0) -> Iterator[np.ndarray]:
+                min_frame_ratio: float | None = 1.0, fps: float | None = None
+                ) -> Iterator[np.ndarray]:
     """Stream the uint8 RGB frames (H, W, 3) of ``path``, resized to ``size`` = (h, w) exactly
-    or to ``short_side`` keeping the aspect ratio (both None: native size). A generator: the
-    file is opened on the first ``next``. See ``VideoReader`` for errors and counts."""
-    yield from VideoReader(path, short_side=short_side, size=size, min_frame_ratio=min_frame_ratio)
+    or to ``short_side`` keeping the aspect ratio (both None: native size), at ``fps`` frames per
+    second when given. A generator: the file is opened on the first ``next``. See
+    ``VideoReader`` for errors and counts."""
+    yield from VideoReader(path, short_side=short_side, size=size, min_frame_ratio=min_frame_ratio,
+                           fps=fps)
 
 
 def read_frames(path, short_side: int | None = None, size: tuple[int, int] | None = None,
-                min_frame_ratio: float | None = 1.0) -> np.ndarray:
+                min_frame_ratio: float | None = 1.0, fps: float | None = None) -> np.ndarray:
     """All frames of ``path`` as one uint8 array (N, H, W, 3); same arguments as iter_frames."""
-    reader = VideoReader(path, short_side=short_side, size=size, min_frame_ratio=min_frame_ratio)
+    reader = VideoReader(path, short_side=short_side, size=size, min_frame_ratio=min_frame_ratio,
+                         fps=fps)
     out, n = None, 0
     for frame in reader:
         if out is None:  # filled in place, sized from the declared count: no list + stack copy
