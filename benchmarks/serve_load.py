@@ -205,7 +205,7 @@ def main(argv=None) -> int:
                   f"{np.percentile(ms, 99) / np.percentile(ms, 50):.2f} (target <= 3)")
     best = {n: max(out["throughput"] for m, _, _, out in results if m == n) for n in replicas}
     if len(best) > 1:
-        print(f"saturation throughput: " + ", ".join(f"{n} replica(s) {v:.2f} req/s"
+        print("saturation throughput: " + ", ".join(f"{n} replica(s) {v:.2f} req/s"
                                                      for n, v in best.items())
               + f"; {best[replicas[-1]] / best[replicas[0]]:.2f}x (target >= 1.4x)")
     if ratios:

@@ -26,6 +26,8 @@ from mlflow import MlflowClient
 from reslstm.configs import DemoConfig, ExtractConfig, SweepConfig, TrainConfig
 from reslstm.datasets.synthetic import ORDER_PAIRS, generate_synthetic
 from reslstm.distributed.extract.job import run_extraction
+from reslstm.distributed.tracking import experiments, lineage
+from reslstm.distributed.tracking.extraction import EXPERIMENT as EXTRACTION_EXPERIMENT
 from reslstm.distributed.tracking import runs as tracking
 from reslstm.distributed.train.trainer import fit
 from reslstm.distributed.tune.sweep import sweep
@@ -81,7 +83,7 @@ def _log_baseline(uri: str, experiment_id: str, parent: str, cfg: TrainConfig, t
     client = MlflowClient(uri)
     run = client.create_run(experiment_id, run_name=f"baseline-meanpool-{cfg.fusion}",
                             tags={tracking.PARENT: parent, tracking.KIND_TAG: "baseline",
-                                  **tracking.feature_tags(cfg.features)})
+                                  **lineage.feature_tags(cfg.features)})
     for k, v in cfg.to_dict().items():
         client.log_param(run.info.run_id, k, "" if v is None else str(v))
     for head, acc in test.items():
@@ -104,11 +106,11 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                            workers=cfg.synth_workers)
     log.info("features: tiny3d, random-init weights (a stand-in for a pretrained 3D CNN: these are "
              f"not pretrained features), {cfg.flow} optical flow, centre crop")
+    uri = cfg.mlflow_uri or experiments.default_tracking_uri(out)
     run_extraction(ExtractConfig(manifest=str(manifest), out=str(store), extractor="tiny3d",
-                                 flow=cfg.flow, crops=1, address=cfg.address))
+                                 flow=cfg.flow, crops=1, address=cfg.address, mlflow_uri=uri))
 
-    uri = cfg.mlflow_uri or tracking.default_tracking_uri(out)
-    experiment = tracking.default_experiment_name("reslstm-demo")
+    experiment = experiments.default_experiment_name("reslstm-demo")
     base = TrainConfig(features=str(store), out=str(out / "sweep"), input_proj="linear",
                        epochs=cfg.epochs, batch_size=cfg.batch_size, workers=cfg.workers,
                        seed=cfg.seed)
@@ -155,6 +157,7 @@ def report(r: DemoResult, trials_table: str) -> str:
               f"difference {r.pairs['reslstm'] - r.pairs['baseline']:+.3f}", "", "Targets:"]
     lines += [f"  [{'x' if ok else ' '}] {text}" for text, ok in r.targets()]
     lines += ["", f"MLflow experiment {r.experiment}: the sweep, its trials and the baseline"
-              + (f"; the best model is {r.registered}" if r.registered else "") + ".",
-              tracking.ui_hint(r.mlflow_uri, r.experiment_id)]
+              + (f"; the best model is {r.registered}" if r.registered else "")
+              + f"; the extraction's run is in {EXTRACTION_EXPERIMENT}.",
+              experiments.ui_hint(r.mlflow_uri, r.experiment_id)]
     return "\n".join(lines)

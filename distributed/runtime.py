@@ -30,7 +30,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if ray.is_initialized():
         if quiet:
             quiet_ray_logs()
-        return "already connected"
+        return _describe("the Ray cluster this process is connected to")
     driver_settings()
     if quiet:
         quiet_ray_logs()
@@ -69,6 +69,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
                                           if ctx.dashboard_url else "")
     if quiet:
         quiet_ray_logs()  # Ray Data's context and the worker-log printer exist now
+    return _describe(where)
+
+
+def _describe(where: str) -> str:
     res = ray.cluster_resources()
     return (f"{where}: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs, "
             f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s)")
@@ -121,7 +125,9 @@ EXPECTED_WORKER_LINES = tuple(re.compile(p) for p in (
 EXPECTED_WORKER_BLOCKS = tuple(re.compile(p) for p in (
     r"Graceful shutdown of backend failed\. This is expected if one of the workers has crashed",
     r"Connection closed by peer .* This is typically caused by a remote worker crashing",
-    r"\(gcs_server\) gcs_actor_scheduler\.cc:\d+: Failed to kill actor .* Socket closed",
+    # The GCS killing an actor whose process has already exited: the socket is gone.
+    r"\(gcs_server\) gcs_actor_scheduler\.cc:\d+: Failed to kill actor .*"
+    r"(Socket closed|Connection reset by peer)",
     # Ray Data's file listing, interrupted when its (finished) dataset shuts down.
     r"dynamic_work_queue\.py\", line \d+, in _signal_completion",
 ))

@@ -24,6 +24,21 @@ SHARED_VIDEO_FRAMES = {
 
 
 @pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory):
+    """Jobs that log to MLflow without a URI given (extraction) use MLFLOW_TRACKING_URI: one
+    SQLite store for the session, not ./mlflow.db in the checkout. A test that reads a job's
+    runs passes its own URI."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
 def console():
     """The library's log lines reach stdout as a job's console prints them (``reslstm.cli``),
     so tests read what a user reads."""
@@ -89,6 +104,12 @@ def pytest_collection_modifyitems(session, config, items):
               if "ray_local" in getattr(item, "fixturenames", ()) and hasattr(item, "module")}
     config.stash[_RAY_LOCAL_MODULES] = shared
     items.sort(key=lambda item: getattr(item, "module", None) in shared)  # stable
+    if config.pluginmanager.hasplugin("xdist"):
+        # With pytest -n N --dist loadgroup, these modules run in one worker, in this order,
+        # on its one shared Ray, while the other workers take the other modules.
+        for item in items:
+            if getattr(item, "module", None) in shared:
+                item.add_marker(pytest.mark.xdist_group("ray_local"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,7 +15,7 @@ from reslstm.datasets.synthetic import ORDER_PAIRS
 
 from reslstm.configs import DemoConfig
 from reslstm.distributed.demo import pair_accuracy, run_demo
-from reslstm.distributed.tracking import runs as tracking
+from reslstm.distributed.tracking import experiments
 from reslstm.reports.predictions import PREDICTION_SCHEMA
 
 
@@ -60,7 +60,7 @@ def test_demo_runs_end_to_end_at_toy_size(ray_local, tmp_path):
     assert "\n[train] epoch 2: train_loss " in printed, printed
     for noise in ("(RayTrainWorker", "\x1b[", "53727"):
         assert noise not in printed and noise not in err.getvalue(), noise
-    end = tracking.ui_hint(r.mlflow_uri, r.experiment_id)
+    end = experiments.ui_hint(r.mlflow_uri, r.experiment_id)
     assert printed.rstrip("\n").endswith(end), printed[-800:]
     assert [(t.hidden, t.depth) for t in r.trials] == [(16, 1)]
     assert (r.best["hidden"], r.best["depth"]) == (16, 1)
@@ -85,3 +85,17 @@ def test_demo_runs_end_to_end_at_toy_size(ray_local, tmp_path):
     baseline = [run for run in runs if run.info.run_name.startswith("baseline-meanpool")]
     assert len(baseline) == 1 and "test_top1_order_pairs" in baseline[0].data.metrics
     assert np.isfinite(baseline[0].data.metrics["test_top1"])
+    # Lineage: the registered model's source run (the best trial) names the extraction run that
+    # made its features, and both runs log the feature store as one dataset (name and digest).
+    name, alias = r.registered.removeprefix("models:/").split("@")
+    source = client.get_run(client.get_model_version_by_alias(name, alias).run_id)
+    extraction = client.get_run(source.data.tags["features.extraction_run"])
+    assert client.get_experiment(extraction.info.experiment_id).name == "reslstm-extraction"
+    assert extraction.data.tags["reslstm.kind"] == "extraction"
+    assert extraction.info.status == "FINISHED" and extraction.data.params["extractor"] == "tiny3d"
+    assert extraction.data.metrics["videos_written"] == 2 * 4 * 11  # both streams of 44 videos
+    assert extraction.data.metrics["flow_seconds"] > 0
+    (trained_on,) = [d.dataset for d in source.inputs.dataset_inputs]
+    (made,) = [d.dataset for d in extraction.inputs.dataset_inputs]
+    assert (made.name, made.digest) == (trained_on.name, trained_on.digest)
+    assert {t.value for d in extraction.inputs.dataset_inputs for t in d.tags} == {"extraction"}

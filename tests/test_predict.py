@@ -559,7 +559,7 @@ def test_a_registered_model_predicts_as_its_checkpoint(tmp_path, videos, late_mo
 
     from reslstm.distributed.predict.files import load_model
     from reslstm.distributed.tracking.models import register_model
-    from reslstm.distributed.tracking.runs import ensure_experiment
+    from reslstm.distributed.tracking.experiments import ensure_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

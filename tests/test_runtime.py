@@ -71,6 +71,11 @@ def test_worker_log_filter_drops_expected_notes_and_keeps_the_rest(monkeypatch):
         "Traceback (most recent call last):",
         "Graceful shutdown of backend failed. This is expected if one of the workers has crashed"]})
     ray_worker.print_worker_logs({"pid": 3, "lines": ["Progress bars disabled. To enable, set X"]})
+    for end in ("IOError: Socket closed", "RpcError: RPC error: recvmsg:Connection reset by peer "
+                "rpc_code: 14"):  # the GCS killing an actor that had already exited
+        ray_worker.print_worker_logs({"pid": 4, "lines": [
+            "[2026-12-07 02:34:43,124 E 1 1] (gcs_server) gcs_actor_scheduler.cc:538: Failed to "
+            f"kill actor 1d14, return status: Invalid: KillActor RPC failed for actor 1d14: {end}"]})
     assert printed == [{"pid": 1, "lines": ["RuntimeError: a real error"]}]
     filter_worker_logs()  # a second call does not wrap the filter again
     assert getattr(ray_worker.print_worker_logs, "filtered", False)

@@ -15,6 +15,7 @@ import torch
 from mlflow import MlflowClient
 
 from featurestore_fixture import make_feature_store
+from reslstm.distributed.tracking import experiments
 from reslstm.distributed.tracking import runs as tracking
 from reslstm.distributed.tune import sweep as rtune
 from reslstm.distributed.tune.results import rows_of
@@ -66,7 +67,7 @@ def test_concurrency_counts_each_trial_driver_cpu():
 
 def test_default_tracking_uri_is_an_absolute_sqlite_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert tracking.default_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+    assert experiments.default_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
 
 
 class FakeTrial:
@@ -80,7 +81,7 @@ class FakeTrial:
 def _callback(tmp_path, sweep="s1"):
     uri = f"sqlite:///{tmp_path}/m.db"
     client = MlflowClient(uri)
-    exp_id = tracking.ensure_experiment(client, "exp")
+    exp_id = experiments.ensure_experiment(client, "exp")
     parent = client.create_run(exp_id, tags={tracking.SWEEP_TAG: sweep,
                                              tracking.KIND_TAG: "sweep"}).info.run_id
     cb = tracking.MLflowTrialCallback(uri, exp_id, parent, sweep, {"lr": 0.001, "features": "/s"},

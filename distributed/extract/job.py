@@ -62,8 +62,27 @@ def _check_cluster(cfg: ExtractConfig, stage: StageConfig) -> None:
                  "flow on the GPUs (a store records which one made its features)")
 
 
-def run_extraction(cfg: ExtractConfig) -> ExtractSummary:
-    """Extract every (video, stream) of the manifest not yet in ``cfg.out``; log a summary."""
+def run_extraction(cfg: ExtractConfig, subset=None) -> ExtractSummary:
+    """Extract every (video, stream) of the manifest not yet in ``cfg.out``; log a summary.
+    ``subset``: only these video_ids (``--calibrate``). The job is an MLflow run unless
+    ``cfg.experiment`` is "none" (``reslstm.distributed.tracking.extraction``)."""
+    mlrun = None
+    if subset is None:
+        from reslstm.distributed.tracking.extraction import ExtractionRun, wanted
+
+        mlrun = ExtractionRun(cfg) if wanted(cfg) else None
+    try:
+        summary = _extract(cfg, subset, mlrun)
+    except BaseException as exc:
+        if mlrun is not None:
+            mlrun.finish(getattr(exc, "summary", None), error=exc)
+        raise
+    if mlrun is not None:
+        mlrun.finish(summary)
+    return summary
+
+
+def _extract(cfg: ExtractConfig, subset, mlrun) -> ExtractSummary:
     where = None
 
     def check(stage: StageConfig) -> None:
@@ -71,11 +90,15 @@ def run_extraction(cfg: ExtractConfig) -> ExtractSummary:
         where = init_ray(cfg.address)
         _check_cluster(cfg, stage)
 
-    with start(cfg, check) as run:
+    with start(cfg, check, subset, mlrun.record if mlrun else None) as run:
+        if mlrun is not None:
+            mlrun.started(run.store, run.settings)
         plan = PipelinePlan.make(run.stage, cfg.streams, cluster_cpus(), cluster_gpus(),
                                  ray.cluster_resources().get("object_store_memory", 0),
                                  cfg.actors, cfg.actor_cpus, cfg.object_store_limit_gb)
         log.info(where)
+        if mlrun is not None:
+            log.info(f"MLflow run {mlrun.run_id} in experiment {cfg.experiment!r} ({mlrun.uri})")
         log.info(f"{len(run.items)} (video, stream) pairs to extract with {cfg.extractor} "
                  f"(weights {', '.join(f'{s}={v.weights_id}' for s, v in run.settings.items())}), "
                  f"crops={cfg.crops}, clips of {run.stage.clip_len} every {run.stage.clip_stride} "

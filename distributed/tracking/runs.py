@@ -19,29 +19,23 @@ training_iteration`` (which restarts after a restored trial), ends runs of trial
 as they are and knows no parent run; the project needs the epoch as the step, FINISHED for
 ASHA's stops and one run per trial across restores.
 
-MLflow 3 refuses the plain file store: the default tracking URI is an ABSOLUTE ``sqlite:///``
-file (Tune changes the working directory of trials), with artifacts in ``mlartifacts/`` beside
-it; an ``http://`` URI of an ``mlflow server`` (``cluster/local/mlflow.sh``) works as well. The
-experiment is marked as model training, and ``ui_hint`` prints the command and the link that
-opens the runs table (MLflow 3.17 opens experiments on its GenAI "Traces" page otherwise).
+Where runs go and how they are opened: ``experiments``; what each run records about its data
+and its machine (the feature store as a dataset input, system metrics): ``lineage``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import sys
 import time
-from pathlib import Path
 from typing import Any, Mapping
 
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from ray import tune
 
-from reslstm import features as fs
-from reslstm.errors import ConfigError
+
+from .experiments import (ensure_experiment,
+                          param_value)
+from .lineage import SystemMetrics, feature_input, feature_tags, source_tags
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "val_mean_class_acc",
                  "val_top1_rgb", "val_top1_flow")
@@ -53,103 +47,10 @@ FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in
                             (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
 
 
-def default_tracking_uri(directory=".") -> str:
-    """``sqlite:///<absolute directory>/mlflow.db``."""
-    return f"sqlite:///{(Path(directory).resolve() / DB_FILE).as_posix()}"
-
-
-def default_experiment_name(prefix: str = "reslstm-sweep") -> str:
-    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _artifact_root(tracking_uri: str, experiment: str) -> str | None:
-    """Beside the sqlite file for a local store; the server decides otherwise."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
-        return (db.parent / "mlartifacts" / experiment).as_uri()
-    return None
-
-
-def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """Id of the experiment ``name``, created if needed (a deleted one is an error), marked as
-    model training so the UI shows its runs."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        exp_id = client.create_experiment(name, artifact_location=_artifact_root(
-            client.tracking_uri, name))
-    elif exp.lifecycle_stage != "active":
-        raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it or pick another "
-                         "--experiment")
-    else:
-        exp_id = exp.experiment_id
-    client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
-    return exp_id
-
-
-def ui_hint(tracking_uri: str, experiment_id: str | None, port: int = 5000) -> str:
-    """The command that starts the MLflow UI on this store, and the link to the runs table."""
-    runs = (f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
-            "?workflowType=machine_learning") if experiment_id else f"http://127.0.0.1:{port}"
-    if tracking_uri.startswith(("http://", "https://")):
-        base = tracking_uri.rstrip("/")
-        return f"the runs: {base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    return (f"compare the runs: mlflow ui --backend-store-uri {tracking_uri} --port {port}\n"
-            f"  then open {runs}")
-
-
-def _param_value(v: Any) -> str:
-    return "" if v is None else str(v)
-
-
 def trial_label(params: Mapping[str, Any]) -> str:
     """A readable run name: ``late-product h512 L2 T25``."""
     return (f"{params.get('fusion')} h{params.get('hidden')} L{params.get('depth')} "
             f"T{params.get('T')}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Source and input of a run
-# ---------------------------------------------------------------------------------------------
-
-def source_tags(entry_point: str | None = None) -> dict[str, str]:
-    """Where a run comes from: the entry point and, when it lies in a git checkout, the
-    commit."""
-    entry = entry_point or (os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "python")
-    tags = {"mlflow.source.name": str(entry), "mlflow.source.type": "LOCAL"}
-    try:
-        from mlflow.utils.git_utils import get_git_commit
-
-        commit = get_git_commit(str(Path(entry).parent)) if os.path.exists(entry) else None
-    except Exception:  # no git, or not a checkout
-        commit = None
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
-
-
-def feature_tags(store: str) -> dict[str, str]:
-    """The feature store a run reads and how each stream was made, as tags (columns in the
-    runs table: two runs on different features are never compared by accident)."""
-    settings = fs.FeatureStore(store).read_metadata()
-    tags = {"features.store": str(fs.FeatureStore(store))}
-    for stream, s in sorted(settings.items()):
-        for key in ("extractor", "weights_id", "flow_method", "crops", "clip_len", "clip_stride"):
-            value = getattr(s, key)
-            if value is not None:
-                tags[f"features.{stream}.{key}"] = str(value)
-    return tags
-
-
-def feature_input(store: str) -> DatasetInput:
-    """The feature store as an MLflow dataset input (digest: its recorded settings)."""
-    fstore = fs.FeatureStore(store)
-    settings = {s: vars(v) for s, v in sorted(fstore.read_metadata().items())}
-    profile = json.dumps(settings, sort_keys=True, default=str)
-    digest = hashlib.sha256(profile.encode()).hexdigest()[:8]
-    source_type = "local" if fstore.root.local else fstore.root.uri.split("://", 1)[0]
-    dataset = Dataset(name=f"features:{fstore.root.name}", digest=digest, source_type=source_type,
-                      source=json.dumps({"uri": str(fstore)}), profile=profile)
-    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
 
 
 def start_sweep_run(tracking_uri: str, experiment: str, sweep: str, params: Mapping[str, Any],
@@ -167,7 +68,7 @@ def start_sweep_run(tracking_uri: str, experiment: str, sweep: str, params: Mapp
         return exp_id, run_id
     run = client.create_run(exp_id, run_name=sweep, tags={
         SWEEP_TAG: sweep, KIND_TAG: "sweep", **source_tags(), **feature_tags(store)})
-    client.log_batch(run.info.run_id, params=[Param(k, _param_value(v))
+    client.log_batch(run.info.run_id, params=[Param(k, param_value(v))
                                               for k, v in sorted(params.items())])
     client.log_inputs(run.info.run_id, datasets=[feature_input(store)])
     return exp_id, run.info.run_id
@@ -187,7 +88,7 @@ def log_evaluation(tracking_uri: str, run_id: str, metrics: Mapping[str, float],
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                      tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-                     params=[Param(k, _param_value(v)) for k, v in (params or {}).items()])
+                     params=[Param(k, param_value(v)) for k, v in (params or {}).items()])
     for name, path in dict(files).items():
         client.log_artifact(run_id, path, artifact_path="checkpoint" if name == "model" else None)
 
@@ -213,14 +114,17 @@ class MLflowTrialCallback(tune.Callback):
         self.run_ids: dict[str, str] = {}
         self.last_epoch: dict[str, int] = {}
         self.best: dict[str, tuple[float, int, str | None]] = {}  # val_top1, epoch, ckpt
+        self.store = self.tags.get("features.store")  # the dataset input of every trial run
         self._client: MlflowClient | None = None
+        self._system: dict[str, SystemMetrics] = {}
 
-    # The client holds a connection: it is made again after unpickling (a restored sweep).
+    # The client holds a connection and the monitors threads: made again after unpickling (a
+    # restored sweep).
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_client"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_system")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _client=None)
+        self.__dict__.update(state, _client=None, _system={})
 
     def get_state(self) -> dict:
         return {"run_ids": dict(self.run_ids), "last_epoch": dict(self.last_epoch),
@@ -249,6 +153,7 @@ class MLflowTrialCallback(tune.Callback):
             logged = [m.step for m in self.client.get_metric_history(run_id, "val_top1")]
             self.last_epoch[trial.trial_id] = max(logged, default=0)
             self.client.update_run(run_id, status="RUNNING")
+            self._watch(trial.trial_id, run_id)
             return
         params = {**self.base_params, **trial.config}
         run = self.client.create_run(
@@ -257,7 +162,19 @@ class MLflowTrialCallback(tune.Callback):
                   KIND_TAG: "trial", "ray.trial_id": trial.trial_id, "ray.trial_name": str(trial)})
         self.run_ids[trial.trial_id] = run.info.run_id
         self.client.log_batch(run.info.run_id, params=[
-            Param(k, _param_value(v)) for k, v in sorted(params.items())])
+            Param(k, param_value(v)) for k, v in sorted(params.items())])
+        if self.store:
+            self.client.log_inputs(run.info.run_id, datasets=[feature_input(self.store)])
+        self._watch(trial.trial_id, run.info.run_id)
+
+    def _watch(self, trial_id: str, run_id: str) -> None:
+        self._unwatch(trial_id)
+        self._system[trial_id] = SystemMetrics(run_id, self.tracking_uri).start()
+
+    def _unwatch(self, trial_id: str) -> None:
+        monitor = self._system.pop(trial_id, None)
+        if monitor is not None:
+            monitor.stop()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self.run_ids.get(trial.trial_id)
@@ -287,6 +204,7 @@ class MLflowTrialCallback(tune.Callback):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
             return
+        self._unwatch(trial.trial_id)
         self.client.set_tag(run_id, "stopped_early", str(self.stopped_early(trial.trial_id)).lower())
         self.client.set_terminated(run_id, FINISHED)
 
@@ -294,6 +212,7 @@ class MLflowTrialCallback(tune.Callback):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
             return
+        self._unwatch(trial.trial_id)
         error = getattr(trial, "error_file", None)
         if error:
             self.client.set_tag(run_id, "ray.error_file", str(error))

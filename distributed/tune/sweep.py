@@ -47,6 +47,7 @@ from ray.tune.schedulers import ASHAScheduler
 from reslstm.configs import SEARCHED, SweepConfig, TrainConfig
 from reslstm.distributed.runtime import (cluster_cpus, cluster_gpus, cpus_per_worker, init_ray,
                                          wants_gpu)
+from reslstm.distributed.tracking import experiments, lineage
 from reslstm.distributed.tracking import runs as tracking
 from reslstm.distributed.tracking.models import ALIAS, register_model
 from reslstm.distributed.train.checkpoints import METRIC
@@ -189,8 +190,8 @@ def _plan(scfg: SweepConfig, address: str | None) -> _Sweep:
                   sweep_dir=storage.join(name),
                   concurrent=plan_concurrency(cpus, gpus, base.workers, cpw, use_gpu,
                                               scfg.max_concurrent),
-                  uri=scfg.mlflow_uri or tracking.default_tracking_uri("."),
-                  experiment=scfg.experiment or tracking.default_experiment_name(),
+                  uri=scfg.mlflow_uri or experiments.default_tracking_uri("."),
+                  experiment=scfg.experiment or experiments.default_experiment_name(),
                   params={k: v for k, v in base.to_dict().items() if k not in SEARCHED})
 
 
@@ -242,7 +243,8 @@ def _tuner(sw: _Sweep, data: dict[str, RunData], resuming: bool) -> tune.Tuner:
         run_config=tune.RunConfig(
             name=sw.name, verbose=0, **run_storage(sw.storage),
             callbacks=[tracking.MLflowTrialCallback(sw.uri, sw.exp_id, sw.parent, sw.name,
-                                                    sw.params, base.epochs),
+                                                    sw.params, base.epochs,
+                                                    lineage.feature_tags(base.features)),
                        TrialProgress(base.epochs)]))
 
 
@@ -283,7 +285,7 @@ def _summary(result: SweepResult, version) -> None:
     if result.registered:
         log.info(f"best model: {result.registered} (version {version})")
     log.info(f"predictions: {', '.join(result.predictions.values())}")
-    log.info(tracking.ui_hint(result.mlflow_uri, result.experiment_id))
+    log.info(experiments.ui_hint(result.mlflow_uri, result.experiment_id))
 
 
 def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:

@@ -56,6 +56,10 @@ class ExtractConfig:
                                               "store (default: 8 segments per worker, at most "
                                               "half the object store)")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    mlflow_uri: str | None = opt(None, "MLflow tracking URI of the extraction's run (default: "
+                                 "MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    experiment: str = opt("reslstm-extraction", "MLflow experiment of the extraction's run "
+                          "('none': no run)")
     rows_per_file: int = opt(256, cli=False)
     progress_every_s: float = opt(10.0, cli=False)
     pipeline_retries: int = opt(2, cli=False)  # reruns of unfinished pairs after a cluster failure

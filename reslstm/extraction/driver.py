@@ -20,11 +20,13 @@ import uuid
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from reslstm import storage
 from reslstm.configs import ExtractConfig
 from reslstm.features import FeatureStore, StreamSettings
 
+from .segments import STAGES
 from .settings import ExtractError, TooManyFailures, resolve_settings
 from .stages import FeatureStage, StageConfig, decode_segments, flow_stage
 from .writer import StoreWriter
@@ -43,10 +45,23 @@ class ExtractSummary:
     skipped_failed: int      # pairs that failed before (rerun with retry_failed)
     seconds: float
     failures_path: str
+    stage_seconds: dict = dataclasses.field(default_factory=dict)  # stage -> seconds worked
+    first_row_s: float = 0.0  # seconds until the pipeline's first row came back
+    first_row_work_s: float = 0.0  # the stages' own seconds on that row
+
+    @property
+    def startup_s(self) -> float:
+        """The pipeline's start-up: until the first row came back, less that row's own work."""
+        return max(0.0, self.first_row_s - self.first_row_work_s)
+
+    @property
+    def videos(self) -> int:
+        """(video, stream) pairs written by this run."""
+        return sum(self.written.values())
 
     @property
     def videos_per_s(self) -> float:
-        return sum(self.written.values()) / self.seconds if self.seconds > 0 else 0.0
+        return self.videos / self.seconds if self.seconds > 0 else 0.0
 
     def report(self) -> str:
         lines = [f"feature store: {self.store}"]
@@ -62,6 +77,10 @@ class ExtractSummary:
                          f"failed before (--retry-failed retries them)")
         lines.append(f"  time: {self.seconds:.1f}s, {self.videos_per_s:.2f} videos/s, "
                      f"{self.clips / max(self.seconds, 1e-9):.1f} clips/s")
+        busy = {k: v for k, v in self.stage_seconds.items() if v > 0}
+        if busy:
+            lines.append("  stages worked (seconds, summed over workers): " + ", ".join(
+                f"{k} {v:.1f}" for k, v in busy.items()))
         return "\n".join(lines)
 
 
@@ -141,19 +160,26 @@ def plan_work(cfg: ExtractConfig, manifest: pa.Table, store: FeatureStore | None
 
 
 @contextlib.contextmanager
-def start(cfg: ExtractConfig, check: Callable[[StageConfig], None] = lambda stage: None
-          ) -> Iterator[Run]:
+def start(cfg: ExtractConfig, check: Callable[[StageConfig], None] = lambda stage: None,
+          subset: Iterable[str] | None = None, record: dict | None = None) -> Iterator[Run]:
     """Hold the store's lock, check and record the settings, plan the work (module docstring).
     ``check(stage)`` runs under the lock before the store is touched (e.g. that the cluster
-    has the GPU a flow method needs)."""
+    has the GPU a flow method needs); ``subset``: only these video_ids of the manifest (a
+    calibration run); ``record``: this job's tracking run, appended to the store's
+    ``extraction_runs`` (earlier entries are kept either way)."""
     manifest = read_manifest(cfg.manifest)
+    if subset is not None:
+        manifest = manifest.filter(pc.is_in(manifest.column("video_id"),
+                                            pa.array(sorted(set(subset)), pa.string())))
     stage, settings = resolve_settings(cfg)
     stage = dataclasses.replace(stage, videos=video_location(cfg))
     store = FeatureStore(cfg.out)
     with store.lock():
         check(stage)
+        runs = store.read_metadata_extra().get("extraction_runs", []) + ([record] if record else [])
         # The manifest as a person reads it: a URI without options or credentials.
-        store.prepare(settings, overwrite=cfg.overwrite, manifest=str(storage.resolve(cfg.manifest)))
+        store.prepare(settings, overwrite=cfg.overwrite, manifest=str(storage.resolve(cfg.manifest)),
+                      **({"extraction_runs": runs} if runs else {}))
         items, done, failed = plan_work(cfg, manifest, store, stage.videos)
         yield Run(cfg, store, stage, settings, items, done, failed)
 
@@ -172,12 +198,17 @@ def drive(run: Run, batches: Callable[[list[dict]], Iterable[pa.Table]],
     writer = StoreWriter(run.store, run.settings, run_id=uuid.uuid4().hex[:12],
                          rows_per_file=cfg.rows_per_file)
     progress = Progress(len(items), every_s=cfg.progress_every_s)
+    first_row = first_work = 0.0
     if items:
         todo = items
         try:
             for attempt in range(cfg.pipeline_retries + 1):
                 try:
                     for batch in batches(todo):
+                        if not first_row and batch.num_rows:
+                            first_row = time.monotonic() - start_time
+                            first_work = sum(batch.column(f"{stage}_s")[0].as_py() or 0.0
+                                             for stage in STAGES)
                         writer.consume(batch)
                         progress.update(writer.num_done, writer.num_failed, writer.clips)
                     break
@@ -202,12 +233,13 @@ def drive(run: Run, batches: Callable[[list[dict]], Iterable[pa.Table]],
         store=str(run.store), written=dict(writer.written), failed=dict(writer.failed),
         clips=writer.clips, warnings=writer.warnings, skipped_done=run.skipped_done,
         skipped_failed=run.skipped_failed, seconds=time.monotonic() - start_time,
-        failures_path=str(run.store.failures_dir))
+        failures_path=str(run.store.failures_dir), stage_seconds=dict(writer.stage_seconds),
+        first_row_s=first_row, first_row_work_s=first_work)
     log.info(summary.report(), extra={"block": True})
     attempted = len(items)
     failed = sum(summary.failed.values())
     if attempted and failed > cfg.max_failed * attempted:
-        raise TooManyFailures(
+        raise TooManyFailures(summary,
             f"{failed} of the {attempted} (video, stream) pairs this run attempted failed, more "
             f"than --max-failed {cfg.max_failed:g} allows; the {attempted - failed} others are "
             f"written. Why each failed: the failures table {summary.failures_path}")

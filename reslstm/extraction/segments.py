@@ -9,6 +9,9 @@ stage, a typed error and a message naming the file, so one bad video never stops
 The stages (``extraction.stages``) make these rows. ``SegmentJoiner`` joins the features of a
 video's segments back in order (arriving in any order, duplicates of retried tasks ignored);
 the store writer (``extraction.writer``) and prediction (``reslstm.inference.predictor``) both use it.
+Each stage adds the seconds it worked on a segment (``decode_s``, ``flow_s``, ``features_s``):
+the writer sums them, which is how a job knows the cost of each stage (its summary, MLflow, and
+``--calibrate``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from reslstm.features.schema import SPAN_COLUMNS, SPAN_FIELDS
+
+STAGES = ("decode", "flow", "features")  # the stages that time their work on each segment
 
 SEGMENT_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -43,6 +48,7 @@ SEGMENT_SCHEMA = pa.schema([
     ("error_type", pa.string()),
     ("message", pa.string()),
     *SPAN_FIELDS,                     # where each clip of the segment is in the video
+    *(pa.field(f"{stage}_s", pa.float64()) for stage in STAGES),  # seconds each stage worked
 ])
 
 KEY_FIELDS = ("video_id", "stream", "path", "label", "label_name", "split")
@@ -52,7 +58,8 @@ def segment_row(item: dict, **fields) -> pa.Table:
     """A one-row segment table for work item ``item`` (its keys), with ``fields`` set."""
     row = {k: item.get(k) for k in KEY_FIELDS}
     row.update({"kind": "segment", "seg_index": -1, "first_clip": -1, "num_clips": 0,
-                "is_last": False, "total_frames": -1, "padded": False, "fps": 0.0})
+                "is_last": False, "total_frames": -1, "padded": False, "fps": 0.0,
+                **{f"{stage}_s": 0.0 for stage in STAGES}})
     row.update(fields)
     return pa.Table.from_pylist([row], schema=SEGMENT_SCHEMA)
 

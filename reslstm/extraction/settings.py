@@ -28,9 +28,14 @@ class ExtractError(ReslstmError, RuntimeError):
 
 
 class TooManyFailures(ExtractError):
-    """More of a run's (video, stream) pairs failed than ``--max-failed`` allows."""
+    """More of a run's (video, stream) pairs failed than ``--max-failed`` allows; ``summary``:
+    the run's ``ExtractSummary`` (what it wrote is written)."""
 
     exit_code = 1
+
+    def __init__(self, summary, message: str):
+        super().__init__(message)
+        self.summary = summary
 
 
 def _weights_arg(cfg: ExtractConfig, stream: str):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from typing import Iterator
 
 import numpy as np
@@ -106,6 +107,7 @@ def decode_segments(batch: pa.Table, cfg: StageConfig) -> Iterator[pa.Table]:
                                  min_frame_ratio=cfg.min_frame_ratio, fps=cfg.fps)
             clip_len = cfg.segment_clip_len(stream)
             segments = iter_segments(reader, clip_len, cfg.clip_stride, cfg.clips_per_segment)
+            started = time.perf_counter()
             for index, seg in enumerate(segments):
                 spans = clip_spans(reader.clock, seg.first_clip, seg.num_clips, clip_len,
                                    cfg.clip_stride, seg.padded)
@@ -114,7 +116,9 @@ def decode_segments(batch: pa.Table, cfg: StageConfig) -> Iterator[pa.Table]:
                                   total_frames=seg.total_frames if seg.is_last else -1,
                                   padded=seg.padded, fps=float(cfg.fps or reader.info.fps or 0.0),
                                   warning=_warning(reader, cfg.fps) if seg.is_last else None,
+                                  decode_s=time.perf_counter() - started,
                                   **dict(zip(SPAN_COLUMNS, spans)), **encode(seg.frames))
+                started = time.perf_counter()
         except Exception as exc:  # noqa: BLE001 - every error becomes a failure row
             yield failure_row(item, "decode", exc)
 
@@ -144,10 +148,11 @@ def flow_stage(batch: pa.Table, cfg: StageConfig) -> pa.Table:
     for row in batch.to_pylist():
         if row["kind"] == "segment" and row["stream"] == "flow" and not cfg.flow_on_device:
             try:
+                started = time.perf_counter()
                 rgb = frames_of(row)
                 flow = flow_clip_frames(rgb, _real_frames(row, rgb), cfg.clip_len,
                                         make_flow(cfg.flow_method, **cfg.flow_options))
-                row.update(encode(flow))
+                row.update(encode(flow), flow_s=time.perf_counter() - started)
             except Exception as exc:  # noqa: BLE001
                 if is_systemic(exc):
                     raise
@@ -198,8 +203,10 @@ class FeatureStage:
 
         frames = frames_of(row)
         if row["stream"] == "flow" and self.flow is not None:
+            started = time.perf_counter()
             frames = flow_clip_frames(frames, _real_frames(row, frames), self.cfg.clip_len,
                                       self.flow)
+            row["flow_s"] = time.perf_counter() - started
         return frames
 
     def features(self, row: dict) -> np.ndarray:
@@ -230,8 +237,16 @@ class FeatureStage:
         for i, row in enumerate(rows):
             if row["kind"] == "segment":
                 try:
-                    feats = packed[i] if i in packed else self.features(row)
-                    row.update(encode(np.asarray(feats, dtype=np.float32)))
+                    if i in packed:
+                        feats, seconds = packed[i], row["features_s"]
+                    else:
+                        started = time.perf_counter()
+                        feats = self.features(row)
+                        # A device flow computed here is the flow stage's time, not the CNN's.
+                        seconds = time.perf_counter() - started - (
+                            row["flow_s"] if self.flow is not None and row["stream"] == "flow"
+                            else 0.0)
+                    row.update(encode(np.asarray(feats, dtype=np.float32)), features_s=seconds)
                 except Exception as exc:  # noqa: BLE001
                     if is_systemic(exc):
                         raise  # every video would fail: stop the job (see the docstring)
@@ -248,10 +263,15 @@ class FeatureStage:
             if len(index) < 2:
                 continue
             try:
-                feats = clip_features_many(extractor, [self.frames(rows[i]) for i in index],
-                                           self.cfg.clip_len, self.cfg.clip_stride, self.cfg.crops,
+                frames = [self.frames(rows[i]) for i in index]
+                started = time.perf_counter()
+                feats = clip_features_many(extractor, frames, self.cfg.clip_len,
+                                           self.cfg.clip_stride, self.cfg.crops,
                                            self.cfg.batch_size, self.device)
                 out.update({i: self._checked(rows[i], f) for i, f in zip(index, feats)})
+                share = (time.perf_counter() - started) / sum(len(f) for f in feats)
+                for i, f in zip(index, feats):  # the shared passes, split by clips
+                    rows[i]["features_s"] = share * len(f)
             except Exception as exc:  # noqa: BLE001 - one at a time then names the segment
                 if is_systemic(exc):
                     raise

@@ -21,7 +21,7 @@ from reslstm.features.schema import (FAILURE_SCHEMA, SPAN_COLUMNS, SPAN_FIELDS, 
                                      feature_schema, features_to_arrow)
 from reslstm.features.store import FeatureStore, write_part
 
-from .segments import JoinedVideo, SegmentJoiner
+from .segments import STAGES, JoinedVideo, SegmentJoiner
 
 
 class StoreWriter:
@@ -45,6 +45,7 @@ class StoreWriter:
         self.failed = collections.Counter()         # error_type -> count
         self.warnings = 0
         self.files: list[str] = []
+        self.stage_seconds = dict.fromkeys(STAGES, 0.0)  # work of every segment that arrived
 
     # -- input ----------------------------------------------------------------------------------
     def consume(self, table: pa.Table) -> None:
@@ -55,6 +56,8 @@ class StoreWriter:
             if row["kind"] == "failure":
                 self._fail(key, row)
                 continue
+            for stage in STAGES:  # a retried task's work counts too: it was spent
+                self.stage_seconds[stage] += row.get(f"{stage}_s") or 0.0
             joined = self.joiner.add(row)
             if joined is not None:
                 self._complete(joined)

@@ -129,14 +129,18 @@ def _frame_time(frame, stream, clock: FrameClock) -> tuple[Fraction, Fraction | 
     return start, (Fraction(frame.duration) * tb if frame.duration else None)
 
 
-def probe(path) -> VideoInfo:
+def probe(path, decode_first: bool = True) -> VideoInfo:
     """Frame rate, declared frame count, upright size, codec, duration and rotation of the
-    first video stream. Decodes only the first frame (to read the display rotation)."""
+    first video stream. Decodes only the first frame (to read the display rotation);
+    ``decode_first=False`` reads the container's headers alone (rotation then 0, the size as
+    stored), which is what planning needs."""
     path, loc = source(path)
     container = _open(path, loc)
     try:
         stream = _video_stream(container, path)
         rotation = 0
+        if not decode_first:
+            return _stream_info(container, stream, path, rotation)
         try:  # the rotation lives on decoded frames, so decode the first one
             for frame in container.decode(stream):
                 rotation = _upright_rotation(frame)
