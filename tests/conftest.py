@@ -104,12 +104,6 @@ def pytest_collection_modifyitems(session, config, items):
               if "ray_local" in getattr(item, "fixturenames", ()) and hasattr(item, "module")}
     config.stash[_RAY_LOCAL_MODULES] = shared
     items.sort(key=lambda item: getattr(item, "module", None) in shared)  # stable
-    if config.pluginmanager.hasplugin("xdist"):
-        # With pytest -n N --dist loadgroup, these modules run in one worker, in this order,
-        # on its one shared Ray, while the other workers take the other modules.
-        for item in items:
-            if getattr(item, "module", None) in shared:
-                item.add_marker(pytest.mark.xdist_group("ray_local"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -22,8 +22,9 @@ from reslstm.extraction.driver import run_local
 from reslstm.extraction.segments import features_of
 from reslstm.fusion import late_fuse
 from reslstm.inference.chain import PredictError, chain_settings
+from reslstm.inference.assembly import join_video
 from reslstm.inference.predictor import (BATCH_SCHEMA, Prediction, Predictor, VideoFailed,
-                                         join_video, prediction_rows)
+                                         prediction_rows)
 from reslstm.sampling import sample_pair
 
 REPO = Path(__file__).resolve().parents[1]

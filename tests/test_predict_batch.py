@@ -39,6 +39,12 @@ def manifest(files, tmp_path_factory):
     return path
 
 
+def model_actors() -> set[str]:
+    from ray.util.state import list_actors
+
+    return {a.actor_id for a in list_actors(limit=10_000) if "ModelStage" in a.class_name}
+
+
 def in_process(model_file, paths) -> dict:
     model, doc = load_checkpoint(model_file)
     predictor = Predictor(model, doc, PredictConfig(model=str(model_file)))
@@ -52,8 +58,12 @@ def test_batch_rows_equal_in_process_predictions_and_reruns_resume(ray_local, tm
     model_file = save_payload(tmp_path / "model.pt", payload("late-product"))
     out = tmp_path / "out"
     cfg = PredictConfig(model=str(model_file), manifest=str(manifest), out=str(out), top_k=2,
-                        chunk_videos=4)  # two pipeline runs
+                        chunk_videos=4)  # written twice: after 4 of the 6 videos, then the rest
+    before = model_actors()
     summary = run_batch(cfg)
+    assert len(model_actors() - before) == 1  # one model actor for the whole job, not per chunk
+    assert len(list((out / "predictions").glob("*.parquet"))
+               + list((out / "failures").glob("*.parquet"))) >= 2
     assert summary.predicted == 3
     assert summary.failed == {"VideoDecodeError:truncated": 1, "VideoDecodeError:not_a_video": 1,
                               "VideoDecodeError:missing": 1}

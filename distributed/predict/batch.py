@@ -12,9 +12,10 @@ kinds are listed there (``load_model``).
 
 Batch (``run_batch``): the manifest's (or folder's) videos go through the Ray Data pipeline of
 extraction (``extract_pipeline.build_pipeline``: decode and flow tasks, the feature actor pool),
-then ``groupby(video_id)`` gathers each video's segments for the model actor (``ModelStage``),
-which joins them in order and classifies the video. The videos run in chunks of
-``chunk_videos``; each chunk's rows are written when it ends::
+then one model actor (``ModelStage``) for the whole job takes the feature segments as they come,
+joins each video's in order once all its streams are in (``reslstm.inference.assembly``) and
+classifies it. One pipeline runs the whole job (its actors and models are built once, and no
+shuffle holds the videos back); the driver writes the rows every ``chunk_videos`` videos::
 
     OUT/model.json                  the model: reference, fusion, classes, a weights fingerprint
     OUT/predictions/part-*.parquet  one row per video (``reslstm.inference.predictor.BATCH_SCHEMA``)
@@ -46,7 +47,8 @@ from reslstm.configs import PredictConfig
 from reslstm.datasets.manifest import ManifestError, read_table, resolve_paths
 from reslstm.features import FAILURE_SCHEMA, write_part
 from reslstm.inference.chain import PredictError, chain_settings, model_streams, stream_settings
-from reslstm.inference.predictor import BATCH_SCHEMA, ModelHead, join_video, prediction_rows
+from reslstm.inference.assembly import Assembled, VideoAssembler
+from reslstm.inference.predictor import BATCH_SCHEMA, ModelHead, prediction_rows
 
 from .files import load_model, predict_files
 
@@ -164,45 +166,37 @@ STAGE_SCHEMA = pa.schema(list(BATCH_SCHEMA) + [
 
 
 class ModelStage:
-    """Ray Data callable (actor): the feature segment rows of ONE video (a group of
-    ``groupby("video_id")``) -> its prediction, or the failure rows of its streams, as rows of
-    ``STAGE_SCHEMA``. The model is loaded once per actor."""
+    """Ray Data callable (one actor for the whole job): feature segment rows of any videos, in
+    any order -> the prediction of each video once all its streams are in, or the failure rows
+    of its streams, as rows of ``STAGE_SCHEMA``. The model is loaded once; partial videos wait
+    in its ``VideoAssembler`` (memory: the videos in flight)."""
 
     def __init__(self, payload: dict, top_k: int):
         import ray
 
         payload = ray.get(payload["ref"])  # wrapped, so Ray Data passes the reference as is
         self.head = ModelHead(model_from_payload(payload), payload)
-        self.settings = stream_settings(payload, self.head.streams)
+        self.assembler = VideoAssembler(self.head.streams,
+                                        stream_settings(payload, self.head.streams))
         self.top_k = top_k
 
-    def __call__(self, group: pa.Table) -> pa.Table:
-        rows = group.to_pylist()
-        joined, failures = join_video(rows, self.head.streams, self.settings)
-        if failures:
-            return pa.Table.from_pylist([{**f, "kind": "failure"} for f in failures],
-                                        schema=STAGE_SCHEMA)
-        pred = self.head.prediction(rows[0]["video_id"], rows[0]["path"], joined)
-        table = prediction_rows([pred], self.top_k)
-        n = table.num_rows
-        cols = {name: table.column(name) for name in BATCH_SCHEMA.names}
-        cols["kind"] = pa.array(["prediction"] * n, pa.string())
-        for name in ("stream", "stage", "error_type", "message"):
-            cols[name] = pa.nulls(n, pa.string())
-        return pa.table(cols, schema=STAGE_SCHEMA)
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        videos = [v for v in map(self.assembler.add, batch.to_pylist()) if v is not None]
+        return stage_rows(videos, self.head, self.top_k)
 
 
-def _failures(result: pa.Table, chunk: list[dict], run_id: str) -> pa.Table:
-    """Rows of the failures table: the stage's failure rows, and a row for each video of the
-    chunk the pipeline returned nothing for."""
-    rows = result.filter(pc.equal(result.column("kind"), "failure")).select(
-        ["video_id", "stream", "path", "stage", "error_type", "message"]).to_pylist()
-    returned = set(result.column("video_id").to_pylist())
-    rows += [{"video_id": r["video_id"], "stream": None, "path": r["path"], "stage": "assemble",
-              "error_type": "IncompleteVideo",
-              "message": f"{r['path']}: the pipeline returned nothing for it; rerun to retry"}
-             for r in chunk if r["video_id"] not in returned]
-    return pa.Table.from_pylist([{**r, "run_id": run_id} for r in rows], schema=FAILURE_SCHEMA)
+def stage_rows(videos: list[Assembled], head: ModelHead, top_k: int) -> pa.Table:
+    """``STAGE_SCHEMA`` rows: a prediction per whole video, the failure rows of the others."""
+    fails = [{**f, "kind": "failure"} for v in videos if v.failures for f in v.failures]
+    preds = prediction_rows([head.prediction(v.video_id, v.path, v.joined)
+                             for v in videos if not v.failures], top_k)
+    n = preds.num_rows
+    cols = {name: preds.column(name) for name in BATCH_SCHEMA.names}
+    cols["kind"] = pa.array(["prediction"] * n, pa.string())
+    for name in ("stream", "stage", "error_type", "message"):
+        cols[name] = pa.nulls(n, pa.string())
+    return pa.concat_tables([pa.table(cols, schema=STAGE_SCHEMA),
+                             pa.Table.from_pylist(fails, schema=STAGE_SCHEMA)])
 
 
 def run_batch(cfg: PredictConfig) -> BatchSummary:
@@ -235,18 +229,18 @@ def run_batch(cfg: PredictConfig) -> BatchSummary:
                            skipped_done=len(done & {r["video_id"] for r in rows}),
                            skipped_failed=skipped_failed, seconds=0.0)
     if todo:
-        _run_chunks(cfg, todo, payload, stage, streams, out, summary)
+        _run_stream(cfg, todo, payload, stage, streams, out, summary)
     summary.seconds = time.monotonic() - started
     log.info(summary.report(), extra={"block": True})
     return summary
 
 
-def _run_chunks(cfg: PredictConfig, todo: list[dict], payload: dict, stage, streams,
+def _run_stream(cfg: PredictConfig, todo: list[dict], payload: dict, stage, streams,
                 out: storage.Location, summary: BatchSummary) -> None:
-    """The pipeline over ``todo``, chunk by chunk; counts go to ``summary``."""
+    """One pipeline over ``todo``: extraction's stages, then the model actor; the rows are
+    written every ``chunk_videos`` videos. Counts go to ``summary``."""
     import ray
     from ray.data import ActorPoolStrategy
-    from ray.data.context import ShuffleStrategy
 
     from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline
     from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
@@ -259,38 +253,68 @@ def _run_chunks(cfg: PredictConfig, todo: list[dict], payload: dict, stage, stre
     plan = PipelinePlan.make(stage, streams, cluster_cpus(), cluster_gpus(),
                              ray.cluster_resources().get("object_store_memory", 0),
                              cfg.actors, cfg.actor_cpus)
-    log.info(f"{len(todo)} videos to classify with {cfg.model}, in chunks of {cfg.chunk_videos}")
-    payload_ref = {"ref": ray.put(payload)}
-    run_id, failed = uuid.uuid4().hex[:12], Counter()
+    log.info(f"{len(todo)} videos to classify with {cfg.model}, written every "
+             f"{cfg.chunk_videos} videos")
     order = sorted(streams, key=lambda s: s != "flow")
-    for start in range(0, len(todo), cfg.chunk_videos):
-        chunk = todo[start:start + cfg.chunk_videos]
-        items = [{**r, "stream": s} for r in chunk for s in order]
-        ds = build_pipeline(items, plan)
-        # Sort-based grouping runs as plain tasks (the hash shuffle's aggregator actors would
-        # hold CPUs the pipeline's tasks need on a small cluster).
-        ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-        ds = ds.groupby("video_id").map_groups(
-            ModelStage, fn_constructor_kwargs={"payload": payload_ref, "top_k": cfg.top_k},
-            compute=ActorPoolStrategy(min_size=1, max_size=1), batch_format="pyarrow",
-            num_cpus=0)
-        parts = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
-        result = pa.concat_tables(parts) if parts else STAGE_SCHEMA.empty_table()
+    ds = build_pipeline([{**r, "stream": s} for r in todo for s in order], plan).map_batches(
+        ModelStage, fn_constructor_kwargs={"payload": {"ref": ray.put(payload)}, "top_k": cfg.top_k},
+        compute=ActorPoolStrategy(min_size=1, max_size=1), batch_format="pyarrow",
+        batch_size=None, num_cpus=0)
+    writer = _Rows(out, payload, uuid.uuid4().hex[:12], summary, len(todo))
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        writer.add(batch)
+        if writer.videos >= cfg.chunk_videos:
+            writer.flush()
+    writer.add(_missing(todo, writer.seen))
+    writer.flush()
+
+
+class _Rows:
+    """The driver's side: prediction and failure rows, written in parts (a killed job loses
+    only what was not written); one count per video in ``summary``."""
+
+    def __init__(self, out, payload: dict, run_id: str, summary: BatchSummary, total: int):
+        self.out, self.run_id, self.summary, self.total = out, run_id, summary, total
+        self.labels = json.dumps(list(payload["label_names"]))
+        self.parts: list[pa.Table] = []
+        self.seen: set[str] = set()
+        self.videos = 0
+        self.failed = Counter(summary.failed)
+
+    def add(self, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self.parts.append(rows)
+            new = set(rows.column("video_id").to_pylist()) - self.seen
+            self.seen |= new
+            self.videos += len(new)
+
+    def flush(self) -> None:
+        result = pa.concat_tables(self.parts) if self.parts else STAGE_SCHEMA.empty_table()
+        self.parts, self.videos = [], 0
         preds = result.filter(pc.equal(result.column("kind"), "prediction")).select(
-            BATCH_SCHEMA.names).cast(BATCH_SCHEMA).replace_schema_metadata(
-            {"labels": json.dumps(list(payload["label_names"]))})
-        fails = _failures(result, chunk, run_id)
+            BATCH_SCHEMA.names).cast(BATCH_SCHEMA).replace_schema_metadata({"labels": self.labels})
+        fails = result.filter(pc.equal(result.column("kind"), "failure")).select(
+            ["video_id", "stream", "path", "stage", "error_type", "message"]).to_pylist()
+        fails = pa.Table.from_pylist([{**r, "run_id": self.run_id} for r in fails],
+                                     schema=FAILURE_SCHEMA)
         if preds.num_rows:
-            write_part(out.join("predictions"), preds)
+            write_part(self.out.join("predictions"), preds)
         if fails.num_rows:
-            write_part(out.join("failures"), fails)
-        summary.predicted += preds.num_rows
+            write_part(self.out.join("failures"), fails)
+        self.summary.predicted += preds.num_rows
         first_error = dict(zip(reversed(fails.column("video_id").to_pylist()),
                                reversed(fails.column("error_type").to_pylist())))
-        failed.update(first_error.values())  # one count per video, its first stream's error
-        summary.failed = dict(failed)
-        log.info(f"{min(start + len(chunk), len(todo))}/{len(todo)} videos: {summary.predicted} "
-                 f"classified, {sum(failed.values())} failed")
+        self.failed.update(first_error.values())  # one count per video, its first stream's
+        self.summary.failed = dict(self.failed)
+        log.info(f"{len(self.seen)}/{self.total} videos: {self.summary.predicted} classified, "
+                 f"{sum(self.failed.values())} failed")
+
+
+def _missing(todo: list[dict], seen: set[str]) -> pa.Table:
+    """Failure rows for the videos the pipeline returned nothing for."""
+    videos = VideoAssembler((), {}).close(r for r in todo if r["video_id"] not in seen)
+    return pa.Table.from_pylist([{**f, "kind": "failure"} for v in videos for f in v.failures],
+                                schema=STAGE_SCHEMA)
 
 
 def run_predict(cfg: PredictConfig):

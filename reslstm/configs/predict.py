@@ -41,8 +41,8 @@ class PredictConfig:
     actors: int | None = opt(None, "batch: feature actors at most (default: one per GPU, or "
                              "CPUs / 2)")
     actor_cpus: float | None = opt(None, "batch: CPUs each feature actor reserves")
-    chunk_videos: int = opt(128, "batch: videos per pipeline run; each run's predictions are "
-                            "written when it ends (what a killed job loses at most)")
+    chunk_videos: int = opt(128, "batch: predictions are written every N videos (what a "
+                            "killed job loses at most)")
     retry_failed: bool = opt(False, "batch: predict the videos that failed before again")
     overwrite: bool = opt(False, "batch: discard --out's predictions when they came from "
                           "another model")

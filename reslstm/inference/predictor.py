@@ -14,7 +14,8 @@ training (``sampling``) and the model scores them.
 - ``Predictor(model, payload, cfg)``: loads the extractors once; ``predict(path)`` ->
   ``Prediction``; a video that cannot be read raises ``VideoFailed`` with the typed errors of
   extraction (``VideoDecodeError:truncated`` ...).
-- ``ModelHead(model, payload)``: joined features -> probabilities per head, shared with batch
+- ``ModelHead(model, payload)``: joined features (``reslstm.inference.assembly``) ->
+  probabilities per head, shared with batch
   prediction on Ray (``reslstm.distributed.predict.batch``), so both give the same numbers.
 - ``Prediction``: the probabilities of each head, top-k, a JSON form and a text table;
   ``prediction_rows`` turns predictions into rows of ``BATCH_SCHEMA`` (one row per video: the
@@ -38,10 +39,10 @@ import torch
 
 from reslstm.configs import PredictConfig
 from reslstm.errors import ReslstmError
-from reslstm.extraction.segments import JoinedVideo, SegmentJoiner
+from reslstm.extraction.segments import JoinedVideo
 from reslstm.extraction.stages import FeatureStage, decode_segments, flow_stage
-from reslstm.features import StreamSettings
 from reslstm.fusion import FUSED, STREAMS, is_late
+from reslstm.inference.assembly import join_video
 from reslstm.inference.chain import chain_settings, model_T
 from reslstm.model import ActionModel
 from reslstm.inference.timeline import Timeline
@@ -76,45 +77,6 @@ class VideoFailed(ReslstmError, RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # Joined features -> probabilities
 # ---------------------------------------------------------------------------------------------
-
-def join_video(rows: Iterable[dict], streams: Iterable[str],
-               settings: dict[str, StreamSettings]) -> tuple[dict[str, JoinedVideo], list[dict]]:
-    """The segment rows of ONE video (every stream, any order) -> ({stream: joined features},
-    failures). A stream with a failure row, a joined length that does not fit the video, or
-    segments missing is a failure; a video with any failure cannot be classified."""
-    joiner, joined, failures, failed = SegmentJoiner(), {}, [], set()
-    vid = path = None
-
-    def fail(stream, first, stage, error_type, message):
-        failed.add(stream)
-        joiner.discard((first["video_id"], stream))
-        failures.append({"video_id": first["video_id"], "stream": stream,
-                         "path": first.get("path"), "stage": stage, "error_type": error_type,
-                         "message": message})
-
-    for row in rows:
-        vid, path, stream = row["video_id"], row.get("path"), row["stream"]
-        if stream in failed or stream in joined:
-            continue  # after a failure, or a retried task's duplicate of a joined segment
-        if row["kind"] == "failure":
-            fail(stream, row, row["stage"], row["error_type"], row["message"])
-            continue
-        j = joiner.add(row)
-        if j is not None:
-            s = settings[stream]
-            problem = j.problem(s.clip_len, s.clip_stride, s.feature_dim)
-            if problem:
-                fail(stream, j.first, *problem)
-            else:
-                joined[stream] = j
-    for (_, stream), first, have in joiner.incomplete():
-        fail(stream, first, "assemble", "IncompleteVideo", f"{first.get('path')}: {have} arrived")
-    for stream in streams:
-        if stream not in joined and stream not in failed and vid is not None:
-            fail(stream, {"video_id": vid, "path": path}, "assemble", "IncompleteVideo",
-                 f"{path}: no {stream} features came back")
-    return joined, failures
-
 
 class ModelHead:
     """A payload's model over joined clip features: T clips sampled at sigma(t) as in training
