@@ -44,53 +44,71 @@ def test_an_extraction_is_an_mlflow_run_the_store_names(ray_local, manifest, tmp
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "store"
-    with pytest.raises(TooManyFailures):  # 2 of 6 pairs fail: above --max-failed 0.1
-        extract(manifest, out, uri)
-    summary = extract(manifest, out, uri, max_failed=1.0, retry_failed=True)
+    summary = extract(manifest, out, uri, max_failed=1.0)  # the broken file fails, 2 written
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("reslstm-extraction")
-    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
-    assert [r.info.status for r in runs] == ["FAILED", "FINISHED"]
-    first, second = runs
-    # The failed job still reports what it did, and why it failed.
-    assert first.data.metrics["videos_written"] == 4 and first.data.metrics["failed"] == 2
-    assert "--max-failed" in first.data.tags["error"]
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["reslstm.kind"] == "extraction"
     # Params: how the features were made.
-    p = second.data.params
+    p = run.data.params
     assert (p["extractor"], p["crops"], p["flow_method"], p["fps"]) == ("tiny3d", "1", "dis", "native")
     assert p["weights_id.rgb"] == p["weights_id.flow"] == "random-init" and p["store"] == str(out)
-    # Metrics: per stage, and the failures of this run (the broken file again).
-    m = second.data.metrics
-    assert m["failed"] == 2 and m["videos_written"] == 0 == summary.videos
-    assert m["skipped_done"] == 4
-    for stage in ("decode", "flow", "features"):
-        assert f"{stage}_seconds" in m
-    first_m = first.data.metrics
-    assert first_m["decode_seconds"] > 0 and first_m["flow_seconds"] > 0
-    assert first_m["features_videos_per_s"] == pytest.approx(4 / first_m["features_seconds"])
+    # Metrics: this run's counts and each stage's work.
+    m = run.data.metrics
+    assert m["videos_written"] == 4 == summary.videos and m["failed"] == 2
+    assert m["decode_seconds"] > 0 and m["flow_seconds"] > 0 and m["features_seconds"] > 0
+    assert m["features_videos_per_s"] == pytest.approx(4 / m["features_seconds"])
     # The failures table, as artifacts.
-    local = client.download_artifacts(second.info.run_id, "failures.csv", str(tmp_path / "a"))
+    local = client.download_artifacts(run.info.run_id, "failures.csv", str(tmp_path / "a"))
     lines = Path(local).read_text().splitlines()
     assert len(lines) == 3 and all("broken" in line for line in lines[1:])
-    assert {a.path for a in client.list_artifacts(second.info.run_id)} == {
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
         "failures.csv", "failures.parquet"}
     # The store as a dataset input (context extraction), digest of its settings.
-    (ds,) = second.inputs.dataset_inputs
+    (ds,) = run.inputs.dataset_inputs
     assert ds.dataset.name == f"features:{Path(out).name}"
     assert {t.value for t in ds.tags} == {"extraction"}
     assert ds.dataset.digest == lineage.feature_input(str(out)).dataset.digest
     # System metrics of the machine, while it ran.
-    assert any(k.startswith("system/cpu_utilization") for k in first.data.metrics), first.data.metrics
-    # The store's metadata names both runs, oldest first; a training run's tags name the last.
+    assert any(k.startswith("system/cpu_utilization") for k in m), m
+    # The store's metadata names the run; a training run's tags name it.
     recorded = json.loads((out / fs.METADATA_FILE).read_text())["extraction_runs"]
-    assert [r["run_id"] for r in recorded] == [first.info.run_id, second.info.run_id]
-    assert recorded[0]["tracking_uri"] == uri
-    tags = lineage.feature_tags(str(out))
-    assert tags["features.extraction_run"] == second.info.run_id
-    # --experiment none: no run, and the record of the earlier ones stays.
+    assert [r["run_id"] for r in recorded] == [run.info.run_id] and recorded[0]["tracking_uri"] == uri
+    assert lineage.feature_tags(str(out))["features.extraction_run"] == run.info.run_id
+    # --experiment none: no run, and the record of the earlier one stays.
     extract(manifest, out, uri, experiment="none", max_failed=1.0)
-    assert len(client.search_runs([exp.experiment_id])) == 2
-    assert len(lineage.extraction_runs(out)) == 2
+    assert len(client.search_runs([exp.experiment_id])) == 1
+    assert len(lineage.extraction_runs(out)) == 1
+
+
+def test_a_failed_extraction_ends_its_run_failed_with_what_it_did(manifest, tmp_path, monkeypatch):
+    """The job's error ends the run FAILED, with the error and the summary it carries (a
+    TooManyFailures after the rows were written); KeyboardInterrupt ends it KILLED."""
+    from reslstm.distributed.extract import job
+    from reslstm.extraction.driver import ExtractSummary
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = ExtractSummary(store="s", written={"rgb": 3}, failed={"X": 2}, clips=9, warnings=0,
+                          skipped_done=0, skipped_failed=0, seconds=2.0, failures_path="f",
+                          stage_seconds={"decode": 1.0, "flow": 0.0, "features": 0.5})
+    errors = iter([TooManyFailures(done, "2 of the 5 pairs failed, more than --max-failed 0.1"),
+                   KeyboardInterrupt()])
+
+    def fail(cfg, subset, mlrun):
+        raise next(errors)
+
+    monkeypatch.setattr(job, "_extract", fail)
+    with pytest.raises(TooManyFailures):
+        extract(manifest, tmp_path / "s", uri)
+    with pytest.raises(KeyboardInterrupt):
+        extract(manifest, tmp_path / "s", uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("reslstm-extraction")
+    first, second = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    assert first.info.status == "FAILED" and "--max-failed" in first.data.tags["error"]
+    assert first.data.metrics["videos_written"] == 3 and first.data.metrics["failed"] == 2
+    assert first.data.metrics["decode_s_per_video"] == pytest.approx(1 / 3)
+    assert second.info.status == "KILLED"
 
 
 def test_trial_runs_log_the_store_they_read_and_its_extraction(tmp_path, monkeypatch):

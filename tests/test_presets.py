@@ -130,7 +130,7 @@ def test_a_preset_end_to_end_with_its_mlflow_parent(ray_local, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # Mid-sum fusion: this is where it is trained end to end (the other fusions: test_train).
     res = run_preset(PaperConfig(preset="T", features=str(store.root), out=str(tmp_path / "paper"),
-                                 T=(5,), hidden=(8,), seeds=2, epochs=3, workers=1,
+                                 T=(5,), hidden=(8,), seeds=2, epochs=1, workers=1,
                                  fusion=("mid-sum",), input_proj="linear", batch_size=8, lr=1e-2,
                                  mlflow_uri=uri))
     # One configuration, once per seed: its table row is their mean +- std.

@@ -18,7 +18,7 @@ from featurestore_fixture import make_feature_store
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 4
+EPOCHS = 2
 
 
 def _finished_trials(db: Path) -> int:
