@@ -124,7 +124,8 @@ def test_trial_runs_log_the_store_they_read_and_its_extraction(tmp_path, monkeyp
     exp_id = experiments.ensure_experiment(client, "exp")
     parent = client.create_run(exp_id).info.run_id
     cb = tracking.MLflowTrialCallback(uri, exp_id, parent, "s", {}, epochs=1,
-                                      tags=lineage.feature_tags(str(store)))
+                                      tags=lineage.feature_tags(str(store)),
+                                      dataset=lineage.feature_input(str(store)))
 
     class Trial:
         trial_id, config = "t1", {"hidden": 8, "depth": 1, "T": 5, "fusion": "rgb"}

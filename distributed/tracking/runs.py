@@ -29,7 +29,7 @@ import time
 from typing import Any, Mapping
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunStatus, RunTag
 from ray import tune
 
 
@@ -101,12 +101,16 @@ class MLflowTrialCallback(tune.Callback):
     """Tune callback: a nested MLflow run per trial (see the module docstring).
 
     ``base_params`` are the sweep's fixed settings; the trial's own ``config`` (the searched
-    values) overrides them. ``epochs`` tells a trial stopped early from one that ran out.
+    values) overrides them. ``tags`` go on every trial run, and ``dataset`` is its input (the
+    feature store: ``lineage.feature_tags`` / ``feature_input``, made once by the driver, so
+    the callback holds no credentials). ``epochs`` tells a trial stopped early from one that
+    ran out.
     ``run_ids`` maps trial ids to MLflow run ids once trials have started.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep: str,
-                 base_params: Mapping[str, Any], epochs: int, tags: Mapping[str, str] | None = None):
+                 base_params: Mapping[str, Any], epochs: int, tags: Mapping[str, str] | None = None,
+                 dataset: DatasetInput | None = None):
         self.tracking_uri, self.experiment_id = tracking_uri, experiment_id
         self.parent_run_id, self.sweep = parent_run_id, sweep
         self.base_params, self.epochs = dict(base_params), int(epochs)
@@ -114,7 +118,7 @@ class MLflowTrialCallback(tune.Callback):
         self.run_ids: dict[str, str] = {}
         self.last_epoch: dict[str, int] = {}
         self.best: dict[str, tuple[float, int, str | None]] = {}  # val_top1, epoch, ckpt
-        self.store = self.tags.get("features.store")  # the dataset input of every trial run
+        self.dataset = dataset  # the input of every trial run (``lineage.feature_input``)
         self._client: MlflowClient | None = None
         self._system: dict[str, SystemMetrics] = {}
 
@@ -163,8 +167,8 @@ class MLflowTrialCallback(tune.Callback):
         self.run_ids[trial.trial_id] = run.info.run_id
         self.client.log_batch(run.info.run_id, params=[
             Param(k, param_value(v)) for k, v in sorted(params.items())])
-        if self.store:
-            self.client.log_inputs(run.info.run_id, datasets=[feature_input(self.store)])
+        if self.dataset is not None:
+            self.client.log_inputs(run.info.run_id, datasets=[self.dataset])
         self._watch(trial.trial_id, run.info.run_id)
 
     def _watch(self, trial_id: str, run_id: str) -> None:

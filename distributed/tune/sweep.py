@@ -244,7 +244,8 @@ def _tuner(sw: _Sweep, data: dict[str, RunData], resuming: bool) -> tune.Tuner:
             name=sw.name, verbose=0, **run_storage(sw.storage),
             callbacks=[tracking.MLflowTrialCallback(sw.uri, sw.exp_id, sw.parent, sw.name,
                                                     sw.params, base.epochs,
-                                                    lineage.feature_tags(base.features)),
+                                                    lineage.feature_tags(base.features),
+                                                    lineage.feature_input(base.features)),
                        TrialProgress(base.epochs)]))
 
 
