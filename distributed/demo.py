@@ -84,6 +84,7 @@ def _log_baseline(uri: str, experiment_id: str, parent: str, cfg: TrainConfig, t
     run = client.create_run(experiment_id, run_name=f"baseline-meanpool-{cfg.fusion}",
                             tags={tracking.PARENT: parent, tracking.KIND_TAG: "baseline",
                                   **lineage.feature_tags(cfg.features)})
+    client.log_inputs(run.info.run_id, datasets=[lineage.feature_input(cfg.features)])
     for k, v in cfg.to_dict().items():
         client.log_param(run.info.run_id, k, "" if v is None else str(v))
     for head, acc in test.items():

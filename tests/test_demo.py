@@ -99,3 +99,5 @@ def test_demo_runs_end_to_end_at_toy_size(ray_local, tmp_path):
     (made,) = [d.dataset for d in extraction.inputs.dataset_inputs]
     assert (made.name, made.digest) == (trained_on.name, trained_on.digest)
     assert {t.value for d in extraction.inputs.dataset_inputs for t in d.tags} == {"extraction"}
+    assert [(d.dataset.name, d.dataset.digest) for d in baseline[0].inputs.dataset_inputs] == [
+        (made.name, made.digest)]  # the baseline, trained on the same store, names it too

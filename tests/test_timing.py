@@ -246,3 +246,23 @@ def test_a_model_records_the_rate_and_prediction_resamples_the_same_way(tmp_path
 
 def row_path(manifest) -> str:
     return pa.parquet.read_table(manifest).column("path")[0].as_py()
+
+
+def test_exports_carry_the_clip_spans(tmp_path, vfr_manifest):
+    h5py = pytest.importorskip("h5py", reason="h5py is the optional extra hdf5")
+    from reslstm.features.export import export_hdf5
+
+    manifest, _ = vfr_manifest
+    out = tmp_path / "s"
+    run_local(extract_config(manifest=str(manifest), out=str(out), streams=("rgb",)))
+    (row,) = fs.read_stream(out, "rgb").to_pylist()
+    export_hdf5(out, tmp_path / "f.h5")
+    with h5py.File(tmp_path / "f.h5") as f:
+        group = f["videos"]["v"]
+        assert group["rgb_frames"][:].tolist() == [list(p) for p in zip(row["first_frame"],
+                                                                          row["last_frame"])]
+        assert group["rgb_seconds"][:].tolist() == [list(p) for p in zip(row["start_s"],
+                                                                           row["end_s"])]
+    export_npy(out, tmp_path / "npy")
+    lines = (tmp_path / "npy" / "clips.csv").read_text().splitlines()[1:]
+    assert [float(line.split(",")[5]) for line in lines] == row["start_s"]

@@ -73,7 +73,9 @@ class ExtractionRun:
                   "flow_method": settings["flow"].flow_method if "flow" in settings else ""}
         self.client.log_batch(self.run_id, params=[Param(k, param_value(v))
                                                    for k, v in sorted(params.items())])
-        self.client.log_inputs(self.run_id, datasets=[feature_input(str(store), EXTRACTION_CONTEXT)])
+        # The store as the job opened it (cfg.out: a URI may carry its endpoint and credentials;
+        # str(store) is the form for people, without them).
+        self.client.log_inputs(self.run_id, datasets=[feature_input(cfg.out, EXTRACTION_CONTEXT)])
 
     def finish(self, summary=None, error: BaseException | None = None) -> None:
         """Metrics of ``summary`` (an ``ExtractSummary``), the failures table, the status."""
