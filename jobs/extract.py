@@ -5,6 +5,7 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/extract.py --manifest ... --out ...
     python jobs/extract.py --verify --out features/
+    python jobs/extract.py --compact-only --out features/   # merge small part files
     python jobs/extract.py --manifest ... --out ... --dry-run --calibrate 8   # cost and ETA first
 
 Reruns on the same --out extract only what is missing. See README.md for every option.
@@ -15,7 +16,7 @@ import sys
 
 from reslstm.cli import HelpFormatter, add_config_arguments, config_from_args, run_job
 from reslstm.configs import ExtractConfig
-from reslstm.distributed.extract.job import run_extraction, verify
+from reslstm.distributed.extract.job import compact_store, run_extraction, verify
 from reslstm.distributed.extract.plan import plan_job
 
 
@@ -23,6 +24,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_config_arguments(p, ExtractConfig)
     p.add_argument("--verify", action="store_true", help="check the store at --out and exit")
+    p.add_argument("--compact-only", action="store_true", help="merge the small part files of "
+                   "the store at --out into files of about --part-mib and exit (what each "
+                   "job does at its end unless --no-compact)")
     p.add_argument("--dry-run", action="store_true", help="read only the videos' headers (on the "
                    "cluster) and print the work: videos, hours, frames, clips, bytes to write, "
                    "files that cannot be opened; then exit")
@@ -34,6 +38,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.verify:
         return run_job("extract", lambda: 0 if verify(a.out, a.manifest) else 1)
+    if a.compact_only:
+        return run_job("extract", lambda: compact_store(a.out, a.part_mib) and 0)
     if a.dry_run or a.calibrate is not None:
         return run_job("extract", lambda: plan_job(config_from_args(ExtractConfig, a),
                                                    a.calibrate, a.dry_run_list) and 0)

@@ -35,7 +35,7 @@ from reslstm import storage
 from reslstm.configs import ExtractConfig
 from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline
 from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
-from reslstm.extraction.driver import ExtractSummary, drive, read_manifest, start
+from reslstm.extraction.driver import ExtractSummary, compact, drive, read_manifest, start
 from reslstm.extraction.settings import ExtractError
 from reslstm.extraction.stages import StageConfig
 from reslstm.flow.methods import needs_gpu
@@ -126,6 +126,19 @@ def cluster_failure(exc: BaseException) -> bool:
 def failure_counts(store) -> Counter:
     """Current failures of a store by error type."""
     return Counter(fs.read_failures(store).column("error_type").to_pylist())
+
+
+def compact_store(out: str, part_mib: float) -> dict:
+    """Merge the small part files of the store at ``out`` (``--compact-only``), under its lock."""
+    store = fs.FeatureStore(out)
+    if not store.root.join(fs.METADATA_FILE).exists():
+        raise ExtractError(f"{store}: no {fs.METADATA_FILE}; not a feature store")
+    with store.lock():
+        done = compact(store, part_mib)
+    if not any(c.merged for c in done.values()):
+        log.info(f"{store}: nothing to compact (" + "; ".join(
+            c.line(name) for name, c in done.items()) + ")")
+    return done
 
 
 def verify(out: str, manifest: str | None = None) -> bool:

@@ -60,7 +60,11 @@ class ExtractConfig:
                                  "MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     experiment: str = opt("reslstm-extraction", "MLflow experiment of the extraction's run "
                           "('none': no run)")
-    rows_per_file: int = opt(256, cli=False)
+    part_mib: float = opt(128.0, "a part file is written when a stream holds this many MiB of "
+                          "rows (and at least once a minute, so a killed job loses little)")
+    compact: bool = opt(True, "at the end of the job, merge the store's small part files into "
+                        "files of about --part-mib (atomically: a reader sees each row once)")
+    rows_per_file: int | None = opt(None, cli=False)  # also flush at this many rows (tests)
     progress_every_s: float = opt(10.0, cli=False)
     pipeline_retries: int = opt(2, cli=False)  # reruns of unfinished pairs after a cluster failure
     extractor_options: dict = opt(factory=dict, cli=False)
@@ -73,9 +77,9 @@ class ExtractConfig:
                f"must be a comma list of {', '.join(STREAMS)}, got {','.join(self.streams)!r}")
         _one_of(self, "crops", CROPS)
         _one_of(self, "raft_size", RAFT_SIZES)
-        _positive(self, "clip_stride", "batch_size", "clips_per_segment", "rows_per_file")
+        _positive(self, "clip_stride", "batch_size", "clips_per_segment", "part_mib")
         _positive(self, "clip_len", "size", "actors", "object_store_limit_gb", "fps",
-                  allow_none=True)
+                  "rows_per_file", allow_none=True)
         _check(self, self.actor_cpus is None or self.actor_cpus >= 0, "actor_cpus",
                f"must be >= 0, got {self.actor_cpus}")
         _check(self, self.min_frame_ratio is None or 0 < self.min_frame_ratio <= 1, "min_frame_ratio",

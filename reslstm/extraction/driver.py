@@ -196,7 +196,7 @@ def drive(run: Run, batches: Callable[[list[dict]], Iterable[pa.Table]],
     cfg, items = run.cfg, run.items
     start_time = time.monotonic()
     writer = StoreWriter(run.store, run.settings, run_id=uuid.uuid4().hex[:12],
-                         rows_per_file=cfg.rows_per_file)
+                         part_bytes=int(cfg.part_mib * 2**20), rows_per_file=cfg.rows_per_file)
     progress = Progress(len(items), every_s=cfg.progress_every_s)
     first_row = first_work = 0.0
     if items:
@@ -229,6 +229,8 @@ def drive(run: Run, batches: Callable[[list[dict]], Iterable[pa.Table]],
             writer.flush()
         writer.close(expected=items)
         progress.update(writer.num_done, writer.num_failed, writer.clips, force=True)
+    if cfg.compact:
+        compact(run.store, cfg.part_mib)
     summary = ExtractSummary(
         store=str(run.store), written=dict(writer.written), failed=dict(writer.failed),
         clips=writer.clips, warnings=writer.warnings, skipped_done=run.skipped_done,
@@ -244,6 +246,18 @@ def drive(run: Run, batches: Callable[[list[dict]], Iterable[pa.Table]],
             f"than --max-failed {cfg.max_failed:g} allows; the {attempted - failed} others are "
             f"written. Why each failed: the failures table {summary.failures_path}")
     return summary
+
+
+def compact(store: FeatureStore, part_mib: float) -> dict:
+    """Merge the store's small part files into files of about ``part_mib`` MiB (the caller
+    holds the store's lock): one console line for what was merged."""
+    start_time = time.monotonic()
+    done = store.compact(int(part_mib * 2**20))
+    merged = [c.line(name) for name, c in done.items() if c.merged]
+    if merged:
+        log.info(f"compacted {store}: " + "; ".join(merged)
+                 + f" in {time.monotonic() - start_time:.1f} s")
+    return done
 
 
 def root_cause(exc: BaseException) -> str:

@@ -4,7 +4,7 @@ The extraction driver feeds every output row of the pipeline (``extraction.segme
 ``StoreWriter.consume``. For each (video, stream) it keeps the features of the segments that
 arrived (in any order, duplicates from retried tasks ignored: ``segments.SegmentJoiner``) and,
 once the last segment and all before it are in, makes one row. Rows are flushed in part files
-that appear only when complete (``features.store.write_part``), so a job killed at any moment
+of about ``part_bytes`` of features (and at least every ``flush_every_s``) that appear only when complete (``features.store.write_part``), so a job killed at any moment
 leaves only complete files and a rerun extracts exactly what is missing. A failure row discards that video's partial segments and is
 recorded in the failures table. ``close`` reports anything still incomplete as a failure:
 nothing is silently skipped.
@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from reslstm.features.schema import (FAILURE_SCHEMA, SPAN_COLUMNS, SPAN_FIELDS, StreamSettings,
                                      feature_schema, features_to_arrow)
+from reslstm.features.compaction import PART_MIB
 from reslstm.features.store import FeatureStore, write_part
 
 from .segments import STAGES, JoinedVideo, SegmentJoiner
@@ -29,12 +30,15 @@ class StoreWriter:
     ``FeatureStore``; ``settings`` the stream settings the rows are checked against."""
 
     def __init__(self, store, settings: dict[str, StreamSettings], run_id: str,
-                 rows_per_file: int = 256, flush_every_s: float = 60.0):
+                 part_bytes: int = PART_MIB * 2**20, rows_per_file: int | None = None,
+                 flush_every_s: float = 60.0):
         self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
         self.settings = settings
         self.run_id = run_id
+        self.part_bytes = part_bytes
         self.rows_per_file = rows_per_file
         self.flush_every_s = flush_every_s
+        self.held = collections.Counter()          # stream -> bytes of features held
         self.joiner = SegmentJoiner()
         self.finished: set[tuple[str, str]] = set()
         self.rows: dict[str, list[dict]] = collections.defaultdict(list)
@@ -49,7 +53,12 @@ class StoreWriter:
 
     # -- input ----------------------------------------------------------------------------------
     def consume(self, table: pa.Table) -> None:
-        for row in table.to_pylist():
+        # The features stay in Arrow memory: each row's ``data`` is a zero-copy buffer that the
+        # joiner copies once into the video's array, which goes to Arrow whole when flushed.
+        data = table.column("data")
+        for i, row in enumerate(table.drop_columns(["data"]).to_pylist()):
+            value = data[i]
+            row["data"] = value.as_buffer() if value.is_valid else None
             key = (row["video_id"], row["stream"])
             if key in self.finished:
                 continue  # a retried task's duplicate of something already complete or failed
@@ -89,12 +98,15 @@ class StoreWriter:
             "warning": last["warning"], "features": feats, "spans": joined.spans})
         self.clips += len(feats)
         self.warnings += last["warning"] is not None
-        if len(self.rows[key[1]]) >= self.rows_per_file:
+        self.held[key[1]] += feats.nbytes
+        if (self.held[key[1]] >= self.part_bytes
+                or (self.rows_per_file and len(self.rows[key[1]]) >= self.rows_per_file)):
             self._flush_stream(key[1])
 
     # -- output ---------------------------------------------------------------------------------
     def _flush_stream(self, stream: str) -> None:
         rows = self.rows.pop(stream, [])
+        self.held.pop(stream, None)
         if not rows:
             return
         dim = self.settings[stream].feature_dim

@@ -36,6 +36,10 @@ completed shows it):
   not renew for ``LEASE_S / 2``, before another job may take over. A marker is stale once its
   expiry passed, or at once when its writer ran on this host and has ended (a killed job
   rerun on the same machine need not wait); stale markers are deleted by the next writer.
+- Part files are about ``compaction.PART_MIB`` MiB: the writer flushes at that size (and at
+  least once a minute), and a job ends by merging the small files it and earlier runs left
+  (``compact``; ``features.compaction`` says how a reader sees each row once meanwhile, also
+  when the job is killed mid-way).
 - Settings mismatches are refused: under the lock, ``prepare`` compares the requested settings
   with metadata.json (one object, replaced whole) for every stream that holds rows or failures.
 """
@@ -59,6 +63,7 @@ from reslstm import storage
 from reslstm.errors import ConfigError
 from reslstm.fusion import STREAMS
 
+from . import compaction
 from .lease import Lease
 from .schema import (FAILURE_SCHEMA, FAILURES_DIR, METADATA_FILE, STORE_FORMAT_VERSION, StoreError,
                      StreamSettings)
@@ -117,7 +122,7 @@ class FeatureStore:
 
     def stream_files(self, stream: str) -> list[str]:
         """The committed Parquet files of one stream (paths on ``self.root.filesystem``)."""
-        return self.stream_dir(stream).list(".parquet")
+        return compaction.visible(self.stream_dir(stream))
 
     def has_stream(self, stream: str) -> bool:
         return bool(self.stream_files(stream))
@@ -184,7 +189,7 @@ class FeatureStore:
         """The failures table. ``current_only``: drop failures of (video, stream) pairs that a
         later run extracted (``--retry-failed``) and keep the latest failure of each pair."""
         if self._failures is None:
-            files = self.failures_dir.list(".parquet")
+            files = compaction.visible(self.failures_dir)
             self._failures = (pads.dataset(files, format="parquet", schema=FAILURE_SCHEMA,
                                            filesystem=self.root.filesystem).to_table()
                               if files else FAILURE_SCHEMA.empty_table())
@@ -243,6 +248,8 @@ class FeatureStore:
                 self.stream_dir(s).delete_dir()
             self._drop_failures(set(settings))
         self._remove_temporaries()
+        for d in self._directories():  # what a compaction killed before its deletes left
+            compaction.finish(d)
         self.write_metadata({**{s: v for s, v in old.items() if s not in settings}, **settings},
                             **extra)
         self._written, self._failures = None, None
@@ -260,9 +267,21 @@ class FeatureStore:
         for f in files:
             self.root.filesystem.delete_file(f)
 
+    def _directories(self) -> list[storage.Location]:
+        return [self.stream_dir(s) for s in STREAMS] + [self.failures_dir]
+
     def _remove_temporaries(self) -> int:
-        return sum(remove_temporaries(d)
-                   for d in [self.stream_dir(s) for s in STREAMS] + [self.failures_dir])
+        return sum(remove_temporaries(d) for d in self._directories())
+
+    def compact(self, target_bytes: int = compaction.PART_MIB * 2**20
+                ) -> dict[str, compaction.Compacted]:
+        """Merge the small part files of every stream and of the failures table into files of
+        about ``target_bytes`` (``features.compaction``); the caller holds the lock."""
+        names = [s for s in STREAMS if self.stream_dir(s).exists()] + [FAILURES_DIR]
+        done = {name: compaction.compact(self.root.join(name), target_bytes, self.check_lock)
+                for name in names}
+        self._written, self._failures = None, None
+        return done
 
     # -- one writer at a time -----------------------------------------------------------------
     @contextlib.contextmanager
