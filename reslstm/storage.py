@@ -315,13 +315,18 @@ def file_sizes(paths, like: Location | None = None, threads: int = 16) -> dict[s
     a thousand keys where a stat is one HEAD per video, so planning 240k videos in a few
     folders costs hundreds of requests, not 240k. Folders are listed ``threads`` at a time."""
     folders: dict[tuple[int, str], tuple[pafs.FileSystem, list[tuple[str, str]]]] = {}
+    filesystems: list[pafs.FileSystem] = []  # one per distinct filesystem (resolve makes new objects)
     for p in paths:
         try:
             loc = resolve(p, like=like)
         except (OSError, ValueError):
             continue
+        index = next((i for i, f in enumerate(filesystems) if f.equals(loc.filesystem)), None)
+        if index is None:
+            index = len(filesystems)
+            filesystems.append(loc.filesystem)
         parent = posixpath.dirname(loc.path.rstrip("/"))
-        fs_files = folders.setdefault((id(loc.filesystem), parent), (loc.filesystem, []))
+        fs_files = folders.setdefault((index, parent), (filesystems[index], []))
         fs_files[1].append((p, loc.path.rstrip("/")))
 
     def listed(key) -> dict[str, int]:

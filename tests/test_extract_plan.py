@@ -95,6 +95,32 @@ def test_sizes_come_from_one_listing_per_folder(tmp_path):
     assert len(sizes) == 101
 
 
+def test_local_paths_are_listed_once_per_folder_too(tmp_path, monkeypatch):
+    """Local paths resolve to a new filesystem object each: they are one disk all the same,
+    so one folder of 300 videos is one listing (not one per video: O(N^2) in the plan)."""
+    calls: list = []
+    local = pafs.LocalFileSystem
+
+    class Disk(_CountingFS):  # every instance is the same disk, counted in one list
+        def __init__(self):
+            self.local, self.calls = local(), calls
+
+        def __eq__(self, other):
+            return isinstance(other, Disk)
+
+        def __ne__(self, other):
+            return not isinstance(other, Disk)
+
+    for i in range(300):
+        (tmp_path / f"{i}.mp4").write_bytes(b"\0" * (i + 1))
+    paths = [str(tmp_path / f"{i}.mp4") for i in range(300)]
+    monkeypatch.setattr(pafs, "LocalFileSystem", lambda: pafs.PyFileSystem(Disk()))
+    sizes = storage.file_sizes(paths)
+    monkeypatch.undo()
+    assert calls == [("list", str(tmp_path))]
+    assert [sizes[p] for p in paths] == list(range(1, 301))
+
+
 def test_a_plan_reads_the_written_and_failed_ids_once_per_stream(tmp_path, monkeypatch):
     manifest = _manifest(tmp_path, {f"v{i}": 10 + i for i in range(40)})
     reads = []

@@ -1,0 +1,237 @@
+"""The feature store's stages at growing numbers of videos: cost per video and driver memory.
+
+For each N (``--videos``, default 1k, 4k, 16k), a store is written as an extraction job writes
+it (the project's ``StoreWriter`` fed one segment row per (video, stream), both streams, K
+uniform in 10..40 clips of ``--dim`` float32 features, 70/10/20 splits), and these stages are
+timed in this process (the driver's side of each):
+
+- ``write``: the writer joining and committing the rows, in part files of ``--rows-per-file``
+  rows (what a long job's once-a-minute flushes leave: ~50 rows per file at Kinetics' rate);
+- ``plan fresh`` / ``plan resumed``: ``FeatureStore.plan`` over the manifest on an empty store,
+  and on a store with half the videos written and 2 % recorded as failed (a fresh object, so
+  the listing and the id sets are read as a rerun reads them);
+- ``index``: the written ids of both streams read back (what a rerun, ``--verify`` and
+  training read first);
+- ``compact``: the job's end-of-run compaction into ``--part-mib`` files.
+
+Printed per stage and N: seconds per video, the driver's peak RSS above its level before the
+stage (polled every 20 ms), and both as ratios to the smallest N. Targets (issue "scale to
+Kinetics"): time per video at the largest N at most 1.25x the smallest's; driver peak RSS growth
+at most 1.5x from the smallest to the largest N where the stage holds nothing per video (the
+write holds at most a part file per stream, compaction one merged file); a resumed plan at most
+2x a fresh one. The id sets of ``plan`` and ``index`` grow with N by design (a few dozen bytes
+per video, never the features).
+
+    python benchmarks/scale.py                            # d = 1024, 1k / 4k / 16k videos
+    python benchmarks/scale.py --dim 64 --videos 1000,16000,128000   # per-video overheads
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import psutil  # noqa: E402  (a core dependency)
+
+from reslstm import features as fs  # noqa: E402
+from reslstm.configs import ExtractConfig  # noqa: E402
+from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest  # noqa: E402
+from reslstm.extraction.driver import plan_work, read_manifest  # noqa: E402
+from reslstm.extraction.segments import SEGMENT_SCHEMA  # noqa: E402
+from reslstm.extraction.writer import StoreWriter  # noqa: E402
+from reslstm.fusion import STREAMS  # noqa: E402
+
+CLIP_LEN, CLIP_STRIDE = 16, 8
+SPLITS = ("train",) * 7 + ("val",) + ("test",) * 2
+
+
+class PeakRSS:
+    """The process's peak RSS while the block runs, above its RSS when it began (bytes)."""
+
+    def __init__(self, every_s: float = 0.02):
+        self.every_s, self.peak, self.base = every_s, 0, 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        me = psutil.Process()
+        self.base = self.peak = me.memory_info().rss
+
+        def poll():
+            while not self._stop.wait(self.every_s):
+                self.peak = max(self.peak, me.memory_info().rss)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, psutil.Process().memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base
+
+
+def manifest_rows(n: int, videos: Path) -> list[dict]:
+    """N manifest rows whose paths are empty files in one folder (the planner lists it)."""
+    videos.mkdir(parents=True, exist_ok=True)
+    rows = [{"video_id": f"c{i % 400:03d}/v{i:07d}", "path": str(videos / f"v{i:07d}.mp4"),
+             "label": i % 400, "label_name": f"c{i % 400:03d}", "split": SPLITS[i % 10]}
+            for i in range(n)]
+    for r in rows:
+        Path(r["path"]).touch()
+    return rows
+
+
+def segment_batches(rows: list[dict], dim: int, seed: int, batch: int = 64):
+    """Segment tables as the pipeline hands them to the writer: one whole-video segment per
+    (video, stream), ``batch`` rows per table (features cut from a random pool, so making
+    them costs little next to what is measured)."""
+    rng = np.random.default_rng(seed)
+    pool = rng.standard_normal((4096 + 40, dim), dtype=np.float32)
+    out = []
+    for row in rows:
+        k = int(rng.integers(10, 41))
+        frames = CLIP_LEN + (k - 1) * CLIP_STRIDE
+        for stream in STREAMS:
+            at = int(rng.integers(0, 4096))
+            feats = pool[at:at + k]
+            out.append({**row, "stream": stream, "kind": "segment", "seg_index": 0,
+                        "first_clip": 0, "num_clips": k, "is_last": True,
+                        "total_frames": frames + (stream == "flow"), "padded": False,
+                        "fps": 25.0, "warning": None, "data": feats.tobytes(),
+                        "shape": [k, dim], "first_frame": list(range(0, k * CLIP_STRIDE, CLIP_STRIDE)),
+                        "last_frame": [j * CLIP_STRIDE + CLIP_LEN - 1 for j in range(k)],
+                        "start_s": [j * 0.32 for j in range(k)],
+                        "end_s": [j * 0.32 + 0.64 for j in range(k)],
+                        "decode_s": 0.0, "flow_s": 0.0, "features_s": 0.0})
+            if len(out) == batch:
+                yield pa.Table.from_pylist(out, schema=SEGMENT_SCHEMA)
+                out = []
+    if out:
+        yield pa.Table.from_pylist(out, schema=SEGMENT_SCHEMA)
+
+
+def settings(dim: int) -> dict[str, fs.StreamSettings]:
+    return {s: fs.StreamSettings("synthetic", "random-init", dim, CLIP_LEN, CLIP_STRIDE, 1, 256,
+                                 224, flow_method="tvl1" if s == "flow" else None)
+            for s in STREAMS}
+
+
+def timed(stage: str, results: dict, n: int, fn):
+    """Run ``fn()`` and record (seconds, peak RSS growth) under ``results[stage][n]``."""
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        value = fn()
+        seconds = time.perf_counter() - start
+    results.setdefault(stage, {})[n] = (seconds, mem.growth)
+    print(f"  {stage:<13} N={n:>7,}: {seconds:8.2f} s  {1e3 * seconds / n:7.3f} ms/video  "
+          f"driver +{mem.growth / 2**20:7.1f} MiB", flush=True)
+    return value
+
+
+def run(n: int, dim: int, rows_per_file: int, part_mib: float, results: dict, root: Path) -> None:
+    rows = manifest_rows(n, root / "videos")
+    manifest = root / "manifest.parquet"
+    write_manifest(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), manifest)
+    store_dir = root / f"store-{n}"
+    fs.write_metadata(store_dir, settings(dim))
+
+    def write():
+        w = StoreWriter(store_dir, settings(dim), run_id="bench", rows_per_file=rows_per_file)
+        for table in segment_batches(rows, dim, seed=n):
+            w.consume(table)
+        w.close()
+        return len(w.files)
+
+    files = timed("write", results, n, write)
+    timed("index", results, n, lambda: [len(fs.FeatureStore(store_dir).written_ids(s)) for s in STREAMS])
+    def plan(store: Path):  # what the job's driver does under the lock: read, list, plan
+        cfg = ExtractConfig(manifest=str(manifest), out=str(store), extractor="tiny3d")
+        return plan_work(cfg, read_manifest(cfg.manifest), fs.FeatureStore(store))
+
+    timed("plan fresh", results, n, lambda: plan(root / f"empty-{n}"))
+    # A resumed store: half the videos written, 2 % of the rest recorded as failed.
+    resumed = root / f"resumed-{n}"
+    fs.write_metadata(resumed, settings(dim))
+    w = StoreWriter(resumed, settings(dim), run_id="bench", rows_per_file=rows_per_file)
+    for table in segment_batches(rows[: n // 2], dim, seed=n):
+        w.consume(table)
+    for row in rows[n // 2: n // 2 + n // 50]:
+        for s in STREAMS:
+            w._fail((row["video_id"], s), row, "decode", "VideoError", f"{row['path']}: broken")
+    w.close()
+    timed("plan resumed", results, n, lambda: plan(resumed))
+    shutil.rmtree(resumed)
+    done = timed("compact", results, n,
+                 lambda: fs.FeatureStore(store_dir).compact(int(part_mib * 2**20)))
+    size = sum(f.stat().st_size for f in store_dir.rglob("*.parquet"))
+    print(f"  store: {size / 2**30:.2f} GiB; part files {files} -> "
+          f"{sum(c.after for c in done.values())} after compaction", flush=True)
+    shutil.rmtree(store_dir)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", default="1000,4000,16000", help="comma list of N")
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one N in this process (JSON out)
+    p.add_argument("--dim", type=int, default=1024, help="feature size d")
+    p.add_argument("--rows-per-file", type=int, default=50, help="rows per part file written")
+    p.add_argument("--part-mib", type=float, default=128.0, help="compaction target")
+    p.add_argument("--dir", default=None, help="where the stores go (default: a temp dir)")
+    a = p.parse_args()
+    if a.one:
+        root = Path(tempfile.mkdtemp(prefix="scale-", dir=a.dir))
+        results: dict = {}
+        try:
+            run(a.one, a.dim, a.rows_per_file, a.part_mib, results, root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print("RESULT " + json.dumps({k: v[a.one] for k, v in results.items()}), flush=True)
+        return
+    # Each N in a fresh process: the driver's memory is measured from the same start each time.
+    sizes = [int(v) for v in a.videos.split(",")]
+    results = {}
+    for n in sizes:
+        print(f"N = {n:,} videos, d = {a.dim}", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--dim", str(a.dim),
+                               "--rows-per-file", str(a.rows_per_file), "--part-mib",
+                               str(a.part_mib), *(["--dir", a.dir] if a.dir else [])],
+                              stdout=subprocess.PIPE, text=True)
+        if proc.returncode:
+            sys.exit(f"the run at N = {n} failed (exit {proc.returncode})")
+        for line in proc.stdout.splitlines():
+            if line.startswith("RESULT "):
+                for stage, value in json.loads(line[7:]).items():
+                    results.setdefault(stage, {})[n] = tuple(value)
+            else:
+                print(line, flush=True)
+    small, large = sizes[0], sizes[-1]
+    print(f"\nratios, N = {large:,} against N = {small:,} (time per video; driver peak RSS growth)")
+    for stage, by_n in results.items():
+        (t0, m0), (t1, m1) = by_n[small], by_n[large]
+        per = (t1 / large) / (t0 / small)
+        mem = (m1 / m0) if m0 > 2**20 else float("nan")
+        print(f"  {stage:<13} time/video {per:5.2f}x   RSS growth {mem:5.2f}x "
+              f"({m0 / 2**20:.0f} -> {m1 / 2**20:.0f} MiB)")
+    fresh, resumed = results["plan fresh"][large][0], results["plan resumed"][large][0]
+    print(f"  resumed plan / fresh plan at N = {large:,}: {resumed / fresh:.2f}x")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    main()
