@@ -5,7 +5,7 @@ schedules on each. ``jobs/extract.py`` submitted with ``ray job submit``, its ma
 and feature store on the local S3 API: the credentials travel in the URIs (worker nodes do not
 inherit the driver's environment), the decode tasks on the worker nodes stream the videos from
 the bucket, the driver writes the store there, and the store verifies; ``jobs/train.py`` trains
-on the two worker nodes from that store. ``down.sh`` stops exactly what ``up.sh`` started: no
+on the two worker nodes from that store, its run directory on S3. ``down.sh`` stops exactly what ``up.sh`` started: no
 process, temp dir or pid file is left."""
 
 import json
@@ -193,25 +193,48 @@ print(json.dumps({"head": head, "workers": [a.node_id for a in actors
 
 def test_two_worker_training_on_the_worker_nodes_with_everything_on_s3(cluster, extracted, s3_server):
     """``jobs/train.py`` submitted to the cluster: its two DDP workers, one per worker node,
-    read the store on S3; checkpoints, predictions and the summary go to the run directory on
-    S3."""
-    out = s3_server.uri(BUCKET, "runs/rgb")
+    read the store on S3 (late fusion: both streams); checkpoints, predictions and the summary
+    go to the run directory on S3, reached through URIs that carry the endpoint and credentials
+    (no AWS settings anywhere); the run directory's URI loads the best checkpoint."""
+    from reslstm import storage
+    from reslstm.checkpoint import load_checkpoint
+    from reslstm.reports.predictions import load_predictions
+
+    out = s3_server.uri(BUCKET, "runs/late")
     job = _submit(cluster, "python", "jobs/train.py", "--features", extracted["features"], "--out", out,
-                  "--stream", "rgb", "--workers", "2", "--epochs", "2", "--hidden", "8", "--depth", "1",
-                  "--T", "3", "--batch-size", "4", "--name", "rgb-cluster", timeout=900)
+                  "--stream", "late-product", "--workers", "2", "--epochs", "2", "--hidden", "8",
+                  "--depth", "1", "--T", "3", "--batch-size", "4", "--name", "late-cluster",
+                  timeout=900)
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
-    assert "best val top-1" in job.stdout and f"summary: s3://{BUCKET}/runs/rgb/summary.json" in job.stdout
+    assert "best val top-1" in job.stdout and f"summary: s3://{BUCKET}/runs/late/summary.json" in job.stdout
     # Our lines never show the keys (Ray echoes the entrypoint, URIs and all: not ours).
     ours = "\n".join(ln for ln in job.stdout.splitlines() if "entrypoint" not in ln)
     for secret in (s3_server.secret_key, urllib.parse.quote(s3_server.secret_key, safe="")):
         assert secret not in ours
-    s3 = s3_server.filesystem()
-    keys = s3_server.objects(BUCKET, "runs/rgb")
-    assert "runs/rgb/summary.json" in keys
-    assert "runs/rgb/predictions/test.parquet" in keys
-    assert any("/ray_results/rgb-cluster/" in k and k.endswith("/model.pt") for k in keys), keys
-    summary = json.loads(s3.open_input_stream(f"{BUCKET}/runs/rgb/summary.json").read())
+    keys = s3_server.objects(BUCKET, "runs/late")
+    assert {"runs/late/summary.json", "runs/late/predictions/val.parquet",
+            "runs/late/predictions/test.parquet"} <= set(keys)
+    # Ray Train's run (its snapshot and the checkpoints with model.pt) under the run directory.
+    assert any(k.startswith("runs/late/ray_results/late-cluster/") and k.endswith("/model.pt")
+               for k in keys), keys
+    summary = json.loads(storage.resolve(out).join("summary.json").read_text())
+    # Recorded settings name the locations without keys or endpoint (any encoding of them).
+    for secret in (s3_server.secret_key, s3_server.access_key,
+                   urllib.parse.quote(s3_server.secret_key, safe="")):
+        assert secret not in json.dumps(summary)
+    assert summary["train_config"]["features"] == f"s3://{BUCKET}/features"
     assert summary["best_epoch"] in (1, 2) and summary["train_config"]["workers"] == 2
+    assert summary["best_checkpoint"].startswith(f"s3://{BUCKET}/runs/late/ray_results/late-cluster/")
+    # The predictions read back through the run directory's URI: every test video, both heads
+    # and the fused one.
+    table = load_predictions(out, "test")
+    assert set(table.column("head").to_pylist()) == {"fused", "rgb", "flow"}
+    assert table.num_rows == 3 * len(set(table.column("video_id").to_pylist())) > 0
+    # The run directory's URI is a model reference (what jobs/predict.py --model takes): its
+    # summary's best checkpoint is read with the run directory's endpoint and credentials.
+    _, payload = load_checkpoint(out)
+    assert payload["epoch"] == summary["best_epoch"]
+    assert payload["model_config"]["fusion"] == "late-product"
     submission = next(ln.split("'")[1] for ln in job.stdout.splitlines() if "Job '" in ln)
     where = subprocess.run([sys.executable, "-c", WORKER_NODES, cluster["dashboard"],
                             _ray_job_id(cluster, submission)],

@@ -1,5 +1,5 @@
 """distributed.train.trainer / worker / checkpoints: the epoch metrics, and training runs end to end
-(2-worker single-stream and mid-fusion runs, 1-worker late-fusion runs with their options)."""
+(a 2-worker mid-fusion run, a 1-worker late-fusion run with its options)."""
 
 import dataclasses
 import json
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from featurestore_fixture import make_feature_store
-from reslstm import metrics
+from reslstm import metrics, storage
 from reslstm.checkpoint import PAYLOAD_KEYS, PAYLOAD_PARTS, load_checkpoint
 from reslstm.configs import TrainConfig
 from reslstm.distributed.train import trainer
@@ -28,6 +28,11 @@ def test_storage_defaults_to_an_absolute_path_in_the_run_dir(tmp_path, monkeypat
     cfg = TrainConfig(features="f", out="run")
     assert cfg.resolved_storage() == str(tmp_path / "run" / "ray_results")
     assert dataclasses.replace(cfg, storage_path="s3://b/x").resolved_storage() == "s3://b/x"
+    # A run directory on S3: Ray Train's storage under it, with its endpoint and credentials
+    # (trained there end to end: test_cluster_s3).
+    out = "s3://k:s@b/runs/late?endpoint_override=http://127.0.0.1:9&scheme=http"
+    s3 = dataclasses.replace(cfg, out=out).resolved_storage()
+    assert s3 == storage.join(out, "ray_results") and s3.startswith("s3://k:s@b/runs/late/ray_results?")
 
 
 def test_epoch_metrics_names_and_values():
@@ -48,7 +53,6 @@ def test_epoch_metrics_names_and_values():
 # ---------------------------------------------------------------------------------------------
 
 RUNS = {  # name -> (fusion, options beyond the common ones)
-    "flow-2w": ("flow", {"workers": 2}),
     "mid-product-2w": ("mid-product", {"workers": 2}),
     # The options together in one run: no residual, dropout, no input projection (d_f == h).
     # (The late ops themselves are pinned on exact numbers in test_fusion.py.)
@@ -127,30 +131,25 @@ def _check_checkpoint(res, cfg, store):
 
 
 @pytest.mark.integration
-def test_single_stream_run_two_workers(runs, store):
-    cfg, res = runs("flow-2w")
-    _check_run(res, store, ["fused"])
-    model = _check_checkpoint(res, cfg, store)
-    assert set(model.input_projections()) == {"flow"}
-    # The stored probabilities are the reloaded model's on the same T-sampled inputs.
-    from reslstm.sampling import sample_video
-    table = pq.read_table(res.predictions["test"])
-    vid, probs = table.column("video_id")[0].as_py(), table.column("probs")[0].as_py()
-    x = torch.from_numpy(sample_video(store.features["flow"][vid], cfg.T))[None]
-    with torch.no_grad():
-        expected = model.probabilities(model({"flow": x}))[0].numpy()
-    np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
-    assert res.scores["test"]["fused"]["top1"] == pytest.approx(
-        float(np.mean([np.argmax(p) == store.labels[v] for v, p in zip(
-            table.column("video_id").to_pylist(), table.column("probs").to_pylist())])))
-
-
-@pytest.mark.integration
-def test_mid_fusion_run_two_workers(runs, store):
+def test_a_two_worker_mid_fusion_run_predicts_as_its_checkpoint(runs, store):
+    """Two DDP workers, mid fusion (single-stream runs: test_tune_resume, test_cluster_s3): the
+    predictions of every split, the checkpoint, and the stored probabilities are the reloaded
+    model's on the inputs sampled at sigma(t), both streams at the same clips."""
     cfg, res = runs("mid-product-2w")
     _check_run(res, store, ["fused"])
     model = _check_checkpoint(res, cfg, store)
     assert set(model.input_projections()) == {"rgb", "flow"}
+    from reslstm.sampling import sample_pair
+    table = pq.read_table(res.predictions["test"])
+    for vid, probs in zip(table.column("video_id").to_pylist()[:3], table.column("probs").to_pylist()):
+        rgb, flow = sample_pair(store.features["rgb"][vid], store.features["flow"][vid], cfg.T)
+        with torch.no_grad():
+            expected = model.probabilities(model({"rgb": torch.from_numpy(rgb)[None],
+                                                  "flow": torch.from_numpy(flow)[None]}))[0].numpy()
+        np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
+    assert res.scores["test"]["fused"]["top1"] == pytest.approx(
+        float(np.mean([np.argmax(p) == store.labels[v] for v, p in zip(
+            table.column("video_id").to_pylist(), table.column("probs").to_pylist())])))
 
 
 @pytest.mark.integration
