@@ -11,7 +11,8 @@ Every late fusion returns a probability distribution over the last axis:
 - "weighted": (w_rgb * p_rgb + w_flow * p_flow) / (w_rgb + w_flow).
 
 The functions accept torch tensors or NumPy arrays (late fusion of stored predictions needs
-no model) and return the same kind.
+no model) and return the same kind. Importing this module does not import torch: Ray Data's
+decode and read tasks, which only need the names, start without it.
 
 The names are defined here once, for every layer: ``STREAMS`` (the two input streams, also the
 feature store's datasets and the extractors' inputs), ``MID_OPS`` / ``LATE_OPS`` and
@@ -24,7 +25,6 @@ from functools import partial
 from typing import Callable
 
 import numpy as np
-import torch
 
 from reslstm.errors import ConfigError
 
@@ -87,6 +87,8 @@ def late_fuse(p_rgb, p_flow, op: str = "product", w_rgb: float = 1.0, w_flow: fl
     if op not in LATE_OPS:
         raise ConfigError(f"unknown late fusion op {op!r}; valid ops: {', '.join(LATE_OPS)}")
     _check_same_shape(p_rgb, p_flow, "late")
+    import torch  # here, not at the top: the names above are read where torch is not needed
+
     as_numpy = isinstance(p_rgb, np.ndarray)
     if as_numpy != isinstance(p_flow, np.ndarray):
         raise TypeError("late_fuse needs two tensors or two NumPy arrays, not one of each")
