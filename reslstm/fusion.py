@@ -16,7 +16,9 @@ decode and read tasks, which only need the names, start without it.
 
 The names are defined here once, for every layer: ``STREAMS`` (the two input streams, also the
 feature store's datasets and the extractors' inputs), ``MID_OPS`` / ``LATE_OPS`` and
-``FUSION_NAMES`` (every value of ``ModelConfig.fusion`` / ``--stream``).
+``FUSION_NAMES`` (every value of ``ModelConfig.fusion`` / ``--stream``), and, beside them, the
+model's ``PROJECTIONS`` and ``ARCHS`` (``--input-proj``, ``--arch``), so that the configs read
+every name of the method without importing torch.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ STREAMS = ("rgb", "flow")
 FUSED = "fused"
 MID_OPS = ("sum", "product")
 LATE_OPS = ("product", "sum", "weighted")
+# The model's input projections d_f -> h and architectures (``reslstm.model``).
+PROJECTIONS = ("pca", "linear", "none")
+ARCHS = ("reslstm", "meanpool")
 
 # The smallest positive float32: clamps zero probabilities before the log of "product", so a
 # class that one stream rules out gets a vanishing, not undefined, fused score.

@@ -25,10 +25,7 @@ import torch
 import torch.nn as nn
 
 from reslstm.errors import ConfigError
-from reslstm.fusion import FUSION_NAMES, is_late, is_mid, make_fusion, streams_of
-
-PROJECTIONS = ("pca", "linear", "none")
-ARCHS = ("reslstm", "meanpool")
+from reslstm.fusion import ARCHS, FUSION_NAMES, PROJECTIONS, is_late, is_mid, make_fusion, streams_of
 
 
 # ---------------------------------------------------------------------------------------------

@@ -201,7 +201,7 @@ def s3_sweep(ray_local, s3_server, tmp_path_factory):
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
         mp.chdir(work)
         base = TrainConfig(features=s3_server.uri(BUCKET, "features"), out=str(root / "sweep"),
-                           hidden=8, T=5, epochs=2, batch_size=8, lr=1e-2, workers=2,
+                           hidden=8, T=5, epochs=2, batch_size=8, lr=1e-2, workers=1,
                            storage_path=s3_server.uri(BUCKET, "tune"))
         scfg = SweepConfig(base, hidden=[8], depth=[1, 2], T=[5], fusion=["late-product"],
                            mlflow_uri=uri, experiment="sweep-test", name="s3-sweep")

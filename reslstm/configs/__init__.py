@@ -6,7 +6,7 @@ defaults. Configs check their values where they are made (``__post_init__``): a 
 fails at once with the option's name, not later inside a Ray worker. Ray workers receive these
 objects as they are (``train_loop_config``); nothing here imports Ray.
 
-May import: the method's names (``reslstm.fusion``, ``reslstm.model``), ``reslstm.video.clips``
+May import: the method's names (``reslstm.fusion``), ``reslstm.video.clips``
 (crops), ``reslstm.flow.methods`` (flow methods), ``reslstm.storage``, ``reslstm.errors``.
 Nothing here builds a model or reads data.
 """

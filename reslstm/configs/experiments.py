@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reslstm.flow.methods import FLOW_METHODS
-from reslstm.model import PROJECTIONS
+from reslstm.fusion import PROJECTIONS
 
 from .options import _one_of, _positive, opt
 from .train import parse_bool

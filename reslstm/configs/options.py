@@ -1,7 +1,7 @@
 """What every config is made of: ``opt`` (a field with its command-line help), the
 checks configs run where they are made, and the choices only options have. Choices that are
 facts of the method live with it and are imported from there: streams and fusions
-(``reslstm.fusion``), input projections and architectures (``reslstm.model``), crops
+(``reslstm.fusion``, which also names the model's input projections and architectures), crops
 (``reslstm.video.clips``)."""
 
 from __future__ import annotations

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reslstm.errors import ConfigError
-from reslstm.fusion import FUSION_NAMES
-from reslstm.model import ARCHS, PROJECTIONS
+from reslstm.fusion import ARCHS, FUSION_NAMES, PROJECTIONS
 
 from .options import (SEARCHES, USE_GPU, _check, _one_of, _positive, flag_of, opt)
 
