@@ -58,6 +58,14 @@ print("SUMMARY " + json.dumps({"written": s.written, "failed": s.failed, "warnin
 """
 
 
+LOCAL_CHILD = """
+import json, sys
+from reslstm.configs import ExtractConfig
+from reslstm.extraction.driver import run_local
+run_local(ExtractConfig(**json.loads(sys.argv[1])))
+"""
+
+
 def child_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
@@ -425,8 +433,11 @@ def killed_and_resumed(tmp_path_factory):
     manifest = generate_synthetic(root / "synth", videos_per_class=1, seed=4)
     ids = set(pq.read_table(manifest).column("video_id").to_pylist())
     out = root / "store"
-    # Two rows per part file: rows are committed all along the job.
-    job = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(config(manifest, out, rows_per_file=2))],
+    # Two rows per part file: rows are committed all along the job. The killed job runs the
+    # stages in its own process (``run_local``: the same driver, writer and store, no Ray to
+    # start); the rerun is the command on Ray. (A job on Ray that loses part of its cluster:
+    # test_extract_cluster; a killed driver on Ray resuming: test_tune_resume.)
+    job = subprocess.Popen([sys.executable, "-c", LOCAL_CHILD, json.dumps(config(manifest, out, rows_per_file=2))],
                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, start_new_session=True)
     try:

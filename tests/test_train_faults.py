@@ -61,7 +61,6 @@ def _worker_log_text() -> str:
 
 
 def test_a_killed_worker_costs_only_time(ray_local, store, tmp_path):
-    unkilled = trainer.fit(_cfg(store, tmp_path / "plain"))
     cfg = _cfg(store, tmp_path / "killed", name="faulty")
     result, errors = {}, []
 
@@ -95,12 +94,10 @@ def test_a_killed_worker_costs_only_time(ray_local, store, tmp_path):
     k = restarts.index(1)
     assert k >= 2 and restarts == [0] * k + [1] * (EPOCHS - k), restarts
     assert f"[train] resumed from epoch {k} (of {EPOCHS})" in _worker_log_text()
-    assert all(h["restarts"] == 0 for h in unkilled.history)
     assert all(h["weights_spread"] == 0.0 for h in res.history)  # DDP: workers stay equal
-    assert all(h["weights_spread"] == 0.0 for h in unkilled.history)
-    # The signal is learnable (chance is 1/4): both runs learn it, to a comparable level.
-    assert unkilled.best_metrics["val_top1"] >= 0.75
-    assert abs(res.best_metrics["val_top1"] - unkilled.best_metrics["val_top1"]) <= 0.25
+    # The signal is learnable (chance is 1/4): the interrupted run learns it as an unbroken
+    # run of these settings does (>= 0.75; test_train's runs are unbroken).
+    assert res.best_metrics["val_top1"] >= 0.75, res.history
 
     # The same command again: the run is finished, nothing is trained again.
     epochs_before = sorted(p.name for p in run_dir.glob("epoch_*"))
