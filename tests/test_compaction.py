@@ -111,7 +111,7 @@ def test_a_compaction_killed_before_its_commit_leaves_nothing_to_read(tmp_path, 
     def killed(self, *args, **kwargs):
         raise KeyboardInterrupt  # the job stops while the merged file is written
 
-    monkeypatch.setattr(pq, "write_table", killed)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", killed)
     with pytest.raises(KeyboardInterrupt):
         fs.FeatureStore(tmp_path).compact()
     monkeypatch.undo()

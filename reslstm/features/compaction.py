@@ -126,6 +126,13 @@ def runs(sizes: list[tuple[str, int]], target: int) -> list[list[str]]:
     return out
 
 
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table``'s columns in ``schema``'s order, nulls for the fields it lacks."""
+    columns = [table.column(f.name) if f.name in table.column_names
+               else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def compact(directory: storage.Location, target: int, check=lambda: None) -> Compacted:
     """Merge the small part files of ``directory`` (``runs``), each run committed as one file
     before its files are deleted; ``check()`` runs before each commit (the store's lease)."""
@@ -140,12 +147,14 @@ def compact(directory: storage.Location, target: int, check=lambda: None) -> Com
         first, last = _span(names[0])[0], _span(names[-1])[1]
         tail = MERGED.match(names[-1])
         generation = 1 + (int(tail.group(2)) if tail else 0)
-        tables = [pq.read_table(p, filesystem=fs) for p in run]
-        table = pa.concat_tables(tables, promote_options="default")
+        # One file of the run in memory at a time (each becomes a row group of the merged
+        # file), in one schema: a column that older files lack is null in their rows.
+        schema = pa.unify_schemas([pq.read_schema(p, filesystem=fs) for p in run])
         check()
         target_loc = directory.join(f"{last}~{generation:04d}-{first}.parquet")
-        with target_loc.open_output() as f:
-            pq.write_table(table, f)
+        with target_loc.open_output() as f, pq.ParquetWriter(f, schema) as writer:
+            for p in run:
+                writer.write_table(_conform(pq.read_table(p, filesystem=fs), schema))
         for p in run:  # the merged file is committed: from now on these are not read
             fs.delete_file(p)
         result.merged += len(run)
