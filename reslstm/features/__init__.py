@@ -2,7 +2,7 @@
 
 Modules: ``schema`` (Arrow schemas, ``StreamSettings``, the features column), ``store``
 (``FeatureStore``: layout, metadata, id sets, lock, preparation; atomic part files),
-and ``reader`` (rows, failures, the training index, verification); the writer that joins
+``compaction`` (small part files merged, each row read once meanwhile), and ``reader`` (rows, failures, the training index, verification); the writer that joins
 extracted segments into rows is extraction's (``reslstm.extraction.writer``). Everything is
 re-exported here, so callers write ``from reslstm import features as fs`` and
 ``fs.read_stream(store, "rgb")``. A store is a local directory or any pyarrow filesystem URI
