@@ -1,10 +1,9 @@
-"""The local cluster scripts: the head of cluster/local/up.sh (token auth on: its job API
-answers a client with the token and refuses one without), and cluster/local/down.sh, which
-stops exactly what up.sh started: none of its processes is left (the head plus two worker nodes
-of `up.sh --workers 2`, and `ray job submit` of jobs/extract.py to them, are tested in
-test_cluster_s3.py, whose cluster they are). cluster/local/mlflow.sh: a tracking server
-on 127.0.0.1 that takes a run's metric and artifact (kept in a local folder, or in S3 through a
-local S3 API) and leaves no process after `stop`."""
+"""cluster/local/mlflow.sh: a tracking server on 127.0.0.1 that takes a run's metric and
+artifact (kept in a local folder, or in S3 through a local S3 API) and leaves no process after
+`stop`; and the helpers that find a cluster's processes. The cluster of cluster/local/up.sh
+(token auth: its job API answers a client with the token and refuses one without; a head plus
+two worker nodes, `ray job submit` to them) and down.sh, which stops exactly what up.sh started,
+are tested in test_cluster_s3.py."""
 
 import os
 import socket
@@ -58,54 +57,6 @@ def _processes_marked(temp_dir: str) -> list[int]:
             except OSError:
                 pass
     return out
-
-
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to check the head's processes")
-def test_a_local_head_with_a_token_then_down_leaves_nothing(tmp_path):
-    venv = Path(sys.prefix)
-    if not (venv / "bin" / "ray").exists():
-        pytest.skip(f"no ray command in {venv}/bin")
-    dash = _free_port()
-    env = {**os.environ, "VENV": str(venv), "RAY_HEAD_DIR": str(tmp_path / "head"),
-           "RAY_PORT": str(_free_port()), "RAY_DASHBOARD_PORT": str(dash), "RAY_NUM_CPUS": "2",
-           "RAY_AGENT_PORT": str(_free_port()), "RAY_CLIENT_PORT": str(_free_port()),
-           "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")}
-    env.pop("RAY_ADDRESS", None)
-    try:
-        up = subprocess.run(["bash", str(REPO / "cluster/local/up.sh")], env=env,
-                            capture_output=True, text=True, timeout=240)
-        temp_dir = (tmp_path / "head" / "temp_dir").read_text().strip()
-        head_pids = [int(p) for p in (tmp_path / "head" / "head.pids").read_text().split()]
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert head_pids and all(_live(p) for p in head_pids)
-        # The head keeps idle workers as init_ray's local instances do (2 per CPU + 2).
-        raylets = [p for p in head_pids if b"/raylet" in Path(f"/proc/{p}/cmdline").read_bytes()]
-        assert raylets
-        for p in raylets:
-            assert b"RAY_num_workers_soft_limit=6" in Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
-        assert (tmp_path / "token").stat().st_mode & 0o077 == 0  # the token is private
-        client = {**env, "RAY_AUTH_MODE": "token"}
-        # With the token the job API answers (a job submitted with --working-dir, on a cluster
-        # of up.sh with worker nodes: tests/test_cluster_s3.py)...
-        listed = subprocess.run([str(venv / "bin" / "ray"), "job", "list", "--address",
-                                 f"http://127.0.0.1:{dash}"], env=client, capture_output=True,
-                                text=True, timeout=120)
-        assert listed.returncode == 0, listed.stdout[-3000:] + listed.stderr[-3000:]
-        # ... and without it, it refuses the client.
-        no_token = {k: v for k, v in client.items() if k != "RAY_AUTH_TOKEN_PATH"}
-        no_token["HOME"] = str(tmp_path / "nohome")
-        denied = subprocess.run([str(venv / "bin" / "ray"), "job", "list", "--address",
-                                 f"http://127.0.0.1:{dash}"], env=no_token, capture_output=True,
-                                text=True, timeout=120)
-        assert denied.returncode != 0
-    finally:
-        down = subprocess.run(["bash", str(REPO / "cluster/local/down.sh")], env=env,
-                              capture_output=True, text=True, timeout=120)
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert not [p for p in head_pids if _live(p)]
-    assert _processes_naming(temp_dir) == []
-    assert _processes_marked(temp_dir) == []
-    assert not (tmp_path / "head" / "head.pids").exists()
 
 
 def _mlflow_sh(cmd: str, env: dict, timeout: int = 240) -> subprocess.CompletedProcess:

@@ -67,7 +67,7 @@ def cluster(tmp_path_factory):
         assert up.returncode == 0, up.stdout + up.stderr
         yield {"env": {**env, "RAY_AUTH_MODE": "token"}, "dashboard": f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}",
                "address": f"127.0.0.1:{env['RAY_PORT']}", "pids": pids, "head_pids": head_pids,
-               "temp_dirs": temp_dirs}
+               "temp_dirs": temp_dirs, "token": tmp / "token"}
     finally:
         down = subprocess.run(["bash", str(REPO / "cluster/local/down.sh")], env=env,
                               capture_output=True, text=True, timeout=120)
@@ -106,6 +106,8 @@ def _soft_limit(pid: int) -> bytes:
 
 
 def test_head_and_two_worker_nodes_each_run_a_task_of_a_driver_with_the_token(cluster):
+    """The nodes of ``up.sh --workers 2`` (each its own temp dir, idle workers kept as the local
+    instance keeps them), a driver with the token on each node, the job API behind the token."""
     temp_dirs, pids, head_pids = cluster["temp_dirs"], cluster["pids"], cluster["head_pids"]
     assert len(set(temp_dirs)) == 3 and all(Path(d).is_dir() for d in temp_dirs)
     assert all(_live(p) for p in pids)
@@ -123,6 +125,16 @@ def test_head_and_two_worker_nodes_each_run_a_task_of_a_driver_with_the_token(cl
     assert len(seen["nodes"]) == 3
     assert sorted(n["cpus"] for n in seen["nodes"]) == [0, 1, 1]
     assert seen["ran_on"] == [n["id"] for n in seen["nodes"]]
+    # up.sh made the token, private to its user; with it the job API answers, without it the
+    # API refuses the client.
+    assert cluster["token"].stat().st_mode & 0o077 == 0
+    ray_cli = [str(Path(sys.prefix) / "bin" / "ray"), "job", "list", "--address", cluster["dashboard"]]
+    listed = subprocess.run(ray_cli, env=cluster["env"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stdout[-3000:] + listed.stderr[-3000:]
+    no_token = {k: v for k, v in cluster["env"].items() if k != "RAY_AUTH_TOKEN_PATH"}
+    no_token["HOME"] = str(cluster["token"].parent / "nohome")
+    denied = subprocess.run(ray_cli, env=no_token, capture_output=True, text=True, timeout=120)
+    assert denied.returncode != 0
 
 
 def _submit(cluster, *args, timeout=600) -> subprocess.CompletedProcess:

@@ -152,8 +152,9 @@ def test_ray_pipeline_equals_plain_loop_and_segments_join_exactly(dataset, extra
 
 
 def test_ten_crops_of_a_torchvision_model_through_the_ray_pipeline(ray_local, tmp_path):
-    """--crops 10 with r3d_18 (random weights): every stage on Ray, and each stored clip
-    feature equals the model's 10-crop mean computed directly on the decoded frames."""
+    """--crops 10 with r3d_18 (random weights) on the flow stream (its first convolution made
+    2-channel): every stage on Ray, and each stored clip feature equals the model's 10-crop
+    mean computed directly on the frames' flow. (The crops of an RGB clip: test_extractors.)"""
     from reslstm.video.clips import pad_frames
     from reslstm.datasets.synthetic import synthesize_video, write_mp4
     from reslstm.extractors import clip_features
@@ -168,14 +169,15 @@ def test_ten_crops_of_a_torchvision_model_through_the_ray_pipeline(ray_local, tm
         "label_name": ["slide_up"], "split": ["train"]}, schema=MANIFEST_SCHEMA),
         tmp_path / "one.parquet")
     cfg = ExtractConfig(manifest=str(manifest), out=str(tmp_path / "store"), extractor="r3d_18",
-                        weights="none", flow_weights="none", flow="dis", crops=10, batch_size=4)
+                        weights="none", flow_weights="none", flow="dis", crops=10, batch_size=4,
+                        streams=("flow",))
     summary = run_extraction(cfg)
-    assert summary.written == {"rgb": 1, "flow": 1} and not summary.failed
+    assert summary.written == {"flow": 1} and not summary.failed
     settings = fs.read_metadata(tmp_path / "store")
-    assert {s.crops for s in settings.values()} == {10} and settings["rgb"].feature_dim == 512
-    frames = read_frames(tmp_path / "v.mp4", short_side=settings["rgb"].resize_short)
+    assert settings["flow"].crops == 10 and settings["flow"].feature_dim == 512
+    frames = read_frames(tmp_path / "v.mp4", short_side=settings["flow"].resize_short)
     flow = pad_frames(quantize_flow(compute_flow(frames, "dis")), 16)
-    for stream, x in (("rgb", frames), ("flow", flow)):
+    for stream, x in (("flow", flow),):
         (stored,) = fs.features_to_numpy(fs.read_stream(tmp_path / "store", stream).column("features"))
         direct = clip_features(create_extractor("r3d_18", stream, None), x, 16, 8, crops=10,
                                device="cpu")

@@ -376,8 +376,9 @@ def long_frames(n: int, h: int = 48, w: int = 64):
 
 
 def test_a_long_video_and_segments_equal_one_pass(ray_local, tmp_path):
-    """A two-minute video (3000 frames: 374 clips in 12 segments of 32) comes back whole, its
-    clips counted as sampling counts them; a short one cut into 4 segments equals one pass."""
+    """A one-minute video (1500 frames: 186 clips in 6 segments of 32) comes back whole, its
+    clips counted as sampling counts them; a short one cut into 4 segments equals one pass.
+    (Memory against video length, up to 20 minutes: benchmarks/memory.py.)"""
     import torch
 
     from reslstm.distributed.extract.job import run_extraction
@@ -385,7 +386,7 @@ def test_a_long_video_and_segments_equal_one_pass(ray_local, tmp_path):
     from reslstm.flow.methods import compute_flow, quantize_flow
     from reslstm.video.decoding import read_frames
 
-    long = encode(tmp_path / "two_minutes.mp4", long_frames(2 * 60 * 25),
+    long = encode(tmp_path / "one_minute.mp4", long_frames(60 * 25),
                   codec_options={"preset": "ultrafast"})
     short = encode(tmp_path / "short.mp4", pattern(100, 48, 64))
     for path, per_segment in ((long, 32), (short, 3)):  # the short video: 11 clips in 4 segments
@@ -397,13 +398,13 @@ def test_a_long_video_and_segments_equal_one_pass(ray_local, tmp_path):
             summary = run_extraction(cfg)
         assert summary.written == {"rgb": 1, "flow": 1} and not summary.failed
     got = {}
-    for stream, n in (("rgb", 3000), ("flow", 2999)):
+    for stream, n in (("rgb", 1500), ("flow", 1499)):
         table = fs.read_stream(tmp_path / "store", stream)
         rows = {r["video_id"]: r for r in table.drop(["features"]).to_pylist()}
-        assert (rows["two_minutes"]["num_frames"], rows["two_minutes"]["num_clips"]) == (n, num_clips(n, 16, 8))
+        assert (rows["one_minute"]["num_frames"], rows["one_minute"]["num_clips"]) == (n, num_clips(n, 16, 8))
         got[stream] = dict(zip(table.column("video_id").to_pylist(),
                                fs.features_to_numpy(table.column("features"))))
-    assert len(got["rgb"]["two_minutes"]) == 374 and np.isfinite(got["rgb"]["two_minutes"]).all()
+    assert len(got["rgb"]["one_minute"]) == 186 and np.isfinite(got["rgb"]["one_minute"]).all()
 
     # The short video in one pass: all frames, all clips at once.
     frames = read_frames(short, short_side=SIZE)
