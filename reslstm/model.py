@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from reslstm.errors import ConfigError
 from reslstm.fusion import ARCHS, FUSION_NAMES, PROJECTIONS, is_late, is_mid, make_fusion, streams_of
+from reslstm.pca import PCABasis, pca_basis
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,23 +86,20 @@ class InputProjection(nn.Module):
         """
         if self.kind != "pca":
             raise RuntimeError(f"fit_pca called on an input projection of kind {self.kind!r}")
-        x = np.asarray(features, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise ValueError(
-                f"fit_pca needs an (N, {self.input_dim}) array of clip features, got shape {x.shape}"
-            )
-        if x.shape[0] <= self.hidden_size:
+        return self.set_pca(pca_basis(features, self.input_dim))
+
+    @torch.no_grad()
+    def set_pca(self, basis: "PCABasis") -> "InputProjection":
+        """Take the top-h directions of a basis fitted once (``pca_basis``): the same buffers
+        as ``fit_pca`` on the basis's samples, for any h (a sweep fits once per stream)."""
+        if self.kind != "pca":
+            raise RuntimeError(f"set_pca called on an input projection of kind {self.kind!r}")
+        if basis.samples <= self.hidden_size:
             raise ConfigError(
                 f"PCA to {self.hidden_size} dims needs more than {self.hidden_size} training "
-                f"feature vectors, got {x.shape[0]}; use more clips or input_proj='linear'"
+                f"feature vectors, got {basis.samples}; use more clips or input_proj='linear'"
             )
-        if not np.isfinite(x).all():
-            raise ValueError("fit_pca got non-finite feature values (NaN or inf)")
-        mean = x.mean(axis=0)
-        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)  # vt: (min(N, d_f), d_f)
-        comps = vt[: self.hidden_size]
-        signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
-        comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
+        mean, comps = basis.mean, basis.components[: self.hidden_size]
         self.mean.copy_(torch.from_numpy(mean))
         self.components.copy_(torch.from_numpy(comps))
         self.fitted.fill_(1)

@@ -2,7 +2,9 @@
 
 Modules: ``schema`` (Arrow schemas, ``StreamSettings``, the features column), ``store``
 (``FeatureStore``: layout, metadata, id sets, lock, preparation; atomic part files),
-``compaction`` (small part files merged, each row read once meanwhile), and ``reader`` (rows, failures, the training index, verification); the writer that joins
+``compaction`` (small part files merged, each row read once meanwhile), ``reader`` (rows,
+failures, the training index, verification) and ``sampled`` (where each video's row is, and
+the T sampled clips read straight from there, both streams at the same clips); the writer that joins
 extracted segments into rows is extraction's (``reslstm.extraction.writer``). Everything is
 re-exported here, so callers write ``from reslstm import features as fs`` and
 ``fs.read_stream(store, "rgb")``. A store is a local directory or any pyarrow filesystem URI
@@ -12,8 +14,9 @@ May import: ``reslstm.storage``, ``reslstm.sampling``, ``reslstm.fusion`` (strea
 ``reslstm.errors``. Nothing here decodes video, runs a model or imports Ray.
 """
 
-from .reader import (INDEX_COLUMNS, StoreIndex, VerifyReport, failed_ids, has_stream, read_failures,
+from .reader import (StoreIndex, VerifyReport, failed_ids, has_stream, read_failures,
                      read_index, read_stream, stream_files, verify_store, written_ids)
+from .sampled import INDEX_COLUMNS, ReadPlan, StreamLocations, locate, plan_reads, read_sampled
 from .schema import (COMPARED_SETTINGS, FAILURE_SCHEMA, FAILURES_DIR, METADATA_FILE, SPAN_COLUMNS,
                      STORE_FORMAT_VERSION, StoreError, StreamSettings, feature_schema,
                      features_to_arrow, features_to_numpy, span_columns)
@@ -41,6 +44,7 @@ def write_metadata(store, streams: dict[str, StreamSettings], **extra) -> str:
 
 
 __all__ = [
+    "ReadPlan", "StreamLocations", "locate", "plan_reads", "read_sampled",
     "COMPARED_SETTINGS", "FAILURES_DIR", "as_store", "FAILURE_SCHEMA", "FeatureStore", "INDEX_COLUMNS",
     "METADATA_FILE", "SPAN_COLUMNS", "STORE_FORMAT_VERSION", "StoreError", "StoreIndex",
     "StreamSettings", "VerifyReport", "failed_ids", "feature_schema", "features_to_arrow",

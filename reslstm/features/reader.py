@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .sampled import StreamLocations, locate
 from .schema import METADATA_FILE, SPAN_COLUMNS, StoreError, features_to_numpy, span_columns
 from .store import FeatureStore, as_store
 
@@ -58,9 +59,6 @@ def failed_ids(store, stream: str) -> set[str]:
 # The index training starts from
 # ---------------------------------------------------------------------------------------------
 
-INDEX_COLUMNS = ["video_id", "label", "label_name", "split", "num_clips"]
-
-
 @dataclasses.dataclass
 class StoreIndex:
     """What the driver knows about a store before reading any features."""
@@ -71,6 +69,8 @@ class StoreIndex:
     label_names: list[str]
     video_ids: dict[str, list[str]]  # split -> sorted ids present in every stream
     missing: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # stream -> ids it lacks
+    # stream -> where each video's row is (``sampled.locate``), for reading training inputs
+    locations: dict[str, StreamLocations] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -97,7 +97,8 @@ def read_index(store, streams: Sequence[str]) -> StoreIndex:
     on a video's label or on d_f.
     """
     streams, store = tuple(streams), as_store(store)
-    tables = {s: read_stream(store, s, columns=INDEX_COLUMNS) for s in streams}
+    located = {s: locate(store, s) for s in streams}
+    tables = {s: t for s, (t, _) in located.items()}
     names: dict[int, str] = {}
     labels: dict[str, dict[str, int]] = {}
     split_of: dict[str, str] = {}
@@ -133,7 +134,8 @@ def read_index(store, streams: Sequence[str]) -> StoreIndex:
     for v in sorted(common):
         by_split.setdefault(split_of[v], []).append(v)
     return StoreIndex(str(store), streams, next(iter(dims.values())), label_names, by_split,
-                      {s: m for s, m in missing.items() if m})
+                      {s: m for s, m in missing.items() if m},
+                      {s: where for s, (_, where) in located.items()})
 
 # ---------------------------------------------------------------------------------------------
 # Verification
