@@ -5,6 +5,7 @@ import pytest
 
 from featurestore_fixture import make_feature_store
 from reslstm.distributed.train import data
+from ray.data.dataset import MaterializedDataset
 from reslstm.sampling import temporal_sample
 
 
@@ -54,14 +55,37 @@ def test_two_streams_are_joined_on_video_id_and_truncated_to_the_shorter(ray_loc
 
 
 @pytest.mark.integration
-def test_pca_sample_is_bounded_and_does_not_depend_on_block_order(ray_local, store):
-    ds = data.build_datasets(store.root, ["rgb"], 5, splits=("train",))["train"]
-    a = data.pca_sample(ds, "rgb", 40, seed=1)
-    b = data.pca_sample(ds.random_shuffle(seed=7).materialize(), "rgb", 40, seed=1)
-    assert a.shape == (40, store.feature_dim)
-    key = lambda x: sorted(map(tuple, x.tolist()))  # noqa: E731
-    assert key(a) == key(b)
-    everything = data.pca_sample(ds, "rgb", 10_000, seed=1)
-    distinct = sum(len(np.unique(store.features["rgb"][v][temporal_sample(
-        len(store.features["rgb"][v]), 5)], axis=0)) for v in store.ids("train"))
+def test_test_split_is_read_when_iterated_and_splits_are_read_apart(ray_local, store):
+    built = data.build_datasets(store.root, ["rgb"], 3)
+    assert isinstance(built["train"], MaterializedDataset)
+    assert isinstance(built["val"], MaterializedDataset)
+    assert not isinstance(built["test"], MaterializedDataset)  # read only when predicted
+    assert sorted(_rows(built["test"])) == store.ids("test")
+
+
+@pytest.mark.integration
+def test_pca_sample_is_the_chosen_videos_distinct_clips_whatever_the_block_order(ray_local, store):
+    run = data.load_data(store.root, ["rgb", "flow"], 5, splits=("train",))
+    chosen = data.pca_videos(run.index, 5, 40, seed=1)
+    assert chosen == data.pca_videos(run.index, 5, 40, seed=1) != data.pca_videos(
+        run.index, 5, 40, seed=2)
+    want = []
+    for v in chosen:  # the clips sample_pair takes, repeats within a video removed
+        rgb, flow = store.features["rgb"][v], store.features["flow"][v]
+        want.append(np.unique(rgb[temporal_sample(min(len(rgb), len(flow)), 5)], axis=0))
+    want = np.concatenate(want)
+    assert len(want) >= 40 > len(want) - len(want[-5:])  # the shortest prefix that suffices
+    a = data.pca_sample(run, "rgb", 40, seed=1)
+    np.testing.assert_array_equal(a, want[:40])
+    shuffled = data.RunData(run.index, {"train": run.datasets["train"].random_shuffle(
+        seed=7).materialize()}, run.T)
+    np.testing.assert_array_equal(data.pca_sample(shuffled, "rgb", 40, seed=1), a)
+    everything = data.pca_sample(run, "rgb", 10_000, seed=1)
+    distinct = sum(len(np.unique(store.features["rgb"][v][temporal_sample(min(
+        len(store.features["rgb"][v]), len(store.features["flow"][v])), 5)], axis=0))
+        for v in store.ids("train"))
     assert len(everything) == distinct
+    # fitted once per (stream, seed, size) and kept: a sweep's trials share it
+    basis = run.pca_basis("rgb", 1, 10_000)
+    assert run.only(("train",)).pca_basis("rgb", 1, 10_000) is basis
+    assert basis.samples == distinct

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from featurestore_fixture import make_feature_store
-from reslstm import metrics, storage
+from reslstm import metrics, storage, training
 from reslstm.checkpoint import PAYLOAD_KEYS, PAYLOAD_PARTS, load_checkpoint
 from reslstm.configs import TrainConfig
 from reslstm.distributed.train import trainer
@@ -106,6 +106,10 @@ def _check_run(res, store, heads):
     best = max(res.history, key=lambda h: (h["val_top1"], h["epoch"]))
     assert res.best_epoch == best["epoch"]
     assert res.best_metrics["val_top1"] == best["val_top1"]
+    # The workers' val metrics (each video on one worker, combined) are the best checkpoint's
+    # on all of val, as the prediction pass scores them.
+    for key in ("top1", "top5", "mean_class_acc"):
+        assert res.scores["val"]["fused"][key] == pytest.approx(best[f"val_{key}"], abs=1e-9)
     assert Path(res.best_checkpoint).name == f"epoch_{best['epoch']:04d}"
     summary = json.loads((Path(res.run_dir) / "summary.json").read_text())
     assert summary["best_checkpoint"] == res.best_checkpoint
@@ -190,3 +194,46 @@ def test_late_fusion_run_heads_fuse_to_its_own_fused_output(runs, name, tmp_path
     assert report.rows[f"fused-{op}"]["top1"] == pytest.approx(res.scores["test"]["fused"]["top1"])
     assert (tmp_path / "rep" / f"confusion_fused-{op}.png").is_file()
     assert (tmp_path / "rep" / f"per_class_fused-{op}.csv").is_file()
+
+
+def _evaluate_rank(rank, world, init, shards, out):
+    import torch.distributed as dist
+
+    from test_training import tiny_model
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        model = tiny_model("late-product", seed=3)
+        r = worker.evaluate_split(model, shards[rank], "cpu", ("rgb", "flow"))
+        out.put((rank, r.loss, r.top1, r.top5, r.mean_class_acc, r.head_top1, len(r.labels)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.processes
+def test_val_split_over_ranks_scores_as_one_process_on_all_of_it(tmp_path):
+    """Each rank evaluates its share of val (one rank none at all); every rank reports the
+    whole split's numbers, those of one process evaluating everything."""
+    import torch.multiprocessing as mp
+
+    from test_training import separable_batches, tiny_model
+    val = separable_batches(("rgb", "flow"), n_batches=5, seed=4)
+    for b in val[:3]:
+        b["label"][::3] = 1 - b["label"][::3]  # some mistakes, so the numbers say something
+    whole = training.evaluate(tiny_model("late-product", seed=3), val, "cpu", ("rgb", "flow"))
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    shards = [val[:2], val[2:], []]
+    procs = [ctx.Process(target=_evaluate_rank, args=(r, 3, f"file://{tmp_path / 'pg'}", shards, out))
+             for r in range(3)]
+    for p in procs:
+        p.start()
+    got = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert len(got) == 3
+    for _, loss, top1, top5, mca, heads, n in got:
+        assert n == sum(len(b["label"]) for b in val)
+        assert loss == pytest.approx(whole.loss, rel=1e-6)
+        assert (top1, top5, mca) == (whole.top1, whole.top5, whole.mean_class_acc)
+        assert heads == whole.head_top1
+    assert 0 < whole.top1 < 1

@@ -1,10 +1,13 @@
 """Predictions of a trained model on the built (Ray) datasets of a store's splits.
 
-``predict(model, datasets, label_names, out_dir)`` runs the model over each split's dataset in
-this process and writes ``out_dir/<split>.parquet`` (``reslstm.reports.predictions.PREDICTION_SCHEMA``):
-head ``fused`` = ``model.probabilities`` (the only head of single-stream and mid models; the late
-fusion of the two softmaxes otherwise), plus ``rgb`` and ``flow`` (each network's softmax) for
-late fusion. Reading and scoring those tables needs no Ray: ``reslstm.reports.predictions``.
+``predict(payload, datasets, label_names, out_dir)`` runs the checkpoint's model over every
+split in one Ray Data pass (``_Heads``: an actor pool of 1 up to the cluster's CPUs, or one
+actor per GPU, each building the model once), and writes ``out_dir/<split>.parquet``
+(``reslstm.reports.predictions.PREDICTION_SCHEMA``): head ``fused`` = ``model.probabilities``
+(the only head of single-stream and mid models; the late fusion of the two softmaxes
+otherwise), plus ``rgb`` and ``flow`` (each network's softmax) for late fusion. The driver
+receives C probabilities per video and head, never the inputs. Reading and scoring those tables
+needs no Ray: ``reslstm.reports.predictions``.
 """
 
 from __future__ import annotations
@@ -12,39 +15,76 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import ray
 import ray.data
-import torch
 
 from reslstm import storage
+from reslstm.distributed.runtime import cluster_cpus, cluster_gpus
 from reslstm.features import write_part
 from reslstm.fusion import FUSED
 from reslstm.metrics import score
-from reslstm.model import ActionModel
 from reslstm.reports.predictions import prediction_table
 
 
-@torch.no_grad()
-def predict(model: ActionModel, datasets: dict[str, "ray.data.Dataset"],
-            label_names: Sequence[str], out_dir, batch_size: int = 64
-            ) -> tuple[dict[str, str], dict[str, dict[str, dict[str, float]]]]:
-    """Write ``out_dir/<split>.parquet`` (a path, URI or ``storage.Location``) for each dataset
-    and score it; returns ({split: path or URI without options}, {split: {head: {top1, top5, mean_class_acc}}})."""
-    model.eval()
-    paths, scores = {}, {}
-    for split, ds in datasets.items():
-        ids, labels, per_head = [], [], {}
-        for b in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            inputs = {s: torch.tensor(b[s], dtype=torch.float32) for s in model.streams}
+class _Heads:
+    """Ray Data actor: a batch of model inputs -> {split, video_id, label, p_<head> (B, C)}."""
+
+    def __init__(self, payload_ref, use_gpu: bool):
+        import torch
+
+        from reslstm.checkpoint import model_from_payload
+
+        self.torch = torch
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.model = model_from_payload(ray.get(payload_ref[0])).to(self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch, model = self.torch, self.model
+        with torch.no_grad():
+            inputs = {s: torch.as_tensor(batch[s], dtype=torch.float32, device=self.device)
+                      for s in model.streams}
             logits = model(inputs)
             out = {FUSED: model.probabilities(logits)}
             if model.late is not None:
                 out.update({h: torch.softmax(logits[h], dim=-1) for h in model.heads})
-            for head, p in out.items():
-                per_head.setdefault(head, []).append(p.float().numpy())
-            ids += list(b["video_id"])
-            labels.append(b["label"].astype(np.int64))
-        y = np.concatenate(labels)
-        probs = {h: np.concatenate(ps) for h, ps in per_head.items()}
+        return {"split": batch["split"], "video_id": batch["video_id"], "label": batch["label"],
+                **{f"p_{h}": p.float().cpu().numpy() for h, p in out.items()}}
+
+
+def _tag(split: str):
+    def tag(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**batch, "split": np.full(len(batch["label"]), split, dtype=object)}
+    return tag
+
+
+def predict(payload: dict, datasets: dict[str, "ray.data.Dataset"], label_names: Sequence[str],
+            out_dir, batch_size: int = 64
+            ) -> tuple[dict[str, str], dict[str, dict[str, dict[str, float]]]]:
+    """Write ``out_dir/<split>.parquet`` (a path, URI or ``storage.Location``) for each dataset
+    and score it; returns ({split: path or URI without options}, {split: {head: {top1, top5,
+    mean_class_acc}}})."""
+    splits = list(datasets)
+    tagged = [datasets[s].map_batches(_tag(s), batch_format="numpy") for s in splits]
+    both = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
+    gpus = cluster_gpus()
+    pool = (1, gpus) if gpus else (1, max(1, cluster_cpus()))
+    heads = both.map_batches(_Heads, fn_constructor_args=([ray.put(payload)], bool(gpus)),
+                             batch_size=batch_size, batch_format="numpy", concurrency=pool,
+                             num_gpus=1 if gpus else 0)
+    got: dict[str, list[dict]] = {s: [] for s in splits}
+    for b in heads.iter_batches(batch_size=None, batch_format="numpy"):
+        for s in splits:
+            keep = b["split"] == s
+            if keep.any():
+                got[s].append({k: v[keep] for k, v in b.items()})
+    paths, scores = {}, {}
+    for split in splits:
+        parts = got[split]
+        if not parts:
+            raise RuntimeError(f"the {split} split came back without predictions")
+        ids = [v for p in parts for v in p["video_id"]]
+        y = np.concatenate([p["label"] for p in parts]).astype(np.int64)
+        probs = {k[2:]: np.concatenate([p[k] for p in parts]) for k in parts[0] if k.startswith("p_")}
         table = prediction_table(ids, y, label_names, split, probs)
         write_part(out_dir, table, name=f"{split}.parquet")
         paths[split] = storage.resolve(out_dir).join(f"{split}.parquet").uri

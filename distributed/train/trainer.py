@@ -15,12 +15,14 @@ Storage: a run resolves where Ray Train keeps its checkpoints once (``storage_lo
 local path or an object-storage URI with its filesystem) and passes that ``storage.Location`` on
 (``run_storage``, ``has_run``, ``checkpoint_uri``, ``build_trainer``).
 
-Data: datasets are built and materialized in the driver. The train split is sharded across
-workers (``streaming_split(equal=True)``: every worker gets the same number of rows, at most
-``workers - 1`` rows are skipped per epoch); val is NOT split: every worker evaluates all of
-it. Test is never seen during training; predictions run in the driver after training. PCA is
-fitted in the driver on a bounded sample of training clip vectors and reaches the workers
-through the object store.
+Data: train and val are built and materialized in the driver (``data.load_data``). The train
+split is sharded across workers (``streaming_split(equal=True)``: every worker gets the same
+number of rows, at most ``workers - 1`` rows are skipped per epoch); val is split so that each
+video is on exactly one worker (``ShardedVal``), and the ranks' results are combined into the
+whole split's metrics. Test is never seen during training and is read only when predicted:
+val and test are predicted after training by a Ray Data pass (``evaluation.predict``). PCA is
+fitted on a bounded sample of training clip vectors (``RunData.pca_basis``) and reaches the
+workers through the object store.
 
 CPUs: the driver holds none; each worker gets ``min(1, CPUs / workers)`` CPUs (2 workers on 2
 cores: 1 each), which is safe because the datasets are materialized before the workers start.
@@ -44,12 +46,12 @@ import ray.train.torch
 
 from reslstm import features as fs
 from reslstm import storage
-from reslstm.checkpoint import load_checkpoint
+from reslstm.checkpoint import load_payload
 from reslstm.configs import TrainConfig
 from reslstm.distributed.runtime import (cluster_cpus, cluster_gpus, cpus_per_worker, init_ray,
                                          wants_gpu)
 from reslstm.distributed.train import checkpoints
-from reslstm.distributed.train.data import RunData, load_data, pca_sample
+from reslstm.distributed.train.data import RunData, load_data
 from reslstm.distributed.train.evaluation import predict
 from reslstm.distributed.train.worker import RunSpec, train_loop
 from reslstm.fusion import streams_of
@@ -111,10 +113,8 @@ def prepare(cfg: TrainConfig, data: RunData) -> RunSpec:
     projections = {s: p for s, p in model.input_projections().items() if p.kind == "pca"}
     if projections and "train" in data.datasets:
         for stream, proj in projections.items():
-            x = pca_sample(data.datasets["train"], stream, cfg.pca_max_vectors, cfg.seed)
-            proj.fit_pca(x)
-            log.info(f"PCA {stream}: {x.shape[1]} -> {cfg.hidden} dims fitted on {len(x)} "
-                     "training clip vectors")
+            proj.set_pca(data.pca_basis(stream, cfg.seed, cfg.pca_max_vectors))
+            log.info(f"PCA {stream}: {index.feature_dim} -> {cfg.hidden} dims")
         pca_ref = ray.put(_pca_buffers(model))
     settings = fs.FeatureStore(cfg.features).read_metadata()
     return RunSpec(model_config=mcfg.to_dict(), label_names=index.label_names, pca_state=pca_ref,
@@ -161,6 +161,30 @@ def has_run(where: storage.Location, name: str) -> bool:
     return where.join(name, RUN_SNAPSHOT).exists()
 
 
+class ShardedVal(ray.train.DataConfig):
+    """Train: equal shards (DDP needs the same number of steps on every rank). Val: split too,
+    but every video goes to exactly one rank (``equal=False``; ``worker.evaluate_split``
+    combines the ranks' results), so no worker holds or evaluates all of it."""
+
+    def __init__(self):
+        super().__init__(datasets_to_split=["train"])
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        rest = {k: v for k, v in datasets.items() if k != "val"}
+        out = super().configure(rest, world_size, worker_handles, worker_node_ids, **kwargs)
+        if "val" in datasets:
+            ds = datasets["val"]
+            ds = ds.copy(ds)
+            if ds.name is None:
+                ds.set_name("val")
+            ds.context.execution_options = self._resolve_execution_options("val")
+            hints = worker_node_ids if self._enable_shard_locality else None
+            for i, it in enumerate(ds.streaming_split(world_size, equal=False,
+                                                      locality_hints=hints)):
+                out[i]["val"] = it
+        return out
+
+
 def build_trainer(cfg: TrainConfig, data: RunData, spec: RunSpec, name: str,
                   where: storage.Location, callbacks: Sequence = ()
                   ) -> ray.train.torch.TorchTrainer:
@@ -186,7 +210,7 @@ def build_trainer(cfg: TrainConfig, data: RunData, spec: RunSpec, name: str,
         scaling_config=scaling_config(cfg),
         run_config=run_config,
         datasets={s: data.datasets[s] for s in ("train", "val")},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ShardedVal(),
     )
 
 
@@ -197,7 +221,7 @@ def fit(cfg: TrainConfig, address: str | None = None) -> TrainResult:
     log.info(f"ray: {init_ray(address)}")
     data = load_data(cfg.features, streams_of(cfg.fusion), cfg.T)
     spec = prepare(cfg, data)
-    counts = {s: d.count() for s, d in data.datasets.items()}
+    counts = {s: data.index.count(s) for s in data.datasets}
     log.info(f"data: {storage.display(cfg.features)} streams {list(data.index.streams)} T={cfg.T} "
              f"d_f={data.index.feature_dim} classes={data.index.num_classes} videos {counts}")
     name, where = run_name(cfg), storage_location(cfg)
@@ -208,9 +232,8 @@ def fit(cfg: TrainConfig, address: str | None = None) -> TrainResult:
     result = trainer.fit()
     ckpt, best = checkpoints.best_checkpoint(result)
     history = checkpoints.history(result.checkpoint or ckpt)
-    model, _ = load_checkpoint(ckpt)
-    paths, scores = predict(model, data.only(("val", "test")).datasets, spec.label_names,
-                            run_dir.join("predictions"))
+    paths, scores = predict(load_payload(ckpt), data.only(("val", "test")).datasets,
+                            spec.label_names, run_dir.join("predictions"))
     out = TrainResult(run_dir=run_dir.uri, ray_run_path=str(result.path),
                       best_checkpoint=checkpoint_uri(where, ckpt), best_epoch=int(best.get("epoch", 0)),
                       best_metrics={k: float(v) for k, v in best.items()

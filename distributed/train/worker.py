@@ -2,8 +2,9 @@
 
 Each worker builds the model from the run's spec (with the PCA buffers the driver fitted),
 wraps it in DDP (gloo on CPUs, NCCL on GPUs) and, every epoch, trains on its shard of the
-training split, evaluates all of val (every rank sees the same val, so the metrics are equal on
-every rank and need no gather) and reports; rank 0 writes the checkpoint
+training split, evaluates its share of val (each video on one rank; ``evaluate_split`` combines
+the ranks' results, so the metrics are those of the whole split, equal on every rank) and
+reports; rank 0 writes the checkpoint
 (``checkpoints.report``) and logs the epoch line. ``jobs/train.py`` and every Tune trial run
 this same loop (``trainer.build_trainer``).
 
@@ -16,6 +17,7 @@ rank), so a redone epoch draws what it drew before.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -33,7 +35,8 @@ from reslstm.configs import TrainConfig
 from reslstm.distributed.runtime import quiet_ray_logs
 from reslstm.distributed.train.checkpoints import HISTORY_FILE, report
 from reslstm.model import ModelConfig, build_model
-from reslstm.training import default_optimizer, evaluate, train_one_epoch, unwrap
+from reslstm.metrics import score
+from reslstm.training import EvalResult, default_optimizer, evaluate, train_one_epoch, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,33 @@ def weights_spread(model: torch.nn.Module, device) -> float:
     return float((hi - lo).abs().max().item())
 
 
+def evaluate_split(model: torch.nn.Module, batches, device, streams: Sequence[str]) -> EvalResult:
+    """``training.evaluate`` over this rank's share of val (``trainer.ShardedVal``: every video
+    on exactly one rank), combined over the ranks: the loss, accuracies and probabilities of the
+    whole split, the same numbers on every rank as one process evaluating all of it."""
+    batches = iter(batches)
+    first = next(batches, None)
+    local = (None if first is None else
+             evaluate(model, itertools.chain([first], batches), device, streams))
+    if not _distributed():
+        if local is None:
+            raise ValueError("evaluate got no batches (is the evaluation split empty?)")
+        return local
+    parts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, None if local is None else (
+        local.loss * len(local.labels), local.probs, local.labels,
+        {h: round(a * len(local.labels)) for h, a in local.head_top1.items()}))
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        raise ValueError("evaluate got no batches (is the evaluation split empty?)")
+    probs = np.concatenate([p[1] for p in parts])
+    labels = np.concatenate([p[2] for p in parts])
+    n = len(labels)
+    return EvalResult(loss=sum(p[0] for p in parts) / n, probs=probs, labels=labels,
+                      head_top1={h: sum(p[3][h] for p in parts) / n for h in parts[0][3]},
+                      **score(probs, labels))
+
+
 def _resume() -> tuple[dict | None, list[dict]]:
     """(payload, history) of the run's latest checkpoint when this worker group restarts
     (a lost worker or node, or a rerun under the same ``--name``), else (None, [])."""
@@ -149,7 +179,7 @@ def _resume() -> tuple[dict | None, list[dict]]:
 
 def train_loop(config: dict) -> None:
     """Per-worker loop: build the model (with the driver's PCA buffers), DDP, RMSProp; each
-    epoch trains on this worker's shard, evaluates all of val and reports."""
+    epoch trains on this worker's shard, evaluates its share of val and reports."""
     from reslstm.cli import setup_console
 
     cfg: TrainConfig = config["train_config"]
@@ -199,7 +229,7 @@ def train_loop(config: dict) -> None:
                                optimizer, device, streams)
         loss = _mean_over_ranks(loss, device)
         # The unwrapped model: evaluation must not run DDP collectives.
-        result = evaluate(inner, val_data.batches(cfg.batch_size), device, streams)
+        result = evaluate_split(inner, val_data.batches(cfg.batch_size), device, streams)
         metrics = {"epoch": epoch, **epoch_metrics(result, loss, heads),
                    "weights_spread": weights_spread(inner, device), "restarts": restarts}
         history.append(metrics)

@@ -19,7 +19,7 @@ from pathlib import Path
 import ray.train
 import torch
 
-from reslstm.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from reslstm.checkpoint import CHECKPOINT_FILE, load_payload
 from reslstm.configs import TrainConfig
 from reslstm.distributed.tracking.runs import trial_label
 from reslstm.distributed.train.checkpoints import METRIC
@@ -128,7 +128,7 @@ def curves(grid) -> dict[str, list[tuple[int, float]]]:
 
 def checkpoint_at(path: str, where: Location):
     """A checkpoint path as Tune reports it (no URI scheme) on the sweep's storage ``where`` ->
-    something ``load_checkpoint`` reads: the path itself on local storage, a ``Checkpoint`` on
+    something ``load_payload`` reads: the path itself on local storage, a ``Checkpoint`` on
     the storage's filesystem."""
     return path if where.local else ray.train.Checkpoint(path, filesystem=where.filesystem)
 
@@ -137,8 +137,8 @@ def evaluate_checkpoint(checkpoint, data: RunData, out_dir: Path
                   ) -> tuple[dict, dict, dict, dict, dict]:
     """Predict val and test with a checkpoint into ``out_dir``; returns (test metrics,
     {split: predictions path}, {name: report file}, {split: {head: scores}}, payload)."""
-    model, payload = load_checkpoint(checkpoint)
-    paths, scores = predict(model, data.only(("val", "test")).datasets, payload["label_names"],
+    payload = load_payload(checkpoint)
+    paths, scores = predict(payload, data.only(("val", "test")).datasets, payload["label_names"],
                             out_dir / "predictions")
     report = evaluate_run(out_dir, "test", out_dir=out_dir / "report")
     test = {f"test_{k}": v for k, v in scores["test"][FUSED].items()}
