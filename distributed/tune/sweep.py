@@ -11,14 +11,16 @@ Searched: hidden, depth, T, fusion, residual (comma lists) and, with ``--seeds N
 configuration once per seed. ``--scheduler none`` trains every trial to the end (fair
 comparisons, as the paper presets need); ``--test-all`` evaluates every trial on test.
 
-The sweep's driver builds and materializes the datasets of every (streams, T) the sweep
-needs, once, before any trial starts (they stay in the object store for the sweep: one copy
-per distinct stream set and T). Ray Data inside concurrent trials competes for CPUs that
-trial drivers and workers hold, and on a small cluster a trial's read can wait forever; a
-trial only iterates data that is already materialized. Each trial is a function trainable
-that fits PCA (if asked) and builds its ``TorchTrainer`` through ``trainer.prepare`` /
-``trainer.build_trainer`` (the same ``worker.train_loop`` as ``jobs/train.py``), with
-``TuneReportCallback`` forwarding every epoch's metrics to Tune. A
+Data (``shelf``): before any trial starts, the sweep's driver builds and materializes the train
+and val datasets of every (streams, T) the sweep needs, once, and fits the PCA basis once per
+stream and seed (every trial takes its top h rows). A ``DataShelf`` actor holds them; a trial
+takes its own from it, and ``ReleaseData`` lets a (streams, T) go as soon as no pending trial
+reads it. Ray Data inside concurrent trials competes for CPUs that trial drivers and workers
+hold, and on a small cluster a trial's read can wait forever; a trial only iterates data that
+is already materialized. After the sweep, val and test of an evaluated checkpoint are read
+again from the store. Each trial is a function trainable that builds its ``TorchTrainer``
+through ``trainer.prepare`` / ``trainer.build_trainer`` (the same ``worker.train_loop`` as
+``jobs/train.py``), with ``TuneReportCallback`` forwarding every epoch's metrics to Tune. A
 late-fusion trial trains both streams and reports the fused ``val_top1``. ASHA (on the
 reported ``epoch``) stops weak trials; Ray Train frees their workers (its placement-group
 cleaner, through the dashboard's state API: see ``runtime.init_ray``). ``TrialProgress`` is
@@ -38,6 +40,7 @@ import logging
 import math
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 from ray import tune
@@ -51,13 +54,14 @@ from reslstm.distributed.tracking import experiments, lineage
 from reslstm.distributed.tracking import runs as tracking
 from reslstm.distributed.tracking.models import ALIAS, register_model
 from reslstm.distributed.train.checkpoints import METRIC
-from reslstm.distributed.train.data import RunData, load_data
+from reslstm.distributed.train.data import RunData
 from reslstm.distributed.train.trainer import (build_trainer, prepare, run_storage,
                                                storage_filesystem, storage_location)
 from reslstm.distributed.tune.results import (SweepResult, checkpoint_at, curves,
                                               evaluate_checkpoint, rows_of)
+from reslstm.distributed.tune.shelf import (ReleaseData, build_shelf, close_shelf, data_key,
+                                            evaluation_data, shelved)
 from reslstm.errors import RunFailed
-from reslstm.fusion import streams_of
 from reslstm.reports.sweep_tables import write_sweep_report
 from reslstm.storage import Location
 
@@ -72,8 +76,13 @@ def param_space(scfg: SweepConfig) -> dict:
     pick = tune.grid_search if scfg.search == "grid" else tune.choice
     space = {k: pick(list(getattr(scfg, k))) for k in SEARCHED}
     if scfg.seeds > 1:
-        space["seed"] = tune.grid_search([scfg.base.seed + i for i in range(scfg.seeds)])
+        space["seed"] = tune.grid_search(seeds_of(scfg))
     return space
+
+
+def seeds_of(scfg: SweepConfig) -> list[int]:
+    """The seeds the sweep's trials train with."""
+    return [scfg.base.seed + i for i in range(max(1, scfg.seeds))]
 
 
 def trial_config(base: TrainConfig, params: dict) -> TrainConfig:
@@ -92,18 +101,27 @@ def plan_concurrency(cpus: float, gpus: int, workers: int, cpw: float, use_gpu: 
     return max(1, fit)
 
 
-def data_key(fusion: str, T: int) -> str:
-    return f"{'+'.join(streams_of(fusion))}/T{int(T)}"
+def trial_counts(scfg: SweepConfig) -> tuple[int, Counter | None]:
+    """The number of trials the sweep creates and, for a grid search, the data key of each
+    (with multiplicity; ``shelf.pending_keys``)."""
+    seeds = len(seeds_of(scfg)) if scfg.seeds > 1 else 1
+    if scfg.search != "grid":
+        return scfg.num_samples * seeds, None
+    rest = math.prod(len(getattr(scfg, k)) for k in SEARCHED if k not in ("fusion", "T"))
+    keys = Counter()
+    for fusion in scfg.fusion:
+        for T in scfg.T:
+            keys[data_key(fusion, T)] += scfg.num_samples * rest * seeds
+    return sum(keys.values()), keys
 
 
-def run_trial(config: dict, base: TrainConfig, sweep_name: str,
-              data: dict[str, RunData], where: Location) -> None:
+def run_trial(config: dict, base: TrainConfig, sweep_name: str, where: Location) -> None:
     """One Tune trial: the shared builder and train_loop, reporting through Tune. Its datasets
-    were built by the sweep's driver (``data``, keyed by ``data_key``); its checkpoints go to
-    the sweep's storage (``where``)."""
+    were built by the sweep's driver and come from its shelf; its checkpoints go to the sweep's
+    storage (``where``)."""
     cfg = trial_config(base, config)
     trial_id = tune.get_context().get_trial_id()
-    run_data = data[data_key(cfg.fusion, cfg.T)]
+    run_data = shelved(sweep_name, data_key(cfg.fusion, cfg.T))
     spec = prepare(cfg, run_data)
     spec.log_epochs = False  # TrialProgress logs the sweep's progress
     trainer = build_trainer(cfg, run_data, spec, name=f"{sweep_name}-{trial_id}", where=where,
@@ -151,9 +169,9 @@ class TrialProgress(tune.Callback):
                     f"{getattr(trial, 'error_file', None) or 'see the Tune results folder'}")
 
 
-def _trainable(base: TrainConfig, name: str, data: dict[str, RunData], where: Location):
+def _trainable(base: TrainConfig, name: str, where: Location):
     return tune.with_resources(
-        tune.with_parameters(run_trial, base=base, sweep_name=name, data=data, where=where),
+        tune.with_parameters(run_trial, base=base, sweep_name=name, where=where),
         {"CPU": TRIAL_CPUS})
 
 
@@ -173,6 +191,7 @@ class _Sweep:
     params: dict             # the base's settings, logged with every run
     exp_id: str = ""
     parent: str = ""
+    shelf: object = None     # the DataShelf actor of its datasets (``shelf``)
 
 
 def _plan(scfg: SweepConfig, address: str | None) -> _Sweep:
@@ -206,26 +225,20 @@ def _start_parent_run(sw: _Sweep) -> None:
 
 
 def _build_data(sw: _Sweep) -> dict[str, RunData]:
-    """The datasets of every (streams, T) the sweep needs, built once (module docstring)."""
-    data = {}
-    for fusion in sw.scfg.fusion:
-        for T in sw.scfg.T:
-            key = data_key(fusion, T)
-            if key not in data:
-                data[key] = load_data(sw.base.features, streams_of(fusion), T)
-                log.info(f"data {key}: videos " + str({s: d.count() for s, d in
-                                                       data[key].datasets.items()}))
+    """Every (streams, T)'s datasets, built once and shelved (``shelf.build_shelf``)."""
+    pca = ((seeds_of(sw.scfg), sw.base.pca_max_vectors) if sw.base.input_proj == "pca"
+           else None)
+    sw.shelf, data = build_shelf(sw.name, sw.base.features, sw.scfg.fusion, sw.scfg.T, pca)
     return data
 
 
-def _tuner(sw: _Sweep, data: dict[str, RunData], resuming: bool) -> tune.Tuner:
+def _tuner(sw: _Sweep, resuming: bool) -> tune.Tuner:
     base, scfg = sw.base, sw.scfg
-    trainable = _trainable(base, sw.name, {k: d.only(("train", "val")) for k, d in data.items()},
-                           sw.storage)
+    trainable = _trainable(base, sw.name, sw.storage)
     if resuming:
         # Tune brings back its run config (scheduler, callbacks with their state) from the
-        # sweep's folder; the trainable is given again, since its datasets live in this
-        # process's object store. Unfinished trials continue from their Train checkpoints.
+        # sweep's folder; the trainable is given again (its data: this driver's shelf).
+        # Unfinished trials continue from their Train checkpoints.
         return tune.Tuner.restore(sw.sweep_dir.path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=scfg.retry_errored, restart_errored=False,
                                   **storage_filesystem(sw.sweep_dir))
@@ -246,7 +259,8 @@ def _tuner(sw: _Sweep, data: dict[str, RunData], resuming: bool) -> tune.Tuner:
                                                     sw.params, base.epochs,
                                                     lineage.feature_tags(base.features),
                                                     lineage.feature_input(base.features)),
-                       TrialProgress(base.epochs)]))
+                       TrialProgress(base.epochs),
+                       ReleaseData(sw.name, *trial_counts(scfg))]))
 
 
 def _test(sw: _Sweep, rows: list, best, data: dict[str, RunData]) -> tuple:
@@ -256,7 +270,8 @@ def _test(sw: _Sweep, rows: list, best, data: dict[str, RunData]) -> tuple:
     for row in rows if sw.scfg.test_all else [best]:
         is_best = row is best
         test, paths, files, scores, payload = evaluate_checkpoint(
-            checkpoint_at(row.checkpoint, sw.storage), data[data_key(row.fusion, row.T)],
+            checkpoint_at(row.checkpoint, sw.storage),
+            evaluation_data(sw.base.features, data[data_key(row.fusion, row.T)]),
             sw.out / ("best" if is_best else f"trials/{row.trial_id}"))
         row.test = test
         if is_best:
@@ -301,10 +316,12 @@ def sweep(scfg: SweepConfig, address: str | None = None) -> SweepResult:
              f"{sw.experiment!r}")
     data = _build_data(sw)
     try:
-        grid = _tuner(sw, data, resuming).fit()
+        grid = _tuner(sw, resuming).fit()
     except BaseException:
         tracking.end_run(sw.uri, sw.parent, tracking.KILLED)
         raise
+    finally:
+        close_shelf(sw.shelf)
     tracking.end_unfinished(sw.uri, sw.exp_id, sw.name)
     rows = rows_of(grid, sw.base.epochs, tracking.trial_runs(sw.uri, sw.exp_id, sw.name), sw.base)
     done = [r for r in rows if r.checkpoint and r.val_top1 == r.val_top1]
