@@ -12,7 +12,13 @@ timed in this process (the driver's side of each):
   the listing and the id sets are read as a rerun reads them);
 - ``index``: the written ids of both streams read back (what a rerun, ``--verify`` and
   training read first);
-- ``compact``: the job's end-of-run compaction into ``--part-mib`` files.
+- ``compact``: the job's end-of-run compaction into ``--part-mib`` files;
+- on a local Ray of 2 CPUs (``--no-training`` skips these): ``data 1s`` / ``data 2s``, the
+  training data of one and two streams at T = 25 (``load_data``: train and val materialized),
+  with the object store's peak and spill against the sampled inputs' size; ``pca``, the PCA
+  basis on its bounded sample; ``epoch``, one epoch of the trainer (2 workers, h = 256, late
+  sum, the trainer's own val pass included); ``predict``, val and test of that model through
+  the Ray Data prediction pass (random features: the costs, not results).
 
 Printed per stage and N: seconds per video, the driver's peak RSS above its level before the
 stage (polled every 20 ms), and both as ratios to the smallest N. Targets (issue "scale to
@@ -30,7 +36,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -144,7 +152,8 @@ def timed(stage: str, results: dict, n: int, fn):
     return value
 
 
-def run(n: int, dim: int, rows_per_file: int, part_mib: float, results: dict, root: Path) -> None:
+def run(n: int, dim: int, rows_per_file: int, part_mib: float, results: dict, root: Path,
+        with_training: bool = True) -> None:
     rows = manifest_rows(n, root / "videos")
     manifest = root / "manifest.parquet"
     write_manifest(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), manifest)
@@ -182,7 +191,103 @@ def run(n: int, dim: int, rows_per_file: int, part_mib: float, results: dict, ro
     size = sum(f.stat().st_size for f in store_dir.rglob("*.parquet"))
     print(f"  store: {size / 2**30:.2f} GiB; part files {files} -> "
           f"{sum(c.after for c in done.values())} after compaction", flush=True)
+    if with_training:
+        training_stages(store_dir, n, results)
     shutil.rmtree(store_dir)
+
+
+class ObjectStorePeak:
+    """Peak object-store use (plasma) and spilled bytes while a block runs, read from Ray's
+    memory summary every half second."""
+
+    def __init__(self):
+        self.peak = 0
+        self.spilled = 0
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        from ray._private.internal_api import memory_summary
+
+        text = memory_summary(stats_only=True)
+        used = re.search(r"Plasma memory usage (\d+) MiB", text)
+        spilled = re.search(r"Spilled (\d+) MiB", text)
+        return (int(used.group(1)) if used else 0) * 2**20, (int(spilled.group(1)) if spilled else 0) * 2**20
+
+    def __enter__(self):
+        self.base_spilled = self._read()[1]
+        self.stop = threading.Event()
+
+        def poll():
+            while not self.stop.wait(0.5):
+                self.peak = max(self.peak, self._read()[0])
+        self.thread = threading.Thread(target=poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        used, spilled = self._read()
+        self.peak = max(self.peak, used)
+        self.spilled = spilled - self.base_spilled
+
+
+def training_stages(store_dir: Path, n: int, results: dict, T: int = 25) -> None:
+    """Training data for one and two streams (object store peak and spill against the sampled
+    inputs' size); on the two-stream data: the PCA basis, one epoch of the trainer (2 workers)
+    and val + test predicted by the Ray Data pass."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        for streams in (("rgb",), ("rgb", "flow")):
+            data = _training_data(store_dir, streams, n, results, T)
+            if len(streams) == 2:
+                _train_and_predict(store_dir, data, n, results, T)
+            del data
+    finally:
+        ray.shutdown()
+
+
+def _training_data(store_dir: Path, streams: tuple, n: int, results: dict, T: int):
+    from reslstm.distributed.train.data import load_data
+
+    stage = f"data {len(streams)}s"
+    with ObjectStorePeak() as store_mem:
+        data = timed(stage, results, n, lambda: load_data(store_dir, streams, T))
+    idx = data.index
+    sampled = sum(idx.count(s) for s in ("train", "val")) * T * idx.feature_dim * 4 * len(streams)
+    results[stage][n] += (store_mem.peak, store_mem.spilled, sampled)
+    print(f"    object store peak {store_mem.peak / 2**20:,.0f} MiB = "
+          f"{store_mem.peak / sampled:.2f}x the sampled train+val inputs "
+          f"({sampled / 2**20:,.0f} MiB); spilled {store_mem.spilled / 2**20:,.0f} MiB", flush=True)
+    return data
+
+
+def _train_and_predict(store_dir: Path, data, n: int, results: dict, T: int) -> None:
+    """PCA, one epoch (h = 256, L = 2, late sum, 2 workers) and the prediction pass of the
+    model it trained: the costs, not results (random features)."""
+    from reslstm.checkpoint import load_payload
+    from reslstm.configs import TrainConfig
+    from reslstm.distributed.train import checkpoints
+    from reslstm.distributed.train.evaluation import predict
+    from reslstm.distributed.train.trainer import build_trainer, prepare, storage_location
+
+    timed("pca", results, n, lambda: data.pca_basis("rgb", 0, 50_000))
+    cfg = TrainConfig(features=str(store_dir), out=str(store_dir.parent / f"run-{n}"),
+                      fusion="late-sum", hidden=min(256, data.index.feature_dim), depth=2, T=T, epochs=1, batch_size=64,
+                      workers=2)
+    spec = prepare(cfg, data)  # the PCA bases fitted above are reused
+    spec.log_epochs = False
+    trainer = build_trainer(cfg, data, spec, name=f"scale-{n}", where=storage_location(cfg))
+    result = timed("epoch", results, n, trainer.fit)
+    payload = load_payload(checkpoints.best_checkpoint(result)[0])
+    out = store_dir.parent / f"predictions-{n}"
+    timed("predict", results, n, lambda: predict(payload, data.only(("val", "test")).datasets,
+                                                 data.index.label_names, out))
 
 
 def main() -> None:
@@ -193,12 +298,13 @@ def main() -> None:
     p.add_argument("--rows-per-file", type=int, default=50, help="rows per part file written")
     p.add_argument("--part-mib", type=float, default=128.0, help="compaction target")
     p.add_argument("--dir", default=None, help="where the stores go (default: a temp dir)")
+    p.add_argument("--no-training", action="store_true", help="only the store's stages (no Ray)")
     a = p.parse_args()
     if a.one:
         root = Path(tempfile.mkdtemp(prefix="scale-", dir=a.dir))
         results: dict = {}
         try:
-            run(a.one, a.dim, a.rows_per_file, a.part_mib, results, root)
+            run(a.one, a.dim, a.rows_per_file, a.part_mib, results, root, not a.no_training)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         print("RESULT " + json.dumps({k: v[a.one] for k, v in results.items()}), flush=True)
@@ -210,7 +316,8 @@ def main() -> None:
         print(f"N = {n:,} videos, d = {a.dim}", flush=True)
         proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--dim", str(a.dim),
                                "--rows-per-file", str(a.rows_per_file), "--part-mib",
-                               str(a.part_mib), *(["--dir", a.dir] if a.dir else [])],
+                               str(a.part_mib), *(["--dir", a.dir] if a.dir else []),
+                               *(["--no-training"] if a.no_training else [])],
                               stdout=subprocess.PIPE, text=True)
         if proc.returncode:
             sys.exit(f"the run at N = {n} failed (exit {proc.returncode})")
@@ -223,13 +330,18 @@ def main() -> None:
     small, large = sizes[0], sizes[-1]
     print(f"\nratios, N = {large:,} against N = {small:,} (time per video; driver peak RSS growth)")
     for stage, by_n in results.items():
-        (t0, m0), (t1, m1) = by_n[small], by_n[large]
+        (t0, m0), (t1, m1) = by_n[small][:2], by_n[large][:2]
         per = (t1 / large) / (t0 / small)
         mem = (m1 / m0) if m0 > 2**20 else float("nan")
         print(f"  {stage:<13} time/video {per:5.2f}x   RSS growth {mem:5.2f}x "
               f"({m0 / 2**20:.0f} -> {m1 / 2**20:.0f} MiB)")
     fresh, resumed = results["plan fresh"][large][0], results["plan resumed"][large][0]
     print(f"  resumed plan / fresh plan at N = {large:,}: {resumed / fresh:.2f}x")
+    for stage in ("data 1s", "data 2s"):
+        if stage in results:
+            _, _, peak, spilled, sampled = results[stage][large]
+            print(f"  {stage} at N = {large:,}: object store peak {peak / sampled:.2f}x the sampled "
+                  f"inputs, spilled {spilled / 2**20:,.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Predictions of a trained model on the built (Ray) datasets of a store's splits.
 
 ``predict(payload, datasets, label_names, out_dir)`` runs the checkpoint's model over every
-split in one Ray Data pass (``_Heads``: an actor pool of 1 up to the cluster's CPUs, or one
-actor per GPU, each building the model once), and writes ``out_dir/<split>.parquet``
+split in one Ray Data pass (``_heads``: tasks on the cluster's CPUs, or one GPU each, each
+worker process building the model once), and writes ``out_dir/<split>.parquet``
 (``reslstm.reports.predictions.PREDICTION_SCHEMA``): head ``fused`` = ``model.probabilities``
 (the only head of single-stream and mid models; the late fusion of the two softmaxes
 otherwise), plus ``rgb`` and ``flow`` (each network's softmax) for late fusion. The driver
@@ -19,36 +19,40 @@ import ray
 import ray.data
 
 from reslstm import storage
-from reslstm.distributed.runtime import cluster_cpus, cluster_gpus
+from reslstm.distributed.runtime import cluster_gpus
 from reslstm.features import write_part
 from reslstm.fusion import FUSED
 from reslstm.metrics import score
 from reslstm.reports.predictions import prediction_table
 
 
-class _Heads:
-    """Ray Data actor: a batch of model inputs -> {split, video_id, label, p_<head> (B, C)}."""
+_MODELS: dict = {}  # in a Ray worker process: {payload ref: (model, device)}, the latest one
 
-    def __init__(self, payload_ref, use_gpu: bool):
-        import torch
 
-        from reslstm.checkpoint import model_from_payload
+def _heads(batch: dict[str, np.ndarray], payload_ref: list, use_gpu: bool
+           ) -> dict[str, np.ndarray]:
+    """Ray Data task: a batch of model inputs -> {split, video_id, label, p_<head> (B, C)}. The
+    model is built once per worker process (Ray reuses them), not per batch. A task, not an
+    actor pool: no actor restarts to configure, no constructor arguments held for them."""
+    import torch
 
-        self.torch = torch
-        self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.model = model_from_payload(ray.get(payload_ref[0])).to(self.device)
+    from reslstm.checkpoint import model_from_payload
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch, model = self.torch, self.model
-        with torch.no_grad():
-            inputs = {s: torch.as_tensor(batch[s], dtype=torch.float32, device=self.device)
-                      for s in model.streams}
-            logits = model(inputs)
-            out = {FUSED: model.probabilities(logits)}
-            if model.late is not None:
-                out.update({h: torch.softmax(logits[h], dim=-1) for h in model.heads})
-        return {"split": batch["split"], "video_id": batch["video_id"], "label": batch["label"],
-                **{f"p_{h}": p.float().cpu().numpy() for h, p in out.items()}}
+    key = payload_ref[0].hex()
+    if key not in _MODELS:
+        _MODELS.clear()
+        device = torch.device("cuda" if use_gpu else "cpu")
+        _MODELS[key] = (model_from_payload(ray.get(payload_ref[0])).to(device), device)
+    model, device = _MODELS[key]
+    with torch.no_grad():
+        inputs = {s: torch.as_tensor(batch[s], dtype=torch.float32, device=device)
+                  for s in model.streams}
+        logits = model(inputs)
+        out = {FUSED: model.probabilities(logits)}
+        if model.late is not None:
+            out.update({h: torch.softmax(logits[h], dim=-1) for h in model.heads})
+    return {"split": batch["split"], "video_id": batch["video_id"], "label": batch["label"],
+            **{f"p_{h}": p.float().cpu().numpy() for h, p in out.items()}}
 
 
 def _tag(split: str):
@@ -67,9 +71,9 @@ def predict(payload: dict, datasets: dict[str, "ray.data.Dataset"], label_names:
     tagged = [datasets[s].map_batches(_tag(s), batch_format="numpy") for s in splits]
     both = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
     gpus = cluster_gpus()
-    pool = (1, gpus) if gpus else (1, max(1, cluster_cpus()))
-    heads = both.map_batches(_Heads, fn_constructor_args=([ray.put(payload)], bool(gpus)),
-                             batch_size=batch_size, batch_format="numpy", concurrency=pool,
+    heads = both.map_batches(_heads, fn_kwargs={"payload_ref": [ray.put(payload)],
+                                                "use_gpu": bool(gpus)},
+                             batch_size=batch_size, batch_format="numpy",
                              num_gpus=1 if gpus else 0)
     got: dict[str, list[dict]] = {s: [] for s in splits}
     for b in heads.iter_batches(batch_size=None, batch_format="numpy"):
