@@ -16,6 +16,7 @@ from reslstm.model import (
     TemporalMeanPool,
     build_model,
 )
+from reslstm.pca import pca_basis
 
 FUSIONS = ["rgb", "flow", "mid-sum", "mid-product", "late-product", "late-sum", "late-weighted"]
 
@@ -183,6 +184,25 @@ def test_pca_errors():
                        r"fit_pca\(train_features\) \(ActionModel\.input_projections\(\) gives one "
                        r"per stream\) or load a checkpoint$"):
         proj(torch.zeros(1, 2, 3))
+
+
+def test_pca_basis_keeps_every_direction_in_float64_and_refuses_non_finite_features():
+    """``pca.pca_basis`` (what ``fit_pca`` and a sweep's shared fit use): float64 whatever the
+    input's dtype; min(N, d_f) directions, so fewer samples than dims give N rows, not d_f."""
+    few = np.array([[1, 0, 0, 0], [-1, 0, 0, 0], [0, 2, 0, 0]], dtype=np.float32)  # N=3 < d_f=4
+    basis = pca_basis(few, 4)
+    assert basis.mean.dtype == basis.components.dtype == np.float64 and basis.samples == 3
+    assert basis.components.shape == (3, 4)
+    np.testing.assert_allclose(basis.mean, [0, 2 / 3, 0, 0], atol=1e-15)
+    np.testing.assert_allclose(basis.components[:2], [[0, 1, 0, 0], [1, 0, 0, 0]], atol=1e-15)
+    # float64 throughout: the basis of float32 features is the float64 one of the same values
+    feats = np.random.default_rng(1).normal(size=(30, 5)).astype(np.float32)
+    np.testing.assert_array_equal(pca_basis(feats, 5).components,
+                                  pca_basis(feats.astype(np.float64), 5).components)
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match=r"^fit_pca got non-finite feature values \(NaN or "
+                           r"inf\)$"):
+            pca_basis(np.array([[0.0, 1.0], [bad, 2.0], [1.0, 0.0]]), 2)
 
 
 def test_none_projection():
