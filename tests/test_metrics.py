@@ -223,8 +223,9 @@ def test_plot_confusion_draws_the_row_normalised_matrix(tmp_path, drawn):
     ax, bar = fig.axes
     assert ax.get_subplotspec().get_topmost_subplotspec().get_geometry() == (1, 1, 0, 0)
     (image,) = ax.images
-    np.testing.assert_allclose(image.get_array(), [[2 / 3, 1 / 3, 0, 0], [0, 0.5, 0.5, 0],
-                                                   [0, 0, 1, 0], [0, 0, 0, 0]])
+    assert not np.ma.is_masked(image.get_array())  # no NaN (a masked cell) for the empty row
+    np.testing.assert_allclose(np.ma.getdata(image.get_array()),
+                               [[2 / 3, 1 / 3, 0, 0], [0, 0.5, 0.5, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
     assert image.get_cmap().name == "Blues" and image.get_clim() == (0.0, 1.0)
     assert image.get_interpolation() == "nearest"
     assert [t.get_text() for t in ax.get_xticklabels()] == names
@@ -239,6 +240,24 @@ def test_plot_confusion_draws_the_row_normalised_matrix(tmp_path, drawn):
     assert ax.get_title() == "confusion matrix (rows normalised)"
     assert ax.title.get_fontsize() == pytest.approx(12.0)
     assert bar.get_ylabel() == "fraction of the true class"
+
+
+def test_plot_confusion_keeps_the_scale_and_a_narrow_colour_bar_of_its_image(tmp_path, drawn):
+    """Colours mean fractions whatever the matrix holds: 0 to 1 also when no cell is 0 or 1;
+    the colour bar is the image's, narrow and beside the matrix. 101 classes: tick labels at
+    560 / 101 pt."""
+    plot_confusion(np.array([[1, 1], [1, 3]]), ["a", "b"], tmp_path / "c.png")
+    names = [f"c{i:03d}" for i in range(101)]
+    plot_confusion(np.eye(101, dtype=np.int64) + 1, names, tmp_path / "d.png")
+    for fig in drawn:
+        ax, bar = fig.axes
+        (image,) = ax.images
+        assert image.get_clim() == (0.0, 1.0)
+        assert image.colorbar is not None and image.colorbar.ax is bar
+        a, b = ax.get_position(), bar.get_position()
+        assert 0 < b.width / a.width < 0.1  # fraction=0.046 of the matrix's axes
+        assert 0 < b.x0 - a.x1 < 0.03  # pad=0.02: right beside it
+    assert {t.get_fontsize() for t in drawn[1].axes[0].get_xticklabels()} == {560.0 / 101}
 
 
 def test_plot_confusion_scales_with_150_classes(tmp_path, drawn):
