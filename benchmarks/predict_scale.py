@@ -1,0 +1,131 @@
+"""Batch prediction (``jobs/predict.py --manifest``) at growing numbers of videos: time per video
+and the driver's peak RSS, against the smallest N.
+
+Each N runs in a fresh process on a local Ray of 2 CPUs: one short synthetic video (96x72,
+tiny3d random-init features, DIS flow, the model an untrained late-product Res-LSTM: the costs,
+not results) hard-linked N times into a folder, then ``run_batch`` over a manifest of them,
+written every 256 videos. The per-video work (decode, flow, CNN) is the same for every video, so
+the time per video should stay flat and the driver's memory should not follow N (it holds the
+manifest's rows and the ids it has seen, never features).
+
+    python benchmarks/predict_scale.py                    # N = 100, 400, 1600
+    python benchmarks/predict_scale.py --videos 50,200
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale import timed  # noqa: E402
+
+from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest  # noqa: E402
+
+CLASSES = ["grow_then_shrink", "slide_up", "rotate_cw_then_ccw"]
+
+
+def model_file(path: Path) -> Path:
+    """An untrained late-product model (h 8, L 2) with tiny3d's extraction settings."""
+    import torch
+
+    from reslstm.checkpoint import build_payload
+    from reslstm.configs import ExtractConfig
+    from reslstm.extraction.settings import resolve_settings
+    from reslstm.model import ModelConfig, build_model
+
+    _, settings = resolve_settings(ExtractConfig(manifest="unused", out="unused",
+                                                 extractor="tiny3d", crops=1, flow="dis"))
+    cfg = ModelConfig(input_dim=settings["rgb"].feature_dim, num_classes=len(CLASSES),
+                      hidden_size=8, num_layers=2, input_proj="linear", fusion="late-product")
+    torch.manual_seed(0)
+    payload = build_payload(build_model(cfg), CLASSES,
+                            features={s: dataclasses.asdict(settings[s]) for s in cfg.streams},
+                            store="synthetic", train_config={"T": 4, "fusion": cfg.fusion},
+                            epoch=1, metrics={})
+    torch.save(payload, path)
+    return path
+
+
+def run(n: int, root: Path, results: dict) -> None:
+    import ray
+
+    from reslstm.configs import PredictConfig
+    from reslstm.datasets.synthetic import synthesize_video, write_mp4
+    from reslstm.distributed.predict.batch import run_batch
+
+    videos = root / "videos"
+    videos.mkdir(parents=True)
+    one = root / "one.mp4"
+    write_mp4(synthesize_video("slide_up", 0, seed=3, height=72, width=96), one)
+    rows = []
+    for i in range(n):
+        path = videos / f"v{i:07d}.mp4"
+        os.link(one, path)
+        rows.append({"video_id": f"v{i:07d}", "path": str(path), "label": i % 3,
+                     "label_name": CLASSES[i % 3], "split": "test"})
+    manifest = root / "manifest.parquet"
+    write_manifest(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), manifest)
+    cfg = PredictConfig(model=str(model_file(root / "model.pt")), manifest=str(manifest),
+                        out=str(root / "out"), chunk_videos=256)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for name in ("ray.data", "reslstm"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        summary = timed("batch predict", results, n, lambda: run_batch(cfg))
+    finally:
+        ray.shutdown()
+    if summary.predicted != n:
+        sys.exit(f"{summary.predicted} of {n} videos classified; failures: {summary.failed}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", default="100,400,1600", help="comma list of N")
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one N in this process
+    a = p.parse_args()
+    if a.one:
+        root = Path(tempfile.mkdtemp(prefix="predict-scale-"))
+        results: dict = {}
+        try:
+            run(a.one, root, results)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print("RESULT " + json.dumps({k: v[a.one] for k, v in results.items()}), flush=True)
+        return
+    sizes = [int(v) for v in a.videos.split(",")]
+    results = {}
+    for n in sizes:
+        print(f"N = {n:,} videos", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--one", str(n)], stdout=subprocess.PIPE,
+                              text=True)
+        if proc.returncode:
+            sys.exit(f"the run at N = {n} failed (exit {proc.returncode})")
+        for line in proc.stdout.splitlines():
+            if line.startswith("RESULT "):
+                for stage, value in json.loads(line[7:]).items():
+                    results.setdefault(stage, {})[n] = tuple(value)
+            else:
+                print(line, flush=True)
+    small, large = sizes[0], sizes[-1]
+    (t0, m0), (t1, m1) = results["batch predict"][small], results["batch predict"][large]
+    print(f"\nN = {large:,} against N = {small:,}: time per video "
+          f"{(t1 / large) / (t0 / small):.2f}x, driver peak RSS growth {m1 / max(m0, 1):.2f}x "
+          f"({m0 / 2**20:.0f} -> {m1 / 2**20:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
