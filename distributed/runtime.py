@@ -130,6 +130,9 @@ EXPECTED_WORKER_BLOCKS = tuple(re.compile(p) for p in (
     r"(Socket closed|Connection reset by peer)",
     # Ray Data's file listing, interrupted when its (finished) dataset shuts down.
     r"dynamic_work_queue\.py\", line \d+, in _signal_completion",
+    # A process Ray ends with SIGTERM (a finished Tune trial's actor) while Python runs a
+    # cleanup callback: Python reports the SystemExit that Ray's handler raises as "ignored".
+    r"ray/_private/worker\.py\", line \d+, in sigterm_handler",
 ))
 
 

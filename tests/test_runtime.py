@@ -71,6 +71,11 @@ def test_worker_log_filter_drops_expected_notes_and_keeps_the_rest(monkeypatch):
         "Traceback (most recent call last):",
         "Graceful shutdown of backend failed. This is expected if one of the workers has crashed"]})
     ray_worker.print_worker_logs({"pid": 3, "lines": ["Progress bars disabled. To enable, set X"]})
+    ray_worker.print_worker_logs({"pid": 5, "lines": [  # a finished trial's actor ended by Ray
+        "Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7fa29e726520>",
+        "Traceback (most recent call last):",
+        '  File "/x/site-packages/ray/_private/worker.py", line 1063, in sigterm_handler',
+        "    raise_sys_exit_with_custom_error_message(", "SystemExit: 1"]})
     for end in ("IOError: Socket closed", "RpcError: RPC error: recvmsg:Connection reset by peer "
                 "rpc_code: 14"):  # the GCS killing an actor that had already exited
         ray_worker.print_worker_logs({"pid": 4, "lines": [
