@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +28,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import timed  # noqa: E402
+from scale import each_in_a_process, timed  # noqa: E402
 
 from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest  # noqa: E402
 
@@ -107,19 +106,7 @@ def main() -> None:
         print("RESULT " + json.dumps({k: v[a.one] for k, v in results.items()}), flush=True)
         return
     sizes = [int(v) for v in a.videos.split(",")]
-    results = {}
-    for n in sizes:
-        print(f"N = {n:,} videos", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--one", str(n)], stdout=subprocess.PIPE,
-                              text=True)
-        if proc.returncode:
-            sys.exit(f"the run at N = {n} failed (exit {proc.returncode})")
-        for line in proc.stdout.splitlines():
-            if line.startswith("RESULT "):
-                for stage, value in json.loads(line[7:]).items():
-                    results.setdefault(stage, {})[n] = tuple(value)
-            else:
-                print(line, flush=True)
+    results = each_in_a_process(__file__, sizes, [])
     small, large = sizes[0], sizes[-1]
     (t0, m0), (t1, m1) = results["batch predict"][small], results["batch predict"][large]
     print(f"\nN = {large:,} against N = {small:,}: time per video "

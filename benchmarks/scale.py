@@ -290,6 +290,26 @@ def _train_and_predict(store_dir: Path, data, n: int, results: dict, T: int) -> 
                                                  data.index.label_names, out))
 
 
+def each_in_a_process(script: str, sizes: list[int], args: list[str], label: str = "") -> dict:
+    """Run ``script --one N ARGS`` for each N in a fresh process (so the driver's memory is
+    measured from the same start each time), echo its lines, and gather the ``RESULT`` JSON
+    each prints: {stage: {N: values}}."""
+    results: dict = {}
+    for n in sizes:
+        print(f"N = {n:,} videos" + (f", {label}" if label else ""), flush=True)
+        proc = subprocess.run([sys.executable, script, "--one", str(n), *args],
+                              stdout=subprocess.PIPE, text=True)
+        if proc.returncode:
+            sys.exit(f"the run at N = {n} failed (exit {proc.returncode})")
+        for line in proc.stdout.splitlines():
+            if line.startswith("RESULT "):
+                for stage, value in json.loads(line[7:]).items():
+                    results.setdefault(stage, {})[n] = tuple(value)
+            else:
+                print(line, flush=True)
+    return results
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", default="1000,4000,16000", help="comma list of N")
@@ -309,24 +329,11 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
         print("RESULT " + json.dumps({k: v[a.one] for k, v in results.items()}), flush=True)
         return
-    # Each N in a fresh process: the driver's memory is measured from the same start each time.
     sizes = [int(v) for v in a.videos.split(",")]
-    results = {}
-    for n in sizes:
-        print(f"N = {n:,} videos, d = {a.dim}", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--dim", str(a.dim),
-                               "--rows-per-file", str(a.rows_per_file), "--part-mib",
-                               str(a.part_mib), *(["--dir", a.dir] if a.dir else []),
-                               *(["--no-training"] if a.no_training else [])],
-                              stdout=subprocess.PIPE, text=True)
-        if proc.returncode:
-            sys.exit(f"the run at N = {n} failed (exit {proc.returncode})")
-        for line in proc.stdout.splitlines():
-            if line.startswith("RESULT "):
-                for stage, value in json.loads(line[7:]).items():
-                    results.setdefault(stage, {})[n] = tuple(value)
-            else:
-                print(line, flush=True)
+    results = each_in_a_process(__file__, sizes, [
+        "--dim", str(a.dim), "--rows-per-file", str(a.rows_per_file), "--part-mib", str(a.part_mib),
+        *(["--dir", a.dir] if a.dir else []), *(["--no-training"] if a.no_training else [])],
+        f"d = {a.dim}")
     small, large = sizes[0], sizes[-1]
     print(f"\nratios, N = {large:,} against N = {small:,} (time per video; driver peak RSS growth)")
     for stage, by_n in results.items():
