@@ -20,8 +20,8 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def topk_accuracy(scores, labels, k: int = 1) -> float:
-    """Fraction of samples whose true class is among the k best scores (k capped at C).
+def topk_hits(scores, labels, k: int = 1) -> int:
+    """How many samples have their true class among the k best scores (k capped at C).
 
     scores: (N, C) probabilities or logits; labels: (N,) ints in [0, C).
     """
@@ -42,7 +42,12 @@ def topk_accuracy(scores, labels, k: int = 1) -> float:
     cols = np.arange(c)[None, :]
     # Rank of the true class: classes scoring higher, plus lower-index classes scoring equal.
     rank = (s > true).sum(axis=1) + ((s == true) & (cols < y[:, None])).sum(axis=1)
-    return float((rank < k).mean())
+    return int((rank < k).sum())
+
+
+def topk_accuracy(scores, labels, k: int = 1) -> float:
+    """Fraction of samples whose true class is among the k best scores (``topk_hits`` / N)."""
+    return topk_hits(scores, labels, k) / len(_to_numpy(labels))
 
 
 def confusion_matrix(pred, labels, num_classes: int) -> np.ndarray:
@@ -81,13 +86,37 @@ def mean_class_accuracy(conf) -> float:
     return float(np.nanmean(acc))
 
 
+class RunningScore:
+    """``score`` over batches: ``add(probs, labels)`` as they come, ``result()`` at the end
+    equals ``score`` of all of them at once (the same floats), holding only the (C, C)
+    confusion counts and the top-1/top-5 hits, never the scores."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = int(num_classes)
+        self.conf = np.zeros((self.num_classes, self.num_classes), np.int64)
+        self.hits = {1: 0, 5: 0}
+        self.n = 0
+
+    def add(self, probs, labels) -> "RunningScore":
+        p, y = _to_numpy(probs), _to_numpy(labels)
+        for k in self.hits:
+            self.hits[k] += topk_hits(p, y, k)
+        self.conf += confusion_matrix(p.argmax(axis=1), y, self.num_classes)
+        self.n += len(y)
+        return self
+
+    def result(self) -> dict[str, float]:
+        if self.n == 0:
+            raise ValueError("score got no samples")
+        return {"top1": self.hits[1] / self.n, "top5": self.hits[5] / self.n,
+                "mean_class_acc": mean_class_accuracy(self.conf)}
+
+
 def score(probs, labels, num_classes: int | None = None) -> dict[str, float]:
     """top1, top5 and mean class accuracy of scores (N, C) against labels (N,): the numbers
     every epoch, prediction table and report shows."""
     p = _to_numpy(probs)
-    conf = confusion_matrix(p.argmax(axis=1), labels, num_classes or p.shape[1])
-    return {"top1": topk_accuracy(p, labels, 1), "top5": topk_accuracy(p, labels, 5),
-            "mean_class_acc": mean_class_accuracy(conf)}
+    return RunningScore(num_classes or p.shape[1]).add(p, labels).result()
 
 
 def category_accuracy(conf, class_names: Sequence[str],

@@ -9,7 +9,7 @@ nodes write where the driver asked.
 Writes are all-or-nothing for readers: ``write_bytes`` / ``open_output`` on a local disk write a
 hidden temporary file, fsync it and rename it into place. Object storage (S3, GCS) has no
 rename, but an object becomes visible only once its upload completes: the content is built in
-memory and uploaded to the final name once, after the block that writes it succeeded (pyarrow's
+memory (on local disk past ``SPOOL_BYTES``) and uploaded to the final name once, after the block that writes it succeeded (pyarrow's
 output streams complete an upload when closed, even on an error, so an error inside the block
 must never reach one). Readers of this project (and pyarrow datasets) ignore names starting
 with ``.`` or ``_``. Directories do not exist on object storage: ``mkdir`` does nothing there.
@@ -28,6 +28,8 @@ import contextlib
 import io
 import os
 import posixpath
+import shutil
+import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +44,8 @@ HIDDEN = (".", "_")
 OBJECT_STORES = ("s3", "gcs")  # pyarrow's type_name of filesystems without directories or rename
 READ_BLOCK = 4 * 2 ** 20       # bytes one ranged read of an object fetches
 READ_BLOCKS = 4                # blocks an open object keeps in memory
+SPOOL_BYTES = 64 * 2 ** 20     # an object being written is held in memory up to this, then on disk
+COPY_BYTES = 8 * 2 ** 20       # bytes per write of its upload
 
 
 def is_uri(path) -> bool:
@@ -169,10 +173,11 @@ class Location:
         parent = self.parent()
         parent.mkdir()
         if not self.local:
-            buffer = io.BytesIO()
-            yield buffer
-            with self.filesystem.open_output_stream(self.path) as f:
-                f.write(buffer.getbuffer())
+            with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+                yield spool
+                spool.seek(0)
+                with self.filesystem.open_output_stream(self.path) as f:
+                    shutil.copyfileobj(spool, f, COPY_BYTES)
             return
         tmp = os.path.join(parent.path, f".{self.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:

@@ -106,3 +106,29 @@ def test_single_run_scores_every_head(tmp_path):
     # A late-fusion run's own heads, given as both sides.
     fused = ev.evaluate_fusion(path, path, op="sum")
     assert fused.rows["rgb"]["top1"] == 0.5 and fused.rows["flow"]["top1"] == 0.75
+
+
+def test_prediction_writer_streams_the_rows_prediction_table_builds(tmp_path):
+    """Batches of 2 videos into groups of 3: the file holds the same rows as one
+    ``prediction_table`` of all videos (a row group per 3 or more videos), and a block that
+    fails writes nothing."""
+    rng = np.random.default_rng(3)
+    ids = [f"v{i}" for i in range(7)]
+    labels = rng.integers(0, 3, 7)
+    probs = {h: rng.random((7, 3)).astype(np.float32) for h in ("fused", "rgb")}
+    target = tmp_path / "out" / "val.parquet"
+    with ev.PredictionWriter(target, NAMES, "val", group_videos=3) as w:
+        for i in range(0, 7, 2):
+            w.add(ids[i:i + 2], labels[i:i + 2], {h: p[i:i + 2] for h, p in probs.items()})
+    assert w.videos == 7
+    whole = ev.prediction_table(ids, labels, NAMES, "val", probs)
+    got = pq.read_table(target)
+    key = [("head", "ascending"), ("video_id", "ascending")]
+    assert got.sort_by(key).equals(whole.sort_by(key))
+    assert pq.ParquetFile(target).metadata.num_row_groups == 2  # 4 videos, then 3: no more held
+    assert ev.load_predictions(target, "val").equals(whole.sort_by(key))
+    with pytest.raises(RuntimeError, match="midway"):
+        with ev.PredictionWriter(tmp_path / "out" / "test.parquet", NAMES, "test", 2) as w:
+            w.add(ids[:3], labels[:3], {"fused": probs["fused"][:3]})
+            raise RuntimeError("midway")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["val.parquet"]

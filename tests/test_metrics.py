@@ -16,6 +16,7 @@ from reslstm.metrics import (
     per_class_accuracy,
     per_class_table,
     plot_confusion,
+    RunningScore,
     score,
     topk_accuracy,
 )
@@ -86,6 +87,24 @@ def test_topk_accuracy_by_hand():
     assert topk_accuracy(scores[1:2], labels[1:2]) == 1.0
     with pytest.raises(ValueError, match=r"labels \(N,\)"):
         topk_accuracy(scores, labels[:3], 1)  # 3 labels for 4 samples
+
+
+def test_running_score_over_batches_equals_score_of_all():
+    """Uneven batches, ties (quantised scores), 7 classes with one absent: the running
+    result is the very floats ``score`` gives on everything at once."""
+    rng = np.random.default_rng(11)
+    n, c = 203, 7
+    probs = np.round(rng.random((n, c)), 1).astype(np.float32)  # many ties
+    labels = rng.choice([0, 1, 2, 3, 5, 6], n)
+    run = RunningScore(c)
+    for lo, hi in [(0, 1), (1, 50), (50, 51), (51, 160), (160, n)]:
+        run.add(probs[lo:hi], labels[lo:hi])
+    whole = score(probs, labels, c)
+    assert run.result() == whole and run.n == n
+    assert run.hits[1] == round(whole["top1"] * n) and run.hits[5] == round(whole["top5"] * n)
+    np.testing.assert_array_equal(run.conf, confusion_matrix(probs.argmax(1), labels, c))
+    with pytest.raises(ValueError, match="^score got no samples$"):
+        RunningScore(c).result()
 
 
 def test_topk_accuracy_refuses_bad_input_with_a_clear_message():

@@ -74,6 +74,29 @@ def test_a_write_that_fails_leaves_nothing(root):
     assert pq.read_table(target.path, filesystem=target.filesystem).equals(table)
 
 
+def test_a_large_object_is_spooled_to_disk_and_uploaded_whole(root, monkeypatch):
+    """Past ``SPOOL_BYTES`` the content of an object being written moves from memory to a
+    local temporary file; the object that appears is the whole content, byte for byte, and a
+    failure after the spill still leaves nothing."""
+    monkeypatch.setattr(storage, "SPOOL_BYTES", 1000)
+    monkeypatch.setattr(storage, "COPY_BYTES", 777)  # several writes of the upload
+    data = np.random.default_rng(0).bytes(10_000)
+    target = root.join("big.bin")
+    spilled = []
+    with target.open_output() as f:
+        f.write(data[:5000])
+        f.write(data[5000:])
+        spilled.append(getattr(f, "_rolled", True))
+    assert target.read_bytes() == data
+    if not root.local:
+        assert spilled == [True]  # the spool went to disk
+    with pytest.raises(RuntimeError, match="after the spill"):
+        with root.join("half.bin").open_output() as f:
+            f.write(data)
+            raise RuntimeError("after the spill")
+    assert _all_files(root) == ["big.bin"]
+
+
 def test_mkdir_makes_no_object_on_object_storage(root):
     root.join("x", "y").mkdir()
     if root.object_store:

@@ -6,12 +6,15 @@ worker process building the model once), and writes ``out_dir/<split>.parquet``
 (``reslstm.reports.predictions.PREDICTION_SCHEMA``): head ``fused`` = ``model.probabilities``
 (the only head of single-stream and mid models; the late fusion of the two softmaxes
 otherwise), plus ``rgb`` and ``flow`` (each network's softmax) for late fusion. The driver
-receives C probabilities per video and head, never the inputs. Reading and scoring those tables
+receives C probabilities per video and head, never the inputs, and holds only a batch of them:
+it writes each split's rows as they come (``PredictionWriter``) and scores them on the way
+(``metrics.RunningScore``: confusion counts and top-k hits). Reading and scoring those tables
 needs no Ray: ``reslstm.reports.predictions``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -20,10 +23,9 @@ import ray.data
 
 from reslstm import storage
 from reslstm.distributed.runtime import cluster_gpus
-from reslstm.features import write_part
 from reslstm.fusion import FUSED
-from reslstm.metrics import score
-from reslstm.reports.predictions import prediction_table
+from reslstm.metrics import RunningScore
+from reslstm.reports.predictions import PredictionWriter
 
 
 _MODELS: dict = {}  # in a Ray worker process: {payload ref: (model, device)}, the latest one
@@ -75,22 +77,23 @@ def predict(payload: dict, datasets: dict[str, "ray.data.Dataset"], label_names:
                                                 "use_gpu": bool(gpus)},
                              batch_size=batch_size, batch_format="numpy",
                              num_gpus=1 if gpus else 0)
-    got: dict[str, list[dict]] = {s: [] for s in splits}
-    for b in heads.iter_batches(batch_size=None, batch_format="numpy"):
-        for s in splits:
-            keep = b["split"] == s
-            if keep.any():
-                got[s].append({k: v[keep] for k, v in b.items()})
-    paths, scores = {}, {}
-    for split in splits:
-        parts = got[split]
-        if not parts:
-            raise RuntimeError(f"the {split} split came back without predictions")
-        ids = [v for p in parts for v in p["video_id"]]
-        y = np.concatenate([p["label"] for p in parts]).astype(np.int64)
-        probs = {k[2:]: np.concatenate([p[k] for p in parts]) for k in parts[0] if k.startswith("p_")}
-        table = prediction_table(ids, y, label_names, split, probs)
-        write_part(out_dir, table, name=f"{split}.parquet")
-        paths[split] = storage.resolve(out_dir).join(f"{split}.parquet").uri
-        scores[split] = {h: score(p, y, len(label_names)) for h, p in probs.items()}
-    return paths, scores
+    out = storage.resolve(out_dir)
+    scores = {s: {} for s in splits}  # {split: {head: RunningScore}}
+    with contextlib.ExitStack() as stack:
+        writers = {s: stack.enter_context(
+            PredictionWriter(out.join(f"{s}.parquet"), label_names, s)) for s in splits}
+        for b in heads.iter_batches(batch_size=None, batch_format="numpy"):
+            for s in splits:
+                keep = b["split"] == s
+                if not keep.any():
+                    continue
+                labels = b["label"][keep].astype(np.int64)
+                probs = {k[2:]: v[keep] for k, v in b.items() if k.startswith("p_")}
+                writers[s].add(b["video_id"][keep], labels, probs)
+                for h, p in probs.items():
+                    scores[s].setdefault(h, RunningScore(len(label_names))).add(p, labels)
+        empty = [s for s in splits if writers[s].videos == 0]
+        if empty:  # nothing is written: the block ends with the error
+            raise RuntimeError(f"the {empty[0]} split came back without predictions")
+    paths = {s: out.join(f"{s}.parquet").uri for s in splits}
+    return paths, {s: {h: r.result() for h, r in scores[s].items()} for s in splits}

@@ -7,6 +7,7 @@ the softmax over the classes). A training run writes ``RUN_DIR/predictions/{val,
 with head ``fused`` (the model's combined output) and, for late fusion, ``rgb`` and ``flow``.
 
 - ``prediction_table(video_ids, labels, label_names, split, probs_by_head) -> pa.Table``.
+- ``PredictionWriter(target, label_names, split)``: the same rows, written batch by batch.
 - ``load_predictions(path, split, head=None) -> pa.Table``: a run directory, its
   ``predictions/`` folder or one Parquet file; ``head`` keeps one head.
 - ``evaluate_fusion(rgb, flow, op="product", split="test", out_dir=None, categories=None,
@@ -26,6 +27,7 @@ object storage). Reports written to ``out_dir``: ``confusion_<name>.png`` (``met
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from dataclasses import dataclass, field
@@ -73,6 +75,57 @@ def prediction_table(video_ids: Sequence[str], labels: Sequence[int], label_name
     return pa.Table.from_pydict(
         {n: pa.array(cols[n], PREDICTION_SCHEMA.field(n).type) for n in cols},
         schema=PREDICTION_SCHEMA)
+
+
+class PredictionWriter:
+    """One split's ``PREDICTION_SCHEMA`` rows written as they come, so a writer of many videos
+    holds fewer than ``group_videos`` plus one batch of them::
+
+        with PredictionWriter(out.join("test.parquet"), label_names, "test") as w:
+            for ids, labels, probs_by_head in batches:
+                w.add(ids, labels, probs_by_head)
+
+    Every ``group_videos`` videos (or more) become a row group of all heads. The file appears
+    only when the block ends without an error (``storage.Location.open_output``)."""
+
+    def __init__(self, target, label_names: Sequence[str], split: str, group_videos: int = 4096):
+        self.target = storage.resolve(target)
+        self.label_names, self.split, self.group_videos = label_names, split, int(group_videos)
+        self.videos = 0
+        self._pending: list[tuple[Sequence[str], np.ndarray, Mapping[str, np.ndarray]]] = []
+        self._pending_videos = 0
+        self._stack: contextlib.ExitStack | None = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> "PredictionWriter":
+        self._stack = contextlib.ExitStack()
+        f = self._stack.enter_context(self.target.open_output())
+        self._writer = pq.ParquetWriter(f, PREDICTION_SCHEMA)
+        self._stack.callback(self._writer.close)
+        return self
+
+    def add(self, video_ids: Sequence[str], labels: Sequence[int],
+            probs_by_head: Mapping[str, np.ndarray]) -> None:
+        self._pending.append((list(video_ids), np.asarray(labels, np.int64), dict(probs_by_head)))
+        self._pending_videos += len(video_ids)
+        self.videos += len(video_ids)
+        if self._pending_videos >= self.group_videos:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        heads = list(self._pending[0][2])
+        ids = [v for p in self._pending for v in p[0]]
+        labels = np.concatenate([p[1] for p in self._pending])
+        probs = {h: np.concatenate([p[2][h] for p in self._pending]) for h in heads}
+        self._writer.write_table(prediction_table(ids, labels, self.label_names, self.split, probs))
+        self._pending, self._pending_videos = [], 0
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self._flush()
+        return self._stack.__exit__(exc_type, exc, tb)
 
 
 # ---------------------------------------------------------------------------------------------
