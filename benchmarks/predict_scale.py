@@ -1,15 +1,21 @@
-"""Batch prediction (``jobs/predict.py --manifest``) at growing numbers of videos: time per video
-and the driver's peak RSS, against the smallest N.
+"""Batch prediction (``jobs/predict.py --manifest``) or extraction (``jobs/extract.py``, with
+``--job extract``) at growing numbers of videos: time per video and the driver's peak RSS,
+against the smallest N.
 
 Each N runs in a fresh process on a local Ray of 2 CPUs: one short synthetic video (96x72,
-tiny3d random-init features, DIS flow, the model an untrained late-product Res-LSTM: the costs,
-not results) hard-linked N times into a folder, then ``run_batch`` over a manifest of them,
-written every 256 videos. The per-video work (decode, flow, CNN) is the same for every video, so
-the time per video should stay flat and the driver's memory should not follow N (it holds the
-manifest's rows and the ids it has seen, never features).
+tiny3d random-init features, DIS flow, one crop; for prediction the model is an untrained
+late-product Res-LSTM: the costs, not results) hard-linked N times into a folder, then
+``run_batch`` (predictions written every 256 videos) or ``run_extraction`` over a manifest of
+them. The per-video work (decode, flow, CNN) is the same for every video, so the time per video
+should stay flat and the driver's memory should not follow N (it holds the manifest's rows and
+the ids it has seen, never features). Ray Data keeps statistics of every block in the driver
+until its dataset ends, so one pipeline over the whole job grows the driver with N;
+``--window-videos`` sets the videos per pipeline (0: one pipeline for the job; default: the
+jobs' default, 2048 on this machine).
 
-    python benchmarks/predict_scale.py                    # N = 100, 400, 1600
-    python benchmarks/predict_scale.py --videos 50,200
+    python benchmarks/predict_scale.py                                  # N = 100, 400, 1600
+    python benchmarks/predict_scale.py --window-videos 200              # 8 pipelines at 1600
+    python benchmarks/predict_scale.py --job extract --window-videos 0
 """
 
 from __future__ import annotations
@@ -57,11 +63,12 @@ def model_file(path: Path) -> Path:
     return path
 
 
-def run(n: int, root: Path, results: dict) -> None:
+def run(n: int, root: Path, results: dict, job: str, window: int | None) -> None:
     import ray
 
-    from reslstm.configs import PredictConfig
+    from reslstm.configs import ExtractConfig, PredictConfig
     from reslstm.datasets.synthetic import synthesize_video, write_mp4
+    from reslstm.distributed.extract.job import run_extraction
     from reslstm.distributed.predict.batch import run_batch
 
     videos = root / "videos"
@@ -76,39 +83,55 @@ def run(n: int, root: Path, results: dict) -> None:
                      "label_name": CLASSES[i % 3], "split": "test"})
     manifest = root / "manifest.parquet"
     write_manifest(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), manifest)
-    cfg = PredictConfig(model=str(model_file(root / "model.pt")), manifest=str(manifest),
-                        out=str(root / "out"), chunk_videos=256)
+    if job == "predict":
+        cfg = PredictConfig(model=str(model_file(root / "model.pt")), manifest=str(manifest),
+                            out=str(root / "out"), chunk_videos=256, window_videos=window)
+    else:
+        cfg = ExtractConfig(manifest=str(manifest), out=str(root / "store"), extractor="tiny3d",
+                            flow="dis", crops=1, window_videos=window, experiment="none")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     for name in ("ray.data", "reslstm"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        summary = timed("batch predict", results, n, lambda: run_batch(cfg))
+        if job == "predict":
+            summary = timed("batch predict", results, n, lambda: run_batch(cfg))
+            done, failed = summary.predicted, summary.failed
+        else:
+            summary = timed("extract", results, n, lambda: run_extraction(cfg))
+            done, failed = min(summary.written.values()), summary.failed
     finally:
         ray.shutdown()
-    if summary.predicted != n:
-        sys.exit(f"{summary.predicted} of {n} videos classified; failures: {summary.failed}")
+    if done != n:
+        sys.exit(f"{done} of {n} videos done; failures: {failed}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", default="100,400,1600", help="comma list of N")
+    p.add_argument("--job", choices=("predict", "extract"), default="predict")
+    p.add_argument("--window-videos", type=int, default=None,
+                   help="videos per Ray Data pipeline (0: one for the whole job)")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one N in this process
     a = p.parse_args()
     if a.one:
         root = Path(tempfile.mkdtemp(prefix="predict-scale-"))
         results: dict = {}
         try:
-            run(a.one, root, results)
+            run(a.one, root, results, a.job, a.window_videos)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         print("RESULT " + json.dumps({k: v[a.one] for k, v in results.items()}), flush=True)
         return
     sizes = [int(v) for v in a.videos.split(",")]
-    results = each_in_a_process(__file__, sizes, [])
+    args = ["--job", a.job] + ([] if a.window_videos is None
+                               else ["--window-videos", str(a.window_videos)])
+    results = each_in_a_process(__file__, sizes, args,
+                                f"{a.job}, --window-videos {a.window_videos}")
     small, large = sizes[0], sizes[-1]
-    (t0, m0), (t1, m1) = results["batch predict"][small], results["batch predict"][large]
+    stage = "batch predict" if a.job == "predict" else "extract"
+    (t0, m0), (t1, m1) = results[stage][small], results[stage][large]
     print(f"\nN = {large:,} against N = {small:,}: time per video "
           f"{(t1 / large) / (t0 / small):.2f}x, driver peak RSS growth {m1 / max(m0, 1):.2f}x "
           f"({m0 / 2**20:.0f} -> {m1 / 2**20:.0f} MiB)")

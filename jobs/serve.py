@@ -19,7 +19,7 @@ from reslstm.configs import PredictConfig, ServeConfig
 from reslstm.distributed.serve.app import serve_until_stopped
 
 BATCH_ONLY = ("manifest", "out", "top_k", "as_json", "sheet", "actors", "actor_cpus",
-              "chunk_videos", "retry_failed", "overwrite", "address")
+              "chunk_videos", "window_videos", "retry_failed", "overwrite", "address")
 
 
 def main(argv=None) -> int:

@@ -55,12 +55,23 @@ def _cfg(dataset, out, **kw):
     return ExtractConfig(**{**base, **kw})
 
 
+def feature_actors() -> set[str]:
+    from ray.util.state import list_actors
+
+    return {a.actor_id for a in list_actors(limit=10_000) if "FeatureStage" in a.class_name}
+
+
 @pytest.fixture(scope="module")
 def extracted(ray_local, dataset):
+    """The job in windows of 3 videos (--window-videos 3): one pipeline, with its own feature
+    actors, per window; every test below reads what they wrote together."""
     out = dataset["root"] / "store"
     buf = io.StringIO()
+    before = feature_actors()
     with redirect_stdout(buf):
-        summary = run_extraction(_cfg(dataset, out))
+        summary = run_extraction(_cfg(dataset, out, window_videos=3))
+    windows = -(-len(dataset["rows"]) // 3)
+    assert windows >= 3 and len(feature_actors() - before) >= windows
     return out, summary, buf.getvalue()
 
 

@@ -135,3 +135,37 @@ def test_a_plan_reads_the_written_and_failed_ids_once_per_stream(tmp_path, monke
     assert sorted(reads) == [("failed", "flow"), ("failed", "rgb"), ("written", "flow"),
                              ("written", "rgb")]
     assert (len(items), done, failed) == (76, 4, 0)
+
+
+def test_a_job_runs_as_one_dataset_per_window_in_order():
+    """``run_windows`` builds a dataset per window (the last one shorter), one after the other:
+    the previous one is gone before the next is built; 0 is one window of everything. The
+    default window is 2048 videos, or 32 per CPU."""
+    from reslstm.configs.options import window_videos
+    from reslstm.distributed.extract.pipeline import run_windows
+
+    live = []
+
+    class Fake:
+        def __init__(self, window):
+            self.window = list(window)
+
+        def iter_batches(self, batch_size, batch_format):
+            assert live == [] and batch_format == "pyarrow"
+            live.append(self)
+            yield pa.table({"i": self.window})
+            live.remove(self)
+
+    built = []
+
+    def build(window):
+        built.append(list(window))
+        return Fake(window)
+
+    got = [t.column("i").to_pylist() for t in run_windows(list(range(7)), 3, build)]
+    assert got == built == [[0, 1, 2], [3, 4, 5], [6]]
+    built.clear()
+    assert [t.num_rows for t in run_windows(list(range(7)), 0, build)] == [7] and len(built) == 1
+    assert list(run_windows([], 3, build)) == [] and len(built) == 1
+    assert (window_videos(None, 2), window_videos(None, 100), window_videos(5, 100),
+            window_videos(0, 100)) == (2048, 3200, 5, 0)

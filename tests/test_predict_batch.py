@@ -93,6 +93,15 @@ def test_batch_rows_equal_in_process_predictions_and_reruns_resume(ray_local, tm
     retry = run_batch(PredictConfig(**{**cfg.__dict__, "retry_failed": True}))
     assert (retry.predicted, sum(retry.failed.values()), retry.skipped_done) == (0, 3, 3)
     assert pq.read_table(out / "predictions").num_rows == 3
+    # In windows of 2 videos (one pipeline and one model actor each): the same rows.
+    before = model_actors()
+    windowed = run_batch(PredictConfig(**{**cfg.__dict__, "out": str(tmp_path / "windows"),
+                                          "window_videos": 2}))
+    assert len(model_actors() - before) == 3
+    assert (windowed.predicted, windowed.failed) == (summary.predicted, summary.failed)
+    key = [("video_id", "ascending")]
+    assert (pq.read_table(tmp_path / "windows" / "predictions").sort_by(key)
+            .equals(pq.read_table(out / "predictions").sort_by(key)))
     # Another model's predictions do not mix with these.
     other = save_payload(tmp_path / "other.pt", payload("late-product", seed=1))
     with pytest.raises(PredictError, match="holds predictions of another model"):

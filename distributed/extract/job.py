@@ -3,6 +3,7 @@
 Python API::
 
     from reslstm.configs import ExtractConfig
+from reslstm.configs.options import window_videos
     from reslstm.distributed.extract.job import run_extraction
     summary = run_extraction(ExtractConfig(manifest="m.parquet", out="features/",
                                            extractor="i3d", weights="rgb_imagenet.pt",
@@ -33,7 +34,8 @@ import ray
 from reslstm import features as fs
 from reslstm import storage
 from reslstm.configs import ExtractConfig
-from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline
+from reslstm.configs.options import window_videos
+from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline, run_windows
 from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
 from reslstm.extraction.driver import ExtractSummary, compact, drive, read_manifest, start
 from reslstm.extraction.settings import ExtractError
@@ -106,8 +108,13 @@ def _extract(cfg: ExtractConfig, subset, mlrun) -> ExtractSummary:
                  + (f", flow={cfg.flow}" if "flow" in cfg.streams else ""))
         log.info(f"segments in the object store: at most {plan.object_store_bytes / 2 ** 20:,.0f} "
                  "MiB" + ("" if cfg.object_store_limit_gb else " (--object-store-limit-gb to change)"))
-        return drive(run, lambda todo: build_pipeline(todo, plan).iter_batches(
-            batch_size=None, batch_format="pyarrow"), retry_if=cluster_failure)
+        window = window_videos(cfg.window_videos, cluster_cpus())
+        if window and len(run.items) > window * len(cfg.streams):
+            log.info(f"one pipeline per {window} videos (--window-videos): the driver's memory "
+                     "follows the window, not the job")
+        return drive(run, lambda todo: run_windows(todo, window * len(cfg.streams),
+                                                   lambda w: build_pipeline(w, plan)),
+                     retry_if=cluster_failure)
 
 
 def cluster_failure(exc: BaseException) -> bool:

@@ -8,7 +8,17 @@ resources, block size and object-store budget.
 
 ``PipelinePlan.make(...)`` sizes it once (actors, the bytes of a segment, the block target and
 the budget) from the stage config and the cluster; ``build_pipeline(items, plan)`` returns the
-lazy dataset of feature-stage output rows.
+lazy dataset of feature-stage output rows; ``run_windows(items, size, build)`` runs a job as one
+such dataset per window of its items.
+
+Windows: Ray Data keeps statistics of every block a dataset has produced in the driver until the
+dataset is gone (ray#66016), and a segment is a block, so one dataset over a whole job grows the
+driver by about 100 KB per (video, stream) pair: some 45 GB for both streams of Kinetics-400.
+A job therefore runs as consecutive datasets over windows of ``--window-videos`` videos (by
+default ``reslstm.configs.options.window_videos``: 2048, or 32 per CPU on larger clusters, so
+a window lasts long next to the few seconds its actor pool takes to start); each window's dataset
+is dropped, with its statistics, before the next starts. ``benchmarks/predict_scale.py
+--window-videos`` measures the driver's memory with and without them.
 
 Resources: only the flow tasks reserve a CPU (one each, one thread). Decoding is cheap next to
 optical flow (under 1 % of TV-L1's time), and the feature actor on a CPU-only cluster is idle
@@ -38,7 +48,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+from typing import Callable, Iterator, Sequence
 
+import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
@@ -147,3 +159,15 @@ def build_pipeline(items: list[dict], plan: PipelinePlan) -> "ray.data.Dataset":
     return ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": stage, "streams": plan.streams},
                           compute=pool, batch_size=1, batch_format="pyarrow",
                           memory=ACTOR_BASE_BYTES + 3 * seg, **plan.actor_resources)
+
+
+def run_windows(items: Sequence, size: int, build: Callable[[Sequence], "ray.data.Dataset"]
+                ) -> Iterator[pa.Table]:
+    """The output blocks of ``build(window)`` for consecutive windows of ``size`` items (0: one
+    window of all), in order. A window's dataset is dropped before the next one is built, so
+    what Ray Data keeps per block lives for one window (module docstring)."""
+    step = size or max(1, len(items))
+    for lo in range(0, len(items), step):
+        ds = build(items[lo:lo + step])
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        del ds

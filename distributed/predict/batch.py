@@ -3,6 +3,7 @@
 Python API::
 
     from reslstm.configs import PredictConfig
+from reslstm.configs.options import window_videos
     from reslstm.distributed.predict.batch import run_predict
     run_predict(PredictConfig(model="runs/late", videos=("a.mp4",)))          # in-process
     run_predict(PredictConfig(model="runs/late", manifest="m.parquet", out="predictions/"))
@@ -12,10 +13,12 @@ kinds are listed there (``load_model``).
 
 Batch (``run_batch``): the manifest's (or folder's) videos go through the Ray Data pipeline of
 extraction (``extract_pipeline.build_pipeline``: decode and flow tasks, the feature actor pool),
-then one model actor (``ModelStage``) for the whole job takes the feature segments as they come,
-joins each video's in order once all its streams are in (``reslstm.inference.assembly``) and
-classifies it. One pipeline runs the whole job (its actors and models are built once, and no
-shuffle holds the videos back); the driver writes the rows every ``chunk_videos`` videos::
+then one model actor (``ModelStage``) takes the feature segments as they come, joins each
+video's in order once all its streams are in (``reslstm.inference.assembly``) and classifies it.
+One pipeline runs a window of ``--window-videos`` videos, both streams of each (its actors and
+models are built once per window, and no shuffle holds the videos back; windows keep Ray Data's
+per-block statistics in the driver bounded: ``reslstm.distributed.extract.pipeline``); the
+driver writes the rows every ``chunk_videos`` videos::
 
     OUT/model.json                  the model: reference, fusion, classes, a weights fingerprint
     OUT/predictions/part-*.parquet  one row per video (``reslstm.inference.predictor.BATCH_SCHEMA``)
@@ -44,6 +47,7 @@ import pyarrow.parquet as pq
 from reslstm import storage
 from reslstm.checkpoint import model_from_payload
 from reslstm.configs import PredictConfig
+from reslstm.configs.options import window_videos
 from reslstm.datasets.manifest import ManifestError, read_table, resolve_paths
 from reslstm.features import FAILURE_SCHEMA, write_part
 from reslstm.inference.chain import PredictError, chain_settings, model_streams, stream_settings
@@ -237,12 +241,12 @@ def run_batch(cfg: PredictConfig) -> BatchSummary:
 
 def _run_stream(cfg: PredictConfig, todo: list[dict], payload: dict, stage, streams,
                 out: storage.Location, summary: BatchSummary) -> None:
-    """One pipeline over ``todo``: extraction's stages, then the model actor; the rows are
+    """A pipeline per window of ``todo``: extraction's stages, then the model actor; the rows are
     written every ``chunk_videos`` videos. Counts go to ``summary``."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline
+    from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline, run_windows
     from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
     from reslstm.flow.methods import needs_gpu
 
@@ -253,15 +257,21 @@ def _run_stream(cfg: PredictConfig, todo: list[dict], payload: dict, stage, stre
     plan = PipelinePlan.make(stage, streams, cluster_cpus(), cluster_gpus(),
                              ray.cluster_resources().get("object_store_memory", 0),
                              cfg.actors, cfg.actor_cpus)
+    window = window_videos(cfg.window_videos, cluster_cpus())
     log.info(f"{len(todo)} videos to classify with {cfg.model}, written every "
-             f"{cfg.chunk_videos} videos")
+             f"{cfg.chunk_videos} videos" + (f", one pipeline per {window} videos "
+                                            "(--window-videos)" if 0 < window < len(todo) else ""))
     order = sorted(streams, key=lambda s: s != "flow")
-    ds = build_pipeline([{**r, "stream": s} for r in todo for s in order], plan).map_batches(
-        ModelStage, fn_constructor_kwargs={"payload": {"ref": ray.put(payload)}, "top_k": cfg.top_k},
-        compute=ActorPoolStrategy(min_size=1, max_size=1), batch_format="pyarrow",
-        batch_size=None, num_cpus=0)
+    model_ref = {"ref": ray.put(payload)}
+
+    def pipeline(videos: list[dict]) -> "ray.data.Dataset":  # both streams of a video in one
+        return build_pipeline([{**r, "stream": s} for r in videos for s in order], plan).map_batches(
+            ModelStage, fn_constructor_kwargs={"payload": model_ref, "top_k": cfg.top_k},
+            compute=ActorPoolStrategy(min_size=1, max_size=1), batch_format="pyarrow",
+            batch_size=None, num_cpus=0)
+
     writer = _Rows(out, payload, uuid.uuid4().hex[:12], summary, len(todo))
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in run_windows(todo, window, pipeline):
         writer.add(batch)
         if writer.videos >= cfg.chunk_videos:
             writer.flush()

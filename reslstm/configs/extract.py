@@ -8,7 +8,7 @@ from reslstm.flow.methods import METHODS, RAFT_SIZES
 from reslstm.fusion import STREAMS
 from reslstm.video.clips import CROPS
 
-from .options import _check, _one_of, _positive, opt
+from .options import WINDOW_HELP, _check, _check_window, _one_of, _positive, opt
 
 
 @dataclass
@@ -52,6 +52,7 @@ class ExtractConfig:
     raft_size: str = opt("large", "RAFT model", choices=RAFT_SIZES)
     raft_weights: str | None = opt("C_T_V2", "RAFT weights: a torchvision Raft_*_Weights name "
                                    "(from torchvision's cache), a file, or 'none' (tests only)")
+    window_videos: int | None = opt(None, WINDOW_HELP)
     object_store_limit_gb: float | None = opt(None, "cap on the segments held in the object "
                                               "store (default: 8 segments per worker, at most "
                                               "half the object store)")
@@ -85,5 +86,6 @@ class ExtractConfig:
         _check(self, self.min_frame_ratio is None or 0 < self.min_frame_ratio <= 1, "min_frame_ratio",
                f"must be in (0, 1], got {self.min_frame_ratio}")
         _check(self, self.pipeline_retries >= 0, "pipeline_retries", "must be >= 0")
+        _check_window(self)
         _check(self, 0 <= self.max_failed <= 1, "max_failed",
                f"must be a share in [0, 1], got {self.max_failed}")

@@ -14,6 +14,13 @@ from reslstm.errors import ConfigError
 
 USE_GPU = ("auto", "yes", "no")
 SEARCHES = ("grid", "random")
+WINDOW_VIDEOS = 2048        # videos per Ray Data pipeline at least (``--window-videos``)
+WINDOW_VIDEOS_PER_CPU = 32  # ... or this many per CPU of the cluster
+WINDOW_HELP = (f"videos per Ray Data pipeline: the job runs as one pipeline per window of this "
+               f"many videos, so the driver's memory follows the window, not the job (Ray Data "
+               f"keeps statistics of every block until its pipeline ends); default "
+               f"{WINDOW_VIDEOS}, or {WINDOW_VIDEOS_PER_CPU} per CPU on larger clusters; 0: one "
+               f"pipeline for the whole job")
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, **meta) -> Any:
@@ -48,3 +55,16 @@ def _one_of(cfg, name: str, choices) -> None:
     value = getattr(cfg, name)
     _check(cfg, value in choices, name,
            f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _check_window(cfg) -> None:
+    _check(cfg, cfg.window_videos is None or cfg.window_videos >= 0, "window_videos",
+           f"must be >= 0 (0: one pipeline for the whole job), got {cfg.window_videos}")
+
+
+def window_videos(asked: int | None, cpus: int) -> int:
+    """Videos per Ray Data pipeline (``WINDOW_HELP``): ``asked`` (0: the whole job in one), else
+    ``WINDOW_VIDEOS`` or ``WINDOW_VIDEOS_PER_CPU`` per CPU, whichever is more."""
+    if asked is not None:
+        return asked
+    return max(WINDOW_VIDEOS, WINDOW_VIDEOS_PER_CPU * cpus)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import _check, _positive, opt
+from .options import WINDOW_HELP, _check, _check_window, _positive, opt
 
 
 @dataclass
@@ -43,6 +43,7 @@ class PredictConfig:
     actor_cpus: float | None = opt(None, "batch: CPUs each feature actor reserves")
     chunk_videos: int = opt(128, "batch: predictions are written every N videos (what a "
                             "killed job loses at most)")
+    window_videos: int | None = opt(None, "batch: " + WINDOW_HELP)
     retry_failed: bool = opt(False, "batch: predict the videos that failed before again")
     overwrite: bool = opt(False, "batch: discard --out's predictions when they came from "
                           "another model")
@@ -55,6 +56,7 @@ class PredictConfig:
         self.videos = tuple(self.videos)
         _positive(self, "top_k", "batch_size", "clips_per_segment", "chunk_videos")
         _positive(self, "actors", allow_none=True)
+        _check_window(self)
         _check(self, not (self.timeline and self.manifest), "timeline",
                "works on the video files given on the command line, not with --manifest")
         _check(self, self.device is None or self.device == "cpu" or self.device.startswith("cuda"),
