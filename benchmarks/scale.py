@@ -168,7 +168,7 @@ def run(n: int, dim: int, rows_per_file: int, part_mib: float, results: dict, ro
         return len(w.files)
 
     files = timed("write", results, n, write)
-    timed("index", results, n, lambda: [len(fs.FeatureStore(store_dir).written_ids(s)) for s in STREAMS])
+    timed("index", results, n, lambda: [len(fs.FeatureStore(store_dir).written_id_array(s)) for s in STREAMS])
     def plan(store: Path):  # what the job's driver does under the lock: read, list, plan
         cfg = ExtractConfig(manifest=str(manifest), out=str(store), extractor="tiny3d")
         return plan_work(cfg, read_manifest(cfg.manifest), fs.FeatureStore(store))

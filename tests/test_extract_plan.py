@@ -25,7 +25,7 @@ def test_largest_files_first_streams_of_a_video_together_flow_first(tmp_path):
     manifest = _manifest(tmp_path, {"small": 10, "big": 1000, "missing": None, "mid": 100})
     cfg = ExtractConfig(manifest="m.parquet", out=str(tmp_path / "store"), streams=("rgb", "flow"))
     items, done, failed = plan_work(cfg, manifest)
-    assert [(i["video_id"], i["stream"]) for i in items] == [
+    assert [(i["video_id"], i["stream"]) for i in items.to_pylist()] == [
         ("big", "flow"), ("big", "rgb"), ("mid", "flow"), ("mid", "rgb"),
         ("small", "flow"), ("small", "rgb"), ("missing", "flow"), ("missing", "rgb")]
     assert (done, failed) == (0, 0)
@@ -34,16 +34,19 @@ def test_largest_files_first_streams_of_a_video_together_flow_first(tmp_path):
 def test_written_and_failed_pairs_are_skipped_per_stream(tmp_path, monkeypatch):
     manifest = _manifest(tmp_path, {"a": 30, "b": 20, "c": 10})
     out = tmp_path / "store"
-    monkeypatch.setattr(fs.FeatureStore, "written_ids", lambda _, s: {"a"} if s == "rgb" else set())
-    monkeypatch.setattr(fs.FeatureStore, "failed_ids", lambda _, s: {"b"} if s == "flow" else set())
+    ids = lambda values: pa.array(values, pa.string())  # noqa: E731
+    monkeypatch.setattr(fs.FeatureStore, "written_id_array",
+                        lambda _, s: ids(["a"] if s == "rgb" else []))
+    monkeypatch.setattr(fs.FeatureStore, "failed_id_array",
+                        lambda _, s: ids(["b"] if s == "flow" else []))
     cfg = ExtractConfig(manifest="m.parquet", out=str(out), streams=("rgb", "flow"))
     items, done, failed = plan_work(cfg, manifest)
-    assert [(i["video_id"], i["stream"]) for i in items] == [
+    assert [(i["video_id"], i["stream"]) for i in items.to_pylist()] == [
         ("a", "flow"), ("b", "rgb"), ("c", "flow"), ("c", "rgb")]
     assert (done, failed) == (1, 1)
     retry = ExtractConfig(manifest="m.parquet", out=str(out), streams=("rgb",), retry_failed=True)
     items, done, failed = plan_work(retry, manifest)
-    assert [(i["video_id"], i["stream"]) for i in items] == [("b", "rgb"), ("c", "rgb")]
+    assert [(i["video_id"], i["stream"]) for i in items.to_pylist()] == [("b", "rgb"), ("c", "rgb")]
     assert (done, failed) == (1, 0)
 
 
@@ -126,10 +129,10 @@ def test_a_plan_reads_the_written_and_failed_ids_once_per_stream(tmp_path, monke
     reads = []
 
     def once(kind):
-        return lambda _, s: reads.append((kind, s)) or {"v1", "v2"}
+        return lambda _, s: reads.append((kind, s)) or pa.array(["v1", "v2"], pa.string())
 
-    monkeypatch.setattr(fs.FeatureStore, "written_ids", once("written"))
-    monkeypatch.setattr(fs.FeatureStore, "failed_ids", once("failed"))
+    monkeypatch.setattr(fs.FeatureStore, "written_id_array", once("written"))
+    monkeypatch.setattr(fs.FeatureStore, "failed_id_array", once("failed"))
     cfg = ExtractConfig(manifest="m.parquet", out=str(tmp_path / "store"), streams=("rgb", "flow"))
     items, done, failed = plan_work(cfg, manifest)
     assert sorted(reads) == [("failed", "flow"), ("failed", "rgb"), ("written", "flow"),

@@ -140,11 +140,13 @@ def _pipeline_context(plan: PipelinePlan):
         ctx.target_max_block_size, ctx.execution_options = saved
 
 
-def build_pipeline(items: list[dict], plan: PipelinePlan) -> "ray.data.Dataset":
-    """The lazy Ray Dataset of feature-stage output rows (segments and failures)."""
+def build_pipeline(items: pa.Table | list[dict], plan: PipelinePlan) -> "ray.data.Dataset":
+    """The lazy Ray Dataset of feature-stage output rows (segments and failures) of the work
+    items (one per (video, stream): a table or dicts, with the manifest's columns and stream)."""
     stage, seg = plan.stage, plan.segment_bytes
+    rows = items.to_pylist() if isinstance(items, pa.Table) else list(items)
     with _pipeline_context(plan):
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_BLOCKS)))
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), MAX_BLOCKS)))
     # `memory` is what a worker holds at most: the process itself plus the segments in hand
     # (decode: the segment being filled, the next one, and the one being sent; flow: the RGB
     # segment in and the flow segment out, with their copies; features: two queued inputs).
@@ -161,13 +163,19 @@ def build_pipeline(items: list[dict], plan: PipelinePlan) -> "ray.data.Dataset":
                           memory=ACTOR_BASE_BYTES + 3 * seg, **plan.actor_resources)
 
 
-def run_windows(items: Sequence, size: int, build: Callable[[Sequence], "ray.data.Dataset"]
-                ) -> Iterator[pa.Table]:
-    """The output blocks of ``build(window)`` for consecutive windows of ``size`` items (0: one
-    window of all), in order. A window's dataset is dropped before the next one is built, so
-    what Ray Data keeps per block lives for one window (module docstring)."""
+def windows(items: Sequence | pa.Table, size: int) -> Iterator:
+    """Consecutive slices of ``size`` items (0: one slice of all), in order."""
     step = size or max(1, len(items))
     for lo in range(0, len(items), step):
-        ds = build(items[lo:lo + step])
+        yield items[lo:lo + step]
+
+
+def run_windows(items: Sequence | pa.Table, size: int,
+                build: Callable[[Sequence], "ray.data.Dataset"]) -> Iterator[pa.Table]:
+    """The output blocks of ``build(window)`` for each of ``windows(items, size)``, in order. A
+    window's dataset is dropped before the next one is built, so what Ray Data keeps per block
+    lives for one window (module docstring)."""
+    for window in windows(items, size):
+        ds = build(window)
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
         del ds

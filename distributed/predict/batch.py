@@ -135,12 +135,12 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def _ids(directory: storage.Location) -> set[str]:
+def _ids(directory: storage.Location) -> pa.Array:
     files = directory.list(".parquet")
     if not files:
-        return set()
+        return pa.array([], pa.string())
     table = pq.read_table(files, columns=["video_id"], filesystem=directory.filesystem)
-    return set(table.column("video_id").to_pylist())
+    return pc.unique(table.column("video_id").combine_chunks())
 
 
 def prepare_out(out: storage.Location, doc: dict, overwrite: bool) -> None:
@@ -223,30 +223,30 @@ def run_batch(cfg: PredictConfig) -> BatchSummary:
                       "fusion": model.config.fusion, "labels": list(payload["label_names"]),
                       "features": {s: dataclasses.asdict(v) for s, v in settings.items()}},
                 cfg.overwrite)
-    done = _ids(out.join("predictions"))
-    failed_before = _ids(out.join("failures")) - done
-    rows = videos.to_pylist()
-    todo = [r for r in rows if r["video_id"] not in done
-            and (cfg.retry_failed or r["video_id"] not in failed_before)]
-    skipped_failed = 0 if cfg.retry_failed else sum(r["video_id"] in failed_before for r in rows)
-    summary = BatchSummary(out=str(out), predicted=0, failed={},
-                           skipped_done=len(done & {r["video_id"] for r in rows}),
-                           skipped_failed=skipped_failed, seconds=0.0)
-    if todo:
+    # Arrow throughout: what the driver holds per video is its manifest row, not Python objects.
+    ids = videos.column("video_id")
+    done = pc.is_in(ids, value_set=_ids(out.join("predictions"))).to_numpy(zero_copy_only=False)
+    failed_before = pc.is_in(ids, value_set=_ids(out.join("failures"))).to_numpy(
+        zero_copy_only=False) & ~done
+    todo = videos.filter(pa.array(~(done | (failed_before & (not cfg.retry_failed)))))
+    summary = BatchSummary(out=str(out), predicted=0, failed={}, skipped_done=int(done.sum()),
+                           skipped_failed=0 if cfg.retry_failed else int(failed_before.sum()),
+                           seconds=0.0)
+    if todo.num_rows:
         _run_stream(cfg, todo, payload, stage, streams, out, summary)
     summary.seconds = time.monotonic() - started
     log.info(summary.report(), extra={"block": True})
     return summary
 
 
-def _run_stream(cfg: PredictConfig, todo: list[dict], payload: dict, stage, streams,
+def _run_stream(cfg: PredictConfig, todo: pa.Table, payload: dict, stage, streams,
                 out: storage.Location, summary: BatchSummary) -> None:
     """A pipeline per window of ``todo``: extraction's stages, then the model actor; the rows are
     written every ``chunk_videos`` videos. Counts go to ``summary``."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline, run_windows
+    from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline, windows
     from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
     from reslstm.flow.methods import needs_gpu
 
@@ -264,31 +264,35 @@ def _run_stream(cfg: PredictConfig, todo: list[dict], payload: dict, stage, stre
     order = sorted(streams, key=lambda s: s != "flow")
     model_ref = {"ref": ray.put(payload)}
 
-    def pipeline(videos: list[dict]) -> "ray.data.Dataset":  # both streams of a video in one
-        return build_pipeline([{**r, "stream": s} for r in videos for s in order], plan).map_batches(
+    def pipeline(videos: pa.Table) -> "ray.data.Dataset":  # both streams of a video in one
+        pairs = [{**r, "stream": s} for r in videos.to_pylist() for s in order]
+        return build_pipeline(pairs, plan).map_batches(
             ModelStage, fn_constructor_kwargs={"payload": model_ref, "top_k": cfg.top_k},
             compute=ActorPoolStrategy(min_size=1, max_size=1), batch_format="pyarrow",
             batch_size=None, num_cpus=0)
 
     writer = _Rows(out, payload, uuid.uuid4().hex[:12], summary, len(todo))
-    for batch in run_windows(todo, window, pipeline):
-        writer.add(batch)
-        if writer.videos >= cfg.chunk_videos:
-            writer.flush()
-    writer.add(_missing(todo, writer.seen))
+    for videos in windows(todo, window):
+        for batch in pipeline(videos).iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.add(batch)
+            if writer.videos >= cfg.chunk_videos:
+                writer.flush()
+        writer.end_window(videos)
     writer.flush()
 
 
 class _Rows:
     """The driver's side: prediction and failure rows, written in parts (a killed job loses
-    only what was not written); one count per video in ``summary``."""
+    only what was not written); one count per video in ``summary``. It remembers the ids of
+    the current window only (``end_window``)."""
 
     def __init__(self, out, payload: dict, run_id: str, summary: BatchSummary, total: int):
         self.out, self.run_id, self.summary, self.total = out, run_id, summary, total
         self.labels = json.dumps(list(payload["label_names"]))
         self.parts: list[pa.Table] = []
-        self.seen: set[str] = set()
-        self.videos = 0
+        self.seen: set[str] = set()   # videos of this window with rows
+        self.videos = 0               # ... not written yet
+        self.done = 0                 # videos of the job with rows
         self.failed = Counter(summary.failed)
 
     def add(self, rows: pa.Table) -> None:
@@ -297,6 +301,12 @@ class _Rows:
             new = set(rows.column("video_id").to_pylist()) - self.seen
             self.seen |= new
             self.videos += len(new)
+            self.done += len(new)
+
+    def end_window(self, videos: pa.Table) -> None:
+        """The window's pipeline ended: its videos that got no row become failures."""
+        self.add(_missing(videos, self.seen))
+        self.seen = set()
 
     def flush(self) -> None:
         result = pa.concat_tables(self.parts) if self.parts else STAGE_SCHEMA.empty_table()
@@ -316,13 +326,15 @@ class _Rows:
                                reversed(fails.column("error_type").to_pylist())))
         self.failed.update(first_error.values())  # one count per video, its first stream's
         self.summary.failed = dict(self.failed)
-        log.info(f"{len(self.seen)}/{self.total} videos: {self.summary.predicted} classified, "
+        log.info(f"{self.done}/{self.total} videos: {self.summary.predicted} classified, "
                  f"{sum(self.failed.values())} failed")
 
 
-def _missing(todo: list[dict], seen: set[str]) -> pa.Table:
+def _missing(todo: pa.Table, seen: set[str]) -> pa.Table:
     """Failure rows for the videos the pipeline returned nothing for."""
-    videos = VideoAssembler((), {}).close(r for r in todo if r["video_id"] not in seen)
+    lost = todo.filter(pc.invert(pc.is_in(todo.column("video_id"),
+                                          value_set=pa.array(sorted(seen), pa.string()))))
+    videos = VideoAssembler((), {}).close(lost.to_pylist())
     return pa.Table.from_pylist([{**f, "kind": "failure"} for v in videos for f in v.failures],
                                 schema=STAGE_SCHEMA)
 

@@ -19,6 +19,7 @@ import time
 import uuid
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -116,7 +117,7 @@ class Run:
     store: FeatureStore
     stage: StageConfig
     settings: dict[str, StreamSettings]
-    items: list[dict]
+    items: pa.Table          # one row per (video, stream) pair: the manifest's columns and stream
     skipped_done: int
     skipped_failed: int
 
@@ -142,7 +143,7 @@ def video_location(cfg: ExtractConfig) -> storage.Location | None:
 
 
 def plan_work(cfg: ExtractConfig, manifest: pa.Table, store: FeatureStore | None = None,
-              videos: storage.Location | None = None) -> tuple[list[dict], int, int]:
+              videos: storage.Location | None = None) -> tuple[pa.Table, int, int]:
     """The (video, stream) pairs to extract, and how many were skipped as done / failed.
 
     Largest files first (the streams of one video together, flow first): the longest work
@@ -150,11 +151,13 @@ def plan_work(cfg: ExtractConfig, manifest: pa.Table, store: FeatureStore | None
     alone on one CPU while the others idle (on the synthetic set, about 3 % of the wall time).
     """
     store = store or FeatureStore(cfg.out)
-    rows = manifest.select(["video_id", "path", "label", "label_name", "split"]).to_pylist()
+    rows = manifest.select(["video_id", "path", "label", "label_name", "split"])
     # One listing per folder, not a stat per video; a file that cannot be read sorts last (its
     # decode task records why).
-    size = storage.file_sizes(sorted({r["path"] for r in rows}), like=videos)
-    rows.sort(key=lambda r: -size[r["path"]])
+    paths = rows.column("path")
+    size = storage.file_sizes(sorted(pc.unique(paths).to_pylist()), like=videos)
+    sizes = np.fromiter((size[p] for p in paths.to_pylist()), np.int64, count=len(paths))
+    rows = rows.take(pa.array(np.argsort(-sizes, kind="stable")))
     streams = sorted(cfg.streams, key=lambda s: s != "flow")
     return store.plan(rows, streams, cfg.retry_failed)
 
@@ -199,7 +202,7 @@ def drive(run: Run, batches: Callable[[list[dict]], Iterable[pa.Table]],
                          part_bytes=int(cfg.part_mib * 2**20), rows_per_file=cfg.rows_per_file)
     progress = Progress(len(items), every_s=cfg.progress_every_s)
     first_row = first_work = 0.0
-    if items:
+    if len(items):
         todo = items
         try:
             for attempt in range(cfg.pipeline_retries + 1):
@@ -277,8 +280,8 @@ def run_local(cfg: ExtractConfig) -> ExtractSummary:
     with start(cfg) as run:
         def batches(todo):
             features = FeatureStage(run.stage, cfg.streams)
-            for item in todo:
-                for seg in decode_segments(pa.Table.from_pylist([item]), run.stage):
+            for i in range(len(todo)):
+                for seg in decode_segments(todo.slice(i, 1), run.stage):
                     yield features(flow_stage(seg, run.stage))
 
         return drive(run, batches)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import collections
 import time
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from reslstm.features.schema import (FAILURE_SCHEMA, SPAN_COLUMNS, SPAN_FIELDS, StreamSettings,
                                      feature_schema, features_to_arrow)
@@ -40,7 +42,9 @@ class StoreWriter:
         self.flush_every_s = flush_every_s
         self.held = collections.Counter()          # stream -> bytes of features held
         self.joiner = SegmentJoiner()
-        self.finished: set[tuple[str, str]] = set()
+        # stream -> ids of the pairs committed or failed in this run (one set per stream, so a
+        # pair costs its id string, not a tuple of two new strings)
+        self.finished: dict[str, set[str]] = collections.defaultdict(set)
         self.rows: dict[str, list[dict]] = collections.defaultdict(list)
         self.failures: list[dict] = []
         self.last_flush = time.monotonic()
@@ -60,7 +64,7 @@ class StoreWriter:
             value = data[i]
             row["data"] = value.as_buffer() if value.is_valid else None
             key = (row["video_id"], row["stream"])
-            if key in self.finished:
+            if key[0] in self.finished[key[1]]:
                 continue  # a retried task's duplicate of something already complete or failed
             if row["kind"] == "failure":
                 self._fail(key, row)
@@ -76,7 +80,7 @@ class StoreWriter:
     def _fail(self, key, row: dict, stage: str | None = None, error_type: str | None = None,
               message: str | None = None) -> None:
         self.joiner.discard(key)
-        self.finished.add(key)
+        self.finished[key[1]].add(key[0])
         rec = {"video_id": key[0], "stream": key[1], "path": row.get("path"),
                "stage": stage or row.get("stage"), "error_type": error_type or row.get("error_type"),
                "message": message or row.get("message"), "run_id": self.run_id}
@@ -89,7 +93,7 @@ class StoreWriter:
         if problem is not None:
             self._fail(key, joined.first, *problem)
             return
-        self.finished.add(key)
+        self.finished[key[1]].add(key[0])
         last, feats = joined.last, joined.features
         self.rows[key[1]].append({
             "video_id": key[0], "label": last["label"], "label_name": last["label_name"],
@@ -132,24 +136,36 @@ class StoreWriter:
             self.failures = []
         self.last_flush = time.monotonic()
 
-    def unfinished(self, items: list[dict]) -> list[dict]:
-        """The work items (dicts with video_id and stream) neither written nor failed yet; their
-        partial segments are dropped, as a rerun of the pipeline sends them all again."""
-        todo = [it for it in items if (it["video_id"], it["stream"]) not in self.finished]
-        for it in todo:
-            self.joiner.discard((it["video_id"], it["stream"]))
+    def _unfinished(self, items: pa.Table) -> pa.Table:
+        """The rows of the work items (a table with video_id and stream) not finished."""
+        if items.num_rows == 0:
+            return items
+        done = np.zeros(items.num_rows, bool)
+        for stream, ids in self.finished.items():
+            if ids:
+                done |= (pc.equal(items.column("stream"), stream).to_numpy(zero_copy_only=False)
+                         & pc.is_in(items.column("video_id"), value_set=pa.array(
+                             list(ids), pa.string())).to_numpy(zero_copy_only=False))
+        return items.filter(pa.array(~done))
+
+    def unfinished(self, items: pa.Table) -> pa.Table:
+        """The work items neither written nor failed yet; their partial segments are dropped,
+        as a rerun of the pipeline sends them all again."""
+        todo = self._unfinished(items)
+        for vid, stream in zip(todo.column("video_id").to_pylist(),
+                               todo.column("stream").to_pylist()):
+            self.joiner.discard((vid, stream))
         return todo
 
-    def close(self, expected: list[dict] | None = None) -> None:
+    def close(self, expected: pa.Table | None = None) -> None:
         """Flush everything; (video, stream) pairs still incomplete, or ``expected`` work items
         the pipeline never returned anything for, become failure rows."""
         for key, first, have in self.joiner.incomplete():
             self._fail(key, first, "assemble", "IncompleteVideo",
                        f"{first['path']}: the pipeline ended with {have}; rerun to retry")
-        for it in expected or []:
-            key = (it["video_id"], it["stream"])
-            if key not in self.finished:
-                self._fail(key, it, "assemble", "IncompleteVideo",
+        if expected is not None:
+            for it in self._unfinished(expected).to_pylist():
+                self._fail((it["video_id"], it["stream"]), it, "assemble", "IncompleteVideo",
                            f"{it.get('path')}: the pipeline returned nothing for it; rerun to retry")
         self.flush()
 

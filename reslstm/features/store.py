@@ -10,7 +10,8 @@ Layout of a store (a directory or a prefix: any ``storage.resolve`` path or URI)
 Each stream directory is a plain Parquet dataset, readable by pyarrow, pandas or DuckDB without
 this package. The object owns what a writer needs: the settings check and reset of streams
 (``prepare``), one writer at a time (``lock``) and the sets of written and failed video ids,
-read once per object (``written_ids`` / ``failed_ids``, used by ``plan``).
+read once per object as Arrow arrays (``written_id_array`` / ``failed_id_array``, used by
+``plan``; ``written_ids`` / ``failed_ids`` as Python sets).
 
 The promises, and how each is kept on a local disk and on object storage (S3, GCS), which has
 neither rename nor file locks, but makes an object visible only once its upload completed and
@@ -54,6 +55,7 @@ import time
 import uuid
 from typing import Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -82,6 +84,11 @@ def write_part(directory, table: pa.Table, name: str | None = None) -> str:
     with target.open_output() as f:
         pq.write_table(table, f)
     return target.path
+
+
+def _is_in(values: pa.ChunkedArray | pa.Array, ids: pa.Array) -> np.ndarray:
+    """(N,) bool: which ``values`` are among ``ids``."""
+    return pc.is_in(values, value_set=ids).to_numpy(zero_copy_only=False)
 
 
 def as_store(store) -> "FeatureStore":
@@ -174,16 +181,22 @@ class FeatureStore:
         return loc.path
 
     # -- which videos it holds (read once per object) -----------------------------------------
-    def written_ids(self, stream: str) -> set[str]:
-        """video_ids that have a row in ``stream``."""
+    def written_id_array(self, stream: str) -> pa.Array:
+        """video_ids that have a row in ``stream``, as Arrow strings: tens of bytes per id, so
+        a plan of 100k+ videos holds no Python set of them."""
         if self._written is None:
             self._written = {}
         if stream not in self._written:
             files = self.stream_files(stream)
-            ids = (pads.dataset(files, format="parquet", filesystem=self.root.filesystem)
-                   .to_table(columns=["video_id"]).column("video_id").to_pylist() if files else [])
-            self._written[stream] = set(ids)
+            self._written[stream] = (
+                pads.dataset(files, format="parquet", filesystem=self.root.filesystem)
+                .to_table(columns=["video_id"]).column("video_id").combine_chunks()
+                if files else pa.array([], pa.string()))
         return self._written[stream]
+
+    def written_ids(self, stream: str) -> set[str]:
+        """video_ids that have a row in ``stream``."""
+        return set(self.written_id_array(stream).to_pylist())
 
     def failures(self, current_only: bool = True) -> pa.Table:
         """The failures table. ``current_only``: drop failures of (video, stream) pairs that a
@@ -196,37 +209,51 @@ class FeatureStore:
         table = self._failures
         if not current_only or table.num_rows == 0:
             return table
+        vids, streams = table.column("video_id"), table.column("stream")
+        current = np.zeros(table.num_rows, bool)
+        for stream in STREAMS:  # a failure of a pair written since is not current
+            current |= (pc.equal(streams, stream).to_numpy(zero_copy_only=False)
+                        & ~_is_in(vids, self.written_id_array(stream)))
         latest: dict[tuple[str, str], int] = {}
-        for i, (vid, stream) in enumerate(zip(table.column("video_id").to_pylist(),
-                                              table.column("stream").to_pylist())):
-            if stream in STREAMS and vid not in self.written_ids(stream):
-                latest[(vid, stream)] = i  # files are read in name order; later rows win
+        for i in np.flatnonzero(current):  # files are read in name order; later rows win
+            latest[(vids[i].as_py(), streams[i].as_py())] = int(i)
         return table.take(sorted(latest.values()))
+
+    def failed_id_array(self, stream: str) -> pa.Array:
+        """video_ids whose latest attempt on ``stream`` failed, as Arrow strings."""
+        t = self.failures()
+        return t.filter(pc.equal(t.column("stream"), stream)).column("video_id").combine_chunks()
 
     def failed_ids(self, stream: str) -> set[str]:
         """video_ids whose latest attempt on ``stream`` failed."""
-        t = self.failures()
-        return {v for v, s in zip(t.column("video_id").to_pylist(), t.column("stream").to_pylist())
-                if s == stream}
+        return set(self.failed_id_array(stream).to_pylist())
 
-    def plan(self, rows: Sequence[dict], streams: Iterable[str], retry_failed: bool = False
-             ) -> tuple[list[dict], int, int]:
-        """Work items ``{**row, "stream": s}`` for the (video, stream) pairs not written yet, in
-        the order of ``rows`` and ``streams``; plus how many pairs were skipped as written and as
-        failed before (retried only with ``retry_failed``)."""
+    def plan(self, rows: pa.Table | Sequence[dict], streams: Iterable[str],
+             retry_failed: bool = False) -> tuple[pa.Table, int, int]:
+        """Work items, the rows of ``rows`` (a table with ``video_id``) with a ``stream`` column,
+        for the (video, stream) pairs not written yet, in the order of ``rows`` and ``streams``;
+        plus how many pairs were skipped as written and as failed before (retried only with
+        ``retry_failed``). Arrow throughout: the plan of a Kinetics-size manifest costs about
+        the manifest's own bytes, not a Python object per pair."""
         streams = list(streams)
-        # Each set read once per stream: the plan is one pass over the rows, O(videos).
-        written = {s: self.written_ids(s) for s in streams}
-        failed = {s: set() if retry_failed else self.failed_ids(s) for s in streams}
-        items, done_n, failed_n = [], 0, 0
-        for r in rows:
-            for stream in streams:
-                if r["video_id"] in written[stream]:
-                    done_n += 1
-                elif r["video_id"] in failed[stream]:
-                    failed_n += 1
-                else:
-                    items.append({**r, "stream": stream})
+        if not isinstance(rows, pa.Table):
+            rows = pa.Table.from_pylist(list(rows))
+        ids = rows.column("video_id")
+        keep, done_n, failed_n = [], 0, 0
+        # Each id array read once per stream: the plan is one vectorised pass, O(videos).
+        for stream in streams:
+            written = _is_in(ids, self.written_id_array(stream))
+            failed = (np.zeros(len(ids), bool) if retry_failed
+                      else _is_in(ids, self.failed_id_array(stream)) & ~written)
+            done_n += int(written.sum())
+            failed_n += int(failed.sum())
+            keep.append(~(written | failed))
+        video, stream = (np.nonzero(np.stack(keep, axis=1)) if streams and len(ids)
+                         else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        names = pa.DictionaryArray.from_arrays(pa.array(stream, pa.int32()),
+                                               pa.array(streams, pa.string()))
+        items = rows.take(pa.array(video, pa.int64())).append_column(
+            "stream", names.cast(pa.string()))
         return items, done_n, failed_n
 
     # -- preparing a run ----------------------------------------------------------------------
@@ -255,7 +282,7 @@ class FeatureStore:
         self._written, self._failures = None, None
 
     def _holds(self, stream: str) -> bool:
-        return bool(self.written_ids(stream)) or stream in set(
+        return len(self.written_id_array(stream)) > 0 or stream in set(
             self.failures(current_only=False).column("stream").to_pylist())
 
     def _drop_failures(self, streams: set[str]) -> None:
