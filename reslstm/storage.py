@@ -319,20 +319,36 @@ def file_sizes(paths, like: Location | None = None, threads: int = 16) -> dict[s
     One listing per folder instead of one request per file: on object storage a LIST returns
     a thousand keys where a stat is one HEAD per video, so planning 240k videos in a few
     folders costs hundreds of requests, not 240k. Folders are listed ``threads`` at a time."""
+    # (filesystem index, folder) -> (filesystem, [(path as given, file name)])
     folders: dict[tuple[int, str], tuple[pafs.FileSystem, list[tuple[str, str]]]] = {}
     filesystems: list[pafs.FileSystem] = []  # one per distinct filesystem (resolve makes new objects)
-    for p in paths:
+    parents: dict[str, tuple[int, str] | None] = {}  # folder as written -> its key, once each
+
+    def key_of(text: str) -> tuple[int, str] | None:
         try:
-            loc = resolve(p, like=like)
+            loc = resolve(text, like=like)
         except (OSError, ValueError):
-            continue
+            return None
         index = next((i for i, f in enumerate(filesystems) if f.equals(loc.filesystem)), None)
         if index is None:
             index = len(filesystems)
             filesystems.append(loc.filesystem)
-        parent = posixpath.dirname(loc.path.rstrip("/"))
-        fs_files = folders.setdefault((index, parent), (filesystems[index], []))
-        fs_files[1].append((p, loc.path.rstrip("/")))
+        return index, loc.path.rstrip("/")
+
+    for p in paths:
+        head, _, name = p.rpartition("/")
+        if head and name not in ("", ".", "..") and "?" not in p:
+            # Resolving the folder once, not every path: at 100k+ videos a Location per path
+            # was most of the plan's memory.
+            if head not in parents:
+                parents[head] = key_of(head)
+            key = parents[head]
+        else:
+            key = key_of(p)
+            key, name = (None, "") if key is None else ((key[0], posixpath.dirname(key[1])),
+                                                        posixpath.basename(key[1]))
+        if key is not None:
+            folders.setdefault(key, (filesystems[key[0]], []))[1].append((p, name))
 
     def listed(key) -> dict[str, int]:
         filesystem, wanted = folders[key]
@@ -340,8 +356,9 @@ def file_sizes(paths, like: Location | None = None, threads: int = 16) -> dict[s
             infos = filesystem.get_file_info(pafs.FileSelector(key[1], allow_not_found=True))
         except OSError:
             return {}
-        found = {i.path.rstrip("/"): int(i.size or 0) for i in infos if i.type == pafs.FileType.File}
-        return {p: found.get(path, 0) for p, path in wanted}
+        found = {posixpath.basename(i.path.rstrip("/")): int(i.size or 0)
+                 for i in infos if i.type == pafs.FileType.File}
+        return {p: found.get(name, 0) for p, name in wanted}
 
     sizes = dict.fromkeys(paths, 0)
     with ThreadPoolExecutor(max(1, min(threads, len(folders)))) as pool:

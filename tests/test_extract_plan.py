@@ -172,3 +172,22 @@ def test_a_job_runs_as_one_dataset_per_window_in_order():
     assert list(run_windows([], 3, build)) == [] and len(built) == 1
     assert (window_videos(None, 2), window_videos(None, 100), window_videos(5, 100),
             window_videos(0, 100)) == (2048, 3200, 5, 0)
+
+
+def test_sizes_resolve_each_folder_once_and_match_per_path_resolution(tmp_path, monkeypatch):
+    """A folder is resolved once however many videos it holds; relative paths, a bare file
+    name and a path through '..' get the sizes that resolving each path would give."""
+    (tmp_path / "v").mkdir()
+    for i in range(20):
+        (tmp_path / "v" / f"{i}.mp4").write_bytes(b"\0" * (i + 1))
+    (tmp_path / "top.mp4").write_bytes(b"\0" * 7)
+    monkeypatch.chdir(tmp_path)
+    paths = [f"v/{i}.mp4" for i in range(20)] + ["top.mp4", "v/../top.mp4", "v/none.mp4",
+                                                 str(tmp_path / "v" / "3.mp4")]
+    resolved = []
+    real = storage.resolve
+    monkeypatch.setattr(storage, "resolve", lambda p, like=None: resolved.append(p) or real(p, like))
+    sizes = storage.file_sizes(paths)
+    assert sorted(resolved) == sorted(["v", "top.mp4", "v/..", str(tmp_path / "v")])
+    assert sizes == {p: (real(p).size() if real(p).is_file() else 0) for p in paths}
+    assert [sizes[p] for p in paths[:3]] == [1, 2, 3] and sizes["v/../top.mp4"] == 7
