@@ -12,13 +12,14 @@ lazy dataset of feature-stage output rows; ``run_windows(items, size, build)`` r
 such dataset per window of its items.
 
 Windows: Ray Data keeps statistics of every block a dataset has produced in the driver until the
-dataset is gone (ray#66016), and a segment is a block, so one dataset over a whole job grows the
-driver by about 100 KB per (video, stream) pair: some 45 GB for both streams of Kinetics-400.
-A job therefore runs as consecutive datasets over windows of ``--window-videos`` videos (by
-default ``reslstm.configs.options.window_videos``: 2048, or 32 per CPU on larger clusters, so
-a window lasts long next to the few seconds its actor pool takes to start); each window's dataset
-is dropped, with its statistics, before the next starts. ``benchmarks/predict_scale.py
---window-videos`` measures the driver's memory with and without them.
+dataset is gone (ray#66016: here 8 ``BlockStats`` per video, each segment being a block), so one
+dataset over a whole job grows the driver with the job. A job therefore runs as consecutive
+datasets over windows of ``--window-videos`` videos (by default
+``reslstm.configs.options.window_videos``: 2048, or 32 per CPU on larger clusters, so a window
+lasts long next to the few seconds its actor pool takes to start); each window's dataset is
+dropped, with its statistics, before the next starts. Measured with ``benchmarks/predict_scale.py
+--window-videos``: 27 KB per video less for extraction, 13 KB for batch prediction; the driver
+still grows in native memory for a reason not found yet (README, "The driver's memory during extraction and batch prediction").
 
 Resources: only the flow tasks reserve a CPU (one each, one thread). Decoding is cheap next to
 optical flow (under 1 % of TV-L1's time), and the feature actor on a CPU-only cluster is idle
