@@ -19,7 +19,8 @@ datasets over windows of ``--window-videos`` videos (by default
 lasts long next to the few seconds its actor pool takes to start); each window's dataset is
 dropped, with its statistics, before the next starts. Measured with ``benchmarks/predict_scale.py
 --window-videos``: 27 KB per video less for extraction, 13 KB for batch prediction; the driver
-still grows in native memory for a reason not found yet (README, "The driver's memory during extraction and batch prediction").
+still grows in native memory for a reason not found yet (README: "The driver's memory during
+extraction and batch prediction").
 
 Resources: only the flow tasks reserve a CPU (one each, one thread). Decoding is cheap next to
 optical flow (under 1 % of TV-L1's time), and the feature actor on a CPU-only cluster is idle
