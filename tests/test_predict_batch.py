@@ -201,3 +201,22 @@ def test_a_folder_on_s3_is_classified_into_s3_with_credentials_only_in_the_uris(
     np.testing.assert_array_equal(np.asarray(rows["slide_up"]["fused_probs"], np.float32),
                                   expected.probs["fused"])
     assert s3_server.secret_key not in json.dumps(table.to_pylist())
+
+
+def test_the_driver_holds_copies_of_the_rows_not_views_of_ray_blocks(tmp_path):
+    """Rows wait in the driver until their chunk is written: as copies, so they do not keep
+    Ray Data's whole deserialized blocks alive (a view would share its buffers)."""
+    from reslstm import storage
+    from reslstm.distributed.predict.batch import BatchSummary, _Rows
+
+    summary = BatchSummary(out=str(tmp_path), predicted=0, failed={}, skipped_done=0,
+                           skipped_failed=0, seconds=0.0)
+    rows = _Rows(storage.resolve(tmp_path), {"label_names": CLASSES}, "run", summary, 2)
+    block = pa.table({"video_id": ["a", "b", "a"], "x": [1.0, 2.0, 3.0]})
+    rows.add(block)
+    held = rows.parts[0]
+    assert held.equals(block) and (rows.videos, rows.done, rows.seen) == (2, 2, {"a", "b"})
+    for name in block.column_names:
+        ours = {b.address for b in held.column(name).chunk(0).buffers() if b is not None}
+        theirs = {b.address for b in block.column(name).chunk(0).buffers() if b is not None}
+        assert not ours & theirs
