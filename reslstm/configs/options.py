@@ -17,8 +17,8 @@ SEARCHES = ("grid", "random")
 WINDOW_VIDEOS = 2048        # videos per Ray Data pipeline at least (``--window-videos``)
 WINDOW_VIDEOS_PER_CPU = 32  # ... or this many per CPU of the cluster
 WINDOW_HELP = (f"videos per Ray Data pipeline: the job runs as one pipeline per window of this "
-               f"many videos, so the driver's memory follows the window, not the job (Ray Data "
-               f"keeps statistics of every block until its pipeline ends); default "
+               f"many videos, so the statistics Ray Data keeps in the driver for every block "
+               f"until its pipeline ends follow the window, not the job; default "
                f"{WINDOW_VIDEOS}, or {WINDOW_VIDEOS_PER_CPU} per CPU on larger clusters; 0: one "
                f"pipeline for the whole job")
 
