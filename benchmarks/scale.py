@@ -65,20 +65,41 @@ CLIP_LEN, CLIP_STRIDE = 16, 8
 SPLITS = ("train",) * 7 + ("val",) + ("test",) * 2
 
 
+def memory_now(proc: psutil.Process) -> tuple[int, int]:
+    """(RSS, own) of a process in bytes. RSS is what psutil and top report; ``own`` leaves out
+    its shared-memory pages (RssShmem, Linux): object-store objects the process read or wrote
+    through Ray's mapping stay counted in its RSS after they are freed, bounded by the object
+    store's size, not by what the process holds. Elsewhere ``own`` is the RSS."""
+    rss = proc.memory_info().rss
+    try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            shmem = next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssShmem:"))
+    except (OSError, StopIteration):
+        shmem = 0
+    return rss, rss - shmem
+
+
 class PeakRSS:
-    """The process's peak RSS while the block runs, above its RSS when it began (bytes)."""
+    """The process's peak RSS and own memory (``memory_now``) while the block runs, above their
+    levels when it began (bytes)."""
 
     def __init__(self, every_s: float = 0.02):
-        self.every_s, self.peak, self.base = every_s, 0, 0
+        self.every_s = every_s
+        self.base = self.peak = self.own_base = self.own_peak = 0
         self._stop = threading.Event()
+
+    def _sample(self, me: psutil.Process) -> None:
+        rss, own = memory_now(me)
+        self.peak, self.own_peak = max(self.peak, rss), max(self.own_peak, own)
 
     def __enter__(self):
         me = psutil.Process()
-        self.base = self.peak = me.memory_info().rss
+        self.base, self.own_base = memory_now(me)
+        self.peak, self.own_peak = self.base, self.own_base
 
         def poll():
             while not self._stop.wait(self.every_s):
-                self.peak = max(self.peak, me.memory_info().rss)
+                self._sample(me)
 
         self._thread = threading.Thread(target=poll, daemon=True)
         self._thread.start()
@@ -87,11 +108,15 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, psutil.Process().memory_info().rss)
+        self._sample(psutil.Process())
 
     @property
     def growth(self) -> int:
         return self.peak - self.base
+
+    @property
+    def own_growth(self) -> int:
+        return self.own_peak - self.own_base
 
 
 def manifest_rows(n: int, videos: Path) -> list[dict]:
@@ -141,14 +166,15 @@ def settings(dim: int) -> dict[str, fs.StreamSettings]:
 
 
 def timed(stage: str, results: dict, n: int, fn):
-    """Run ``fn()`` and record (seconds, peak RSS growth) under ``results[stage][n]``."""
+    """Run ``fn()`` and record (seconds, peak RSS growth, peak own-memory growth) under
+    ``results[stage][n]``."""
     with PeakRSS() as mem:
         start = time.perf_counter()
         value = fn()
         seconds = time.perf_counter() - start
-    results.setdefault(stage, {})[n] = (seconds, mem.growth)
+    results.setdefault(stage, {})[n] = (seconds, mem.growth, mem.own_growth)
     print(f"  {stage:<13} N={n:>7,}: {seconds:8.2f} s  {1e3 * seconds / n:7.3f} ms/video  "
-          f"driver +{mem.growth / 2**20:7.1f} MiB", flush=True)
+          f"driver +{mem.growth / 2**20:7.1f} MiB (own +{mem.own_growth / 2**20:.1f})", flush=True)
     return value
 
 
@@ -346,7 +372,7 @@ def main() -> None:
     print(f"  resumed plan / fresh plan at N = {large:,}: {resumed / fresh:.2f}x")
     for stage in ("data 1s", "data 2s"):
         if stage in results:
-            _, _, peak, spilled, sampled = results[stage][large]
+            _, _, _, peak, spilled, sampled = results[stage][large]
             print(f"  {stage} at N = {large:,}: object store peak {peak / sampled:.2f}x the sampled "
                   f"inputs, spilled {spilled / 2**20:,.0f} MiB")
 
