@@ -10,8 +10,9 @@ timed in this process (the driver's side of each):
 - ``plan fresh`` / ``plan resumed``: ``FeatureStore.plan`` over the manifest on an empty store,
   and on a store with half the videos written and 2 % recorded as failed (a fresh object, so
   the listing and the id sets are read as a rerun reads them);
-- ``index``: the written ids of both streams read back (what a rerun, ``--verify`` and
-  training read first);
+- ``index``: the written ids of both streams read back (what a rerun and ``--verify`` read
+  first); ``train index``: ``read_index`` of both streams (ids, labels, splits and where each
+  row is: what training reads first);
 - ``compact``: the job's end-of-run compaction into ``--part-mib`` files;
 - on a local Ray of 2 CPUs (``--no-training`` skips these): ``data 1s`` / ``data 2s``, the
   training data of one and two streams at T = 25 (``load_data``: train and val materialized),
@@ -195,6 +196,7 @@ def run(n: int, dim: int, rows_per_file: int, part_mib: float, results: dict, ro
 
     files = timed("write", results, n, write)
     timed("index", results, n, lambda: [len(fs.FeatureStore(store_dir).written_id_array(s)) for s in STREAMS])
+    timed("train index", results, n, lambda: fs.read_index(store_dir, STREAMS))
     def plan(store: Path):  # what the job's driver does under the lock: read, list, plan
         cfg = ExtractConfig(manifest=str(manifest), out=str(store), extractor="tiny3d")
         return plan_work(cfg, read_manifest(cfg.manifest), fs.FeatureStore(store))

@@ -109,7 +109,7 @@ def test_read_index_classes_splits_and_dim(store):
     assert index.feature_dim == store.feature_dim
     assert index.label_names == store.class_names
     for split in ("train", "val", "test"):
-        assert index.video_ids[split] == store.ids(split)
+        assert index.video_ids[split].tolist() == store.ids(split)
     assert index.missing == {}
 
 
@@ -127,7 +127,7 @@ def test_video_missing_from_one_stream_is_listed_and_left_out(tmp_path):
     keep = [v != gone for v in table.column("video_id").to_pylist()]
     fs.write_part(tmp_path / "flow", table.filter(keep), name=part.split("/")[-1])
     index = fs.read_index(tmp_path, ["rgb", "flow"])
-    assert index.missing == {"flow": [gone]}
+    assert {s: ids.tolist() for s, ids in index.missing.items()} == {"flow": [gone]}
     assert gone not in index.video_ids["train"]
     assert gone in fs.read_index(tmp_path, ["rgb"]).video_ids["train"]
 
@@ -138,3 +138,45 @@ def test_duplicate_rows_are_refused(tmp_path):
     fs.write_part(tmp_path / "rgb", pq.read_table(part))  # a rerun that appended everything
     with pytest.raises(fs.StoreError, match="more than once"):
         fs.read_index(tmp_path, ["rgb"])
+
+
+def _rewrite_flow(tmp_path, change):
+    """Rewrite the one flow part file of a store with ``change(table)``."""
+    (part,) = fs.stream_files(tmp_path, "flow")
+    table = pq.read_table(part)
+    fs.write_part(tmp_path / "flow", change(table), name=part.split("/")[-1])
+    return table
+
+
+def test_streams_disagreeing_on_a_label_are_refused(tmp_path):
+    s = make_feature_store(tmp_path, parts=1)
+    odd = s.ids("val")[1]
+
+    def relabel(t):
+        ids = t.column("video_id").to_pylist()
+        wrong = [(lab + 1) % len(s.class_names) if v == odd else lab
+                 for v, lab in zip(ids, t.column("label").to_pylist())]
+        t = t.set_column(t.schema.get_field_index("label"), "label", pa.array(wrong, pa.int32()))
+        return t.set_column(t.schema.get_field_index("label_name"), "label_name",
+                            pa.array([s.class_names[lab] for lab in wrong], pa.string()))
+
+    _rewrite_flow(tmp_path, relabel)
+    with pytest.raises(fs.StoreError, match=rf"1 video\(s\) carry different labels, e.g. \['{odd}'\]"):
+        fs.read_index(tmp_path, ["rgb", "flow"])
+    assert fs.read_index(tmp_path, ["rgb"]).count("val") == len(s.ids("val"))  # one stream: fine
+
+
+def test_a_label_named_two_ways_is_refused(tmp_path):
+    make_feature_store(tmp_path, parts=1)
+
+    def rename(t):
+        names = t.column("label_name").to_pylist()
+        names[0] = names[0] + "_other"
+        return t.set_column(t.schema.get_field_index("label_name"), "label_name",
+                            pa.array(names, pa.string()))
+
+    table = _rewrite_flow(tmp_path, rename)
+    label, name = table.column("label")[0].as_py(), table.column("label_name")[0].as_py()
+    with pytest.raises(fs.StoreError, match=rf"label {label} is named both '{name}' and "
+                                            rf"'{name}_other'"):
+        fs.read_index(tmp_path, ["rgb", "flow"])

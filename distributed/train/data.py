@@ -133,7 +133,7 @@ def load_data(store, streams: Sequence[str], T: int,
     index = fs.read_index(store, streams)
     for stream, ids in index.missing.items():
         log.warning(f"{len(ids)} video(s) lack {stream} features and are left out "
-                    f"(e.g. {ids[:3]}); see the store's failures table")
+                    f"(e.g. {ids[:3].tolist()}); see the store's failures table")
     for split in ("train", "val"):
         if split in splits and not index.count(split):
             raise fs.StoreError(f"{store}: no {split} videos for streams {list(index.streams)}")

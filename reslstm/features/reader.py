@@ -9,11 +9,12 @@ requested stream has; ``verify_store`` reads everything and lists every problem.
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
+import functools
 from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .sampled import StreamLocations, locate
@@ -67,8 +68,9 @@ class StoreIndex:
     streams: tuple[str, ...]
     feature_dim: int
     label_names: list[str]
-    video_ids: dict[str, list[str]]  # split -> sorted ids present in every stream
-    missing: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # stream -> ids it lacks
+    video_ids: dict[str, np.ndarray]  # split -> sorted ids (NumPy str) present in every stream
+    # stream -> sorted ids (NumPy str) that other streams have and it lacks
+    missing: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     # stream -> where each video's row is (``sampled.locate``), for reading training inputs
     locations: dict[str, StreamLocations] = dataclasses.field(default_factory=dict, repr=False)
 
@@ -77,7 +79,7 @@ class StoreIndex:
         return len(self.label_names)
 
     def count(self, split: str) -> int:
-        return len(self.video_ids.get(split, []))
+        return len(self.video_ids.get(split, ()))
 
 
 def _feature_dim(store: FeatureStore, stream: str) -> int:
@@ -89,8 +91,21 @@ def _feature_dim(store: FeatureStore, stream: str) -> int:
                             "list<fixed_size_list<float32, d_f>>; re-extract the features") from None
 
 
+def _labels_named(store: FeatureStore, stream: str, table: pa.Table, names: dict[int, str]) -> None:
+    """Add the (label, label_name) pairs of ``table`` to ``names``; a label named two ways is a
+    ``StoreError``. Works on the distinct pairs (one per class), not on every row."""
+    pairs = table.group_by(["label", "label_name"]).aggregate([])
+    for i, n in zip(pairs.column("label").to_pylist(), pairs.column("label_name").to_pylist()):
+        if names.setdefault(int(i), n) != n:
+            raise StoreError(f"{store.stream_dir(stream)}: label {i} is named both "
+                             f"{names[int(i)]!r} and {n!r}")
+
+
 def read_index(store, streams: Sequence[str]) -> StoreIndex:
     """Index the store for ``streams``: classes, splits, ids that every stream has, d_f.
+
+    The ids stay in NumPy string arrays (sorted) from the files' small columns to the result:
+    no Python object per video, so the driver holds tens of bytes per video and stream.
 
     Raises ``features.StoreError`` naming the stream directory when a stream is missing (with
     the command that extracts it), when a stream holds a video twice, when the streams disagree
@@ -98,43 +113,38 @@ def read_index(store, streams: Sequence[str]) -> StoreIndex:
     """
     streams, store = tuple(streams), as_store(store)
     located = {s: locate(store, s) for s in streams}
-    tables = {s: t for s, (t, _) in located.items()}
     names: dict[int, str] = {}
-    labels: dict[str, dict[str, int]] = {}
-    split_of: dict[str, str] = {}
-    for s, t in tables.items():
-        ids = t.column("video_id").to_pylist()
-        dupes = [v for v, n in Counter(ids).items() if n > 1]
-        if dupes:
+    for s, (table, loc) in located.items():
+        dupes = np.unique(loc.ids[1:][loc.ids[1:] == loc.ids[:-1]])
+        if len(dupes):
             raise StoreError(
                 f"{store.stream_dir(s)}: {len(dupes)} video(s) appear more than once, e.g. "
-                f"{dupes[:3]}; remove the duplicate part files or re-extract into a new store")
-        lab = t.column("label").to_pylist()
-        labels[s] = dict(zip(ids, lab))
-        split_of.update(zip(ids, t.column("split").to_pylist()))
-        for i, n in zip(lab, t.column("label_name").to_pylist()):
-            if names.setdefault(int(i), n) != n:
-                raise StoreError(f"{store.stream_dir(s)}: label {i} is named both "
-                                    f"{names[int(i)]!r} and {n!r}")
-    common = set.intersection(*(set(v) for v in labels.values()))
-    missing = {s: sorted(set().union(*(set(v) for v in labels.values())) - set(labels[s]))
-               for s in streams}
+                f"{dupes[:3].tolist()}; remove the duplicate part files or re-extract into a new "
+                "store")
+        _labels_named(store, s, table, names)
+    every = [loc.ids for _, loc in located.values()]
+    common = functools.reduce(lambda a, b: np.intersect1d(a, b, assume_unique=True), every)
+    union = functools.reduce(np.union1d, every)
+    missing = {s: np.setdiff1d(union, loc.ids, assume_unique=True) for s, (_, loc) in located.items()}
     if len(streams) > 1:
-        bad = [v for v in common if labels[streams[0]][v] != labels[streams[1]][v]]
-        if bad:
+        first, second = (located[s][1] for s in streams[:2])
+        bad = common[first.label[first.positions(common)] != second.label[second.positions(common)]]
+        if len(bad):
             raise StoreError(f"{store}: the rgb and flow rows of {len(bad)} video(s) carry "
-                                f"different labels, e.g. {sorted(bad)[:3]}")
+                             f"different labels, e.g. {bad[:3].tolist()}")
     dims = {s: _feature_dim(store, s) for s in streams}
     if len(set(dims.values())) > 1:
         raise StoreError(f"{store}: streams have different feature sizes {dims}; two-stream "
-                            "models need one d_f (extract both streams with matching extractors)")
+                         "models need one d_f (extract both streams with matching extractors)")
     num_classes = max(names) + 1 if names else 0
     label_names = [names.get(i, f"class_{i}") for i in range(num_classes)]
-    by_split: dict[str, list[str]] = {}
-    for v in sorted(common):
-        by_split.setdefault(split_of[v], []).append(v)
+    table, loc = located[streams[-1]]  # rows in the order of loc.ids (``locate``)
+    split = pc.dictionary_encode(table.column("split")).combine_chunks()  # codes, no str per row
+    code = split.indices.to_numpy(zero_copy_only=False)[loc.positions(common)]
+    by_split = {name: common[code == i] for i, name in enumerate(split.dictionary.to_pylist())
+                if (code == i).any()}
     return StoreIndex(str(store), streams, next(iter(dims.values())), label_names, by_split,
-                      {s: m for s, m in missing.items() if m},
+                      {s: m for s, m in missing.items() if len(m)},
                       {s: where for s, (_, where) in located.items()})
 
 # ---------------------------------------------------------------------------------------------

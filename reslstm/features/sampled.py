@@ -88,7 +88,8 @@ def _empty_index() -> pa.Table:
 
 def locate(store: FeatureStore, stream: str) -> tuple[pa.Table, StreamLocations]:
     """One pass over the small columns of a stream's files: (the index columns of every row,
-    where each video's row is). Raises ``StoreError`` when the stream has no files."""
+    where each video's row is), both in the order of the sorted ids. Raises ``StoreError`` when
+    the stream has no files."""
     files = store.stream_files(stream)
     if not files:
         store.dataset(stream)  # raises the error that names the command to run
@@ -98,7 +99,7 @@ def locate(store: FeatureStore, stream: str) -> tuple[pa.Table, StreamLocations]
     ids = np.asarray(table.column("video_id").to_numpy(zero_copy_only=False), dtype=str)
     order = np.argsort(ids, kind="stable")
     col = lambda name, dtype: table.column(name).to_numpy()[order].astype(dtype)  # noqa: E731
-    return table, StreamLocations(files, ids[order], col("label", np.int64),
+    return table.take(order), StreamLocations(files, ids[order], col("label", np.int64),
                                   col("num_clips", np.int64), col("file", np.int32),
                                   col("group", np.int32), col("row", np.int32))
 
@@ -125,7 +126,7 @@ def plan_reads(locations: Mapping[str, StreamLocations], ids: Sequence[str],
     """Read plans for the videos ``ids`` (each present in every stream of ``locations``): the
     videos in the order of their first stream's rows, cut at that stream's row-group boundaries
     into plans of at most ``max_rows`` videos (a larger row group is one plan)."""
-    ids = np.asarray(sorted(ids), dtype=str)
+    ids = np.sort(np.asarray(ids, dtype=str))
     streams = list(locations)
     if not len(ids):
         return []
