@@ -1,5 +1,6 @@
 """Which (video, stream) pairs an extraction run takes on, and in what order."""
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
@@ -191,3 +192,21 @@ def test_sizes_resolve_each_folder_once_and_match_per_path_resolution(tmp_path, 
     assert sorted(resolved) == sorted(["v", "top.mp4", "v/..", str(tmp_path / "v")])
     assert sizes == {p: (real(p).size() if real(p).is_file() else 0) for p in paths}
     assert [sizes[p] for p in paths[:3]] == [1, 2, 3] and sizes["v/../top.mp4"] == 7
+
+
+def test_size_array_follows_the_paths_order(tmp_path, monkeypatch):
+    """Sizes in the order given: duplicates, a missing file, a bare name (the working folder),
+    a folder spelled two ways (one listing), a folder path (not a file) and a null all agree
+    with one stat per path."""
+    (tmp_path / "d").mkdir()
+    for i in range(5):
+        (tmp_path / "d" / f"{i}.mp4").write_bytes(b"\0" * (10 + i))
+    (tmp_path / "bare.mp4").write_bytes(b"\0" * 7)
+    monkeypatch.chdir(tmp_path)
+    paths = [str(tmp_path / "d" / "3.mp4"), "bare.mp4", str(tmp_path / "d" / "gone.mp4"),
+             str(tmp_path / "d" / "3.mp4"), f"{tmp_path}/./d/1.mp4", str(tmp_path / "d"),
+             "d/4.mp4", None]
+    sizes = storage.file_size_array(pa.array(paths, pa.string()))
+    assert sizes.dtype == np.int64
+    assert sizes.tolist() == [13, 7, 0, 13, 11, 0, 14, 0]
+    assert storage.file_sizes(paths[:-1]) == dict(zip(paths[:-1], [13, 7, 0, 13, 11, 0, 14]))

@@ -154,9 +154,7 @@ def plan_work(cfg: ExtractConfig, manifest: pa.Table, store: FeatureStore | None
     rows = manifest.select(["video_id", "path", "label", "label_name", "split"])
     # One listing per folder, not a stat per video; a file that cannot be read sorts last (its
     # decode task records why).
-    paths = rows.column("path")
-    size = storage.file_sizes(sorted(pc.unique(paths).to_pylist()), like=videos)
-    sizes = np.fromiter((size[p] for p in paths.to_pylist()), np.int64, count=len(paths))
+    sizes = storage.file_size_array(rows.column("path"), like=videos)
     rows = rows.take(pa.array(np.argsort(-sizes, kind="stable")))
     streams = sorted(cfg.streams, key=lambda s: s != "flow")
     return store.plan(rows, streams, cfg.retry_failed)
