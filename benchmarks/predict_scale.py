@@ -131,12 +131,13 @@ def main() -> None:
                                 f"{a.job}, --window-videos {a.window_videos}")
     small, large = sizes[0], sizes[-1]
     stage = "batch predict" if a.job == "predict" else "extract"
-    (t0, m0, o0), (t1, m1, o1) = results[stage][small], results[stage][large]
+    (t0, m0, o0, _), (t1, m1, o1, c1) = results[stage][small], results[stage][large]
     print(f"\nN = {large:,} against N = {small:,}: time per video "
           f"{(t1 / large) / (t0 / small):.2f}x, driver peak RSS growth {m1 / max(m0, 1):.2f}x "
-          f"({m0 / 2**20:.0f} -> {m1 / 2**20:.0f} MiB), of its own memory (RSS less the "
-          f"object store's shared pages) {o1 / max(o0, 1):.2f}x ({o0 / 2**20:.0f} -> "
-          f"{o1 / 2**20:.0f} MiB)")
+          f"({m0 / 2**20:.0f} -> {m1 / 2**20:.0f} MiB), of its heap (RssAnon: without libraries "
+          f"and object-store pages) {o1 / max(o0, 1):.2f}x ({o0 / 2**20:.0f} -> "
+          f"{o1 / 2**20:.0f} MiB); over the second half of N = {large:,} the heap rose "
+          f"{c1 / 1024:+.1f} KB per video")
 
 
 if __name__ == "__main__":

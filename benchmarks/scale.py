@@ -67,36 +67,52 @@ SPLITS = ("train",) * 7 + ("val",) + ("test",) * 2
 
 
 def memory_now(proc: psutil.Process) -> tuple[int, int]:
-    """(RSS, own) of a process in bytes. RSS is what psutil and top report; ``own`` leaves out
-    its shared-memory pages (RssShmem, Linux): object-store objects the process read or wrote
-    through Ray's mapping stay counted in its RSS after they are freed, bounded by the object
-    store's size, not by what the process holds. Elsewhere ``own`` is the RSS."""
+    """(RSS, heap) of a process in bytes. RSS is what psutil and top report: it counts the
+    pages of shared libraries the process has mapped (torch, OpenCV: loaded on first use) and
+    of Ray's object store it has touched (they stay counted after the objects are freed,
+    bounded by the store's size). ``heap`` is RssAnon (Linux): the process's own anonymous
+    memory, what grows with the data it holds. Elsewhere ``heap`` is the RSS."""
     rss = proc.memory_info().rss
     try:
         with open(f"/proc/{proc.pid}/status") as f:
-            shmem = next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssShmem:"))
+            anon = next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
     except (OSError, StopIteration):
-        shmem = 0
-    return rss, rss - shmem
+        anon = rss
+    return rss, anon
 
 
 class PeakRSS:
-    """The process's peak RSS and own memory (``memory_now``) while the block runs, above their
+    """The process's peak RSS and heap (``memory_now``) while the block runs, above their
     levels when it began (bytes)."""
 
     def __init__(self, every_s: float = 0.02):
         self.every_s = every_s
-        self.base = self.peak = self.own_base = self.own_peak = 0
+        self.base = self.peak = self.heap_base = self.heap_peak = 0
+        self.trace: list[tuple[float, int]] = []  # (time, heap) every half second
         self._stop = threading.Event()
 
     def _sample(self, me: psutil.Process) -> None:
-        rss, own = memory_now(me)
-        self.peak, self.own_peak = max(self.peak, rss), max(self.own_peak, own)
+        rss, heap = memory_now(me)
+        self.peak, self.heap_peak = max(self.peak, rss), max(self.heap_peak, heap)
+        now = time.perf_counter()
+        if not self.trace or now - self.trace[-1][0] >= 0.5:
+            self.trace.append((now, heap))
+
+    def creep(self, after: float = 0.5) -> float:
+        """Bytes per second the heap rose over the last ``1 - after`` of the block (a least
+        squares line through its samples, one per half second): the growth that follows the
+        work done, past the one-time costs of the start (libraries, actors, the first part
+        file). 0 with fewer than 10 samples."""
+        t = np.array([a for a, _ in self.trace])
+        if len(t) < 10:
+            return 0.0
+        keep = t >= t[0] + after * (t[-1] - t[0])
+        return float(np.polyfit(t[keep], np.array([b for _, b in self.trace])[keep], 1)[0])
 
     def __enter__(self):
         me = psutil.Process()
-        self.base, self.own_base = memory_now(me)
-        self.peak, self.own_peak = self.base, self.own_base
+        self.base, self.heap_base = memory_now(me)
+        self.peak, self.heap_peak = self.base, self.heap_base
 
         def poll():
             while not self._stop.wait(self.every_s):
@@ -116,8 +132,8 @@ class PeakRSS:
         return self.peak - self.base
 
     @property
-    def own_growth(self) -> int:
-        return self.own_peak - self.own_base
+    def heap_growth(self) -> int:
+        return self.heap_peak - self.heap_base
 
 
 def manifest_rows(n: int, videos: Path) -> list[dict]:
@@ -167,15 +183,18 @@ def settings(dim: int) -> dict[str, fs.StreamSettings]:
 
 
 def timed(stage: str, results: dict, n: int, fn):
-    """Run ``fn()`` and record (seconds, peak RSS growth, peak own-memory growth) under
-    ``results[stage][n]``."""
+    """Run ``fn()`` and record (seconds, peak RSS growth, peak heap growth, heap creep in bytes
+    per video over the second half) under ``results[stage][n]``."""
     with PeakRSS() as mem:
         start = time.perf_counter()
         value = fn()
         seconds = time.perf_counter() - start
-    results.setdefault(stage, {})[n] = (seconds, mem.growth, mem.own_growth)
+    creep = mem.creep() * seconds / n  # heap bytes per video over the second half
+    results.setdefault(stage, {})[n] = (seconds, mem.growth, mem.heap_growth, creep)
     print(f"  {stage:<13} N={n:>7,}: {seconds:8.2f} s  {1e3 * seconds / n:7.3f} ms/video  "
-          f"driver +{mem.growth / 2**20:7.1f} MiB (own +{mem.own_growth / 2**20:.1f})", flush=True)
+          f"driver +{mem.growth / 2**20:7.1f} MiB (heap +{mem.heap_growth / 2**20:.1f}"
+          + (f"; second half {creep / 1024:+.1f} KB/video" if len(mem.trace) >= 10 else "") + ")",
+          flush=True)
     return value
 
 
@@ -374,7 +393,7 @@ def main() -> None:
     print(f"  resumed plan / fresh plan at N = {large:,}: {resumed / fresh:.2f}x")
     for stage in ("data 1s", "data 2s"):
         if stage in results:
-            _, _, _, peak, spilled, sampled = results[stage][large]
+            _, _, _, _, peak, spilled, sampled = results[stage][large]
             print(f"  {stage} at N = {large:,}: object store peak {peak / sampled:.2f}x the sampled "
                   f"inputs, spilled {spilled / 2**20:,.0f} MiB")
 

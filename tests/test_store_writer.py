@@ -91,6 +91,21 @@ def test_rows_flush_in_parts_of_rows_per_file(tmp_path):
     assert fs.written_ids(tmp_path, "rgb") == {f"v{i}" for i in range(5)}
 
 
+
+def test_each_part_file_gives_arrow_memory_back(tmp_path, monkeypatch):
+    """After each part file is written the writer hands the Arrow pool's freed pages back
+    (mimalloc kept about a part's worth otherwise)."""
+    import reslstm.extraction.writer as writer
+
+    files_then = []
+    monkeypatch.setattr(writer, "release_arrow_memory",
+                        lambda: files_then.append(len(fs.stream_files(tmp_path, "rgb"))))
+    w = StoreWriter(tmp_path, SETTINGS, run_id="r1", rows_per_file=2)
+    for i in range(5):
+        w.consume(seg(0, 0, 1, is_last=True, total_frames=16, vid=f"v{i}")[0])
+    w.close()
+    assert files_then == [1, 2, 3]  # once per part file, after it was written
+
 @pytest.mark.parametrize("frames, k", [(16, 1), (23, 1), (24, 2), (100, 11)])
 def test_verify_accepts_consistent_rows(tmp_path, frames, k):
     fs.write_metadata(tmp_path, {"rgb": SETTINGS["rgb"]})

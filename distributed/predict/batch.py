@@ -50,7 +50,7 @@ from reslstm.checkpoint import model_from_payload
 from reslstm.configs import PredictConfig
 from reslstm.configs.options import window_videos
 from reslstm.datasets.manifest import ManifestError, read_table, resolve_paths
-from reslstm.features import FAILURE_SCHEMA, write_part
+from reslstm.features import FAILURE_SCHEMA, release_arrow_memory, write_part
 from reslstm.inference.chain import PredictError, chain_settings, model_streams, stream_settings
 from reslstm.inference.assembly import Assembled, VideoAssembler
 from reslstm.inference.predictor import BATCH_SCHEMA, ModelHead, prediction_rows
@@ -330,6 +330,8 @@ class _Rows:
                                reversed(fails.column("error_type").to_pylist())))
         self.failed.update(first_error.values())  # one count per video, its first stream's
         self.summary.failed = dict(self.failed)
+        del result, preds, fails
+        release_arrow_memory()
         log.info(f"{self.done}/{self.total} videos: {self.summary.predicted} classified, "
                  f"{sum(self.failed.values())} failed")
 

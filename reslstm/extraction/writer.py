@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from reslstm.features.schema import (FAILURE_SCHEMA, SPAN_COLUMNS, SPAN_FIELDS, StreamSettings,
                                      feature_schema, features_to_arrow)
 from reslstm.features.compaction import PART_MIB
-from reslstm.features.store import FeatureStore, write_part
+from reslstm.features.store import FeatureStore, release_arrow_memory, write_part
 
 from .segments import STAGES, JoinedVideo, SegmentJoiner
 
@@ -125,6 +125,8 @@ class StoreWriter:
         self.store.check_lock()
         self.files.append(write_part(self.store.stream_dir(stream), table))
         self.written[stream] += len(rows)
+        del table, feats, rows, spans
+        release_arrow_memory()
 
     def flush(self) -> None:
         for stream in list(self.rows):
