@@ -136,7 +136,7 @@ def main() -> None:
           f"{(t1 / large) / (t0 / small):.2f}x, driver peak RSS growth {m1 / max(m0, 1):.2f}x "
           f"({m0 / 2**20:.0f} -> {m1 / 2**20:.0f} MiB), of its heap (RssAnon: without libraries "
           f"and object-store pages) {o1 / max(o0, 1):.2f}x ({o0 / 2**20:.0f} -> "
-          f"{o1 / 2**20:.0f} MiB); over the second half of N = {large:,} the heap rose "
+          f"{o1 / 2**20:.0f} MiB); from 50 to 90 % of the run at N = {large:,} the heap rose "
           f"{c1 / 1024:+.1f} KB per video")
 
 

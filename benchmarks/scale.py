@@ -98,15 +98,16 @@ class PeakRSS:
         if not self.trace or now - self.trace[-1][0] >= 0.5:
             self.trace.append((now, heap))
 
-    def creep(self, after: float = 0.5) -> float:
-        """Bytes per second the heap rose over the last ``1 - after`` of the block (a least
-        squares line through its samples, one per half second): the growth that follows the
-        work done, past the one-time costs of the start (libraries, actors, the first part
-        file). 0 with fewer than 10 samples."""
+    def creep(self, start: float = 0.5, end: float = 0.9) -> float:
+        """Bytes per second the heap rose from ``start`` to ``end`` of the block's time (a
+        least squares line through its samples, one per half second): the growth that follows
+        the work done, past the one-time costs of the start (libraries, actors, the first part
+        file) and before those of the end (a job's last flush and compaction). 0 with fewer
+        than 10 samples."""
         t = np.array([a for a, _ in self.trace])
         if len(t) < 10:
             return 0.0
-        keep = t >= t[0] + after * (t[-1] - t[0])
+        keep = (t >= t[0] + start * (t[-1] - t[0])) & (t <= t[0] + end * (t[-1] - t[0]))
         return float(np.polyfit(t[keep], np.array([b for _, b in self.trace])[keep], 1)[0])
 
     def __enter__(self):
@@ -184,16 +185,17 @@ def settings(dim: int) -> dict[str, fs.StreamSettings]:
 
 def timed(stage: str, results: dict, n: int, fn):
     """Run ``fn()`` and record (seconds, peak RSS growth, peak heap growth, heap creep in bytes
-    per video over the second half) under ``results[stage][n]``."""
+    per video from 50 % to 90 % of its time) under ``results[stage][n]``."""
     with PeakRSS() as mem:
         start = time.perf_counter()
         value = fn()
         seconds = time.perf_counter() - start
-    creep = mem.creep() * seconds / n  # heap bytes per video over the second half
+    creep = mem.creep() * seconds / n  # heap bytes per video from 50 % to 90 % of the time
     results.setdefault(stage, {})[n] = (seconds, mem.growth, mem.heap_growth, creep)
     print(f"  {stage:<13} N={n:>7,}: {seconds:8.2f} s  {1e3 * seconds / n:7.3f} ms/video  "
           f"driver +{mem.growth / 2**20:7.1f} MiB (heap +{mem.heap_growth / 2**20:.1f}"
-          + (f"; second half {creep / 1024:+.1f} KB/video" if len(mem.trace) >= 10 else "") + ")",
+          + (f"; {creep / 1024:+.1f} KB/video from 50 to 90 % of the time" if len(mem.trace) >= 10
+             else "") + ")",
           flush=True)
     return value
 

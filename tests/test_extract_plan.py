@@ -3,6 +3,7 @@
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pytest
 
 from reslstm import features as fs
 from reslstm import storage
@@ -141,14 +142,16 @@ def test_a_plan_reads_the_written_and_failed_ids_once_per_stream(tmp_path, monke
     assert (len(items), done, failed) == (76, 4, 0)
 
 
-def test_a_job_runs_as_one_dataset_per_window_in_order():
+def test_a_job_runs_as_one_dataset_per_window_in_order(monkeypatch):
     """``run_windows`` builds a dataset per window (the last one shorter), one after the other:
-    the previous one is gone before the next is built; 0 is one window of everything. The
-    default window is 2048 videos, or 32 per CPU."""
+    the previous one is gone before the next is built, and the C heap trimmed after each; 0 is
+    one window of everything. The default window is 2048 videos, or 32 per CPU."""
     from reslstm.configs.options import window_videos
+    from reslstm.distributed.extract import pipeline
     from reslstm.distributed.extract.pipeline import run_windows
 
-    live = []
+    live, trims = [], []
+    monkeypatch.setattr(pipeline, "release_free_heap", lambda: trims.append(list(live)))
 
     class Fake:
         def __init__(self, window):
@@ -168,6 +171,7 @@ def test_a_job_runs_as_one_dataset_per_window_in_order():
 
     got = [t.column("i").to_pylist() for t in run_windows(list(range(7)), 3, build)]
     assert got == built == [[0, 1, 2], [3, 4, 5], [6]]
+    assert trims == [[], [], []]  # once per window, its dataset already done
     built.clear()
     assert [t.num_rows for t in run_windows(list(range(7)), 0, build)] == [7] and len(built) == 1
     assert list(run_windows([], 3, build)) == [] and len(built) == 1
@@ -210,3 +214,25 @@ def test_size_array_follows_the_paths_order(tmp_path, monkeypatch):
     assert sizes.dtype == np.int64
     assert sizes.tolist() == [13, 7, 0, 13, 11, 0, 14, 0]
     assert storage.file_sizes(paths[:-1]) == dict(zip(paths[:-1], [13, 7, 0, 13, 11, 0, 14]))
+
+
+def test_release_free_heap_gives_free_pages_back():
+    """Freed blocks between live ones stay in glibc's heap (resident) until trimmed."""
+    import ctypes
+
+    from reslstm.distributed.runtime import release_free_heap
+
+    def anon() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")) * 1024
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim  # noqa: B018
+    except (OSError, AttributeError):
+        pytest.skip("needs Linux with glibc (elsewhere release_free_heap does nothing)")
+    blocks = [bytearray(b"x" * (1 << 16)) for _ in range(2048)]  # 128 MiB in 64 KiB blocks
+    del blocks[::2]  # 64 MiB free, each block between two live ones
+    before = anon()
+    assert release_free_heap()
+    assert before - anon() > 32 * 2**20
+    del blocks

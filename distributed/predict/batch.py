@@ -248,7 +248,7 @@ def _run_stream(cfg: PredictConfig, todo: pa.Table, payload: dict, stage, stream
     from ray.data import ActorPoolStrategy
 
     from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline, windows
-    from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
+    from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray, release_free_heap
     from reslstm.flow.methods import needs_gpu
 
     log.info(init_ray(cfg.address))
@@ -279,6 +279,7 @@ def _run_stream(cfg: PredictConfig, todo: pa.Table, payload: dict, stage, stream
             if writer.videos >= cfg.chunk_videos:
                 writer.flush()
         writer.end_window(videos)
+        release_free_heap()
     writer.flush()
 
 
