@@ -10,7 +10,6 @@ workers; ``quiet_ray_logs`` is the one place that sets Ray's log levels (drivers
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import logging
 import os
@@ -251,28 +250,6 @@ def local_system_config(cpus: int) -> dict:
     """Ray settings of the local instance ``init_ray`` starts; ``cluster/local/up.sh`` sets
     the same through ``RAY_num_workers_soft_limit`` (the way to set it on any ``ray start``)."""
     return {"num_workers_soft_limit": idle_workers_to_keep(cpus)}
-
-
-def release_free_heap() -> bool:
-    """Hand the C heap's free pages back to the OS (glibc's ``malloc_trim``); False where there
-    is no glibc (macOS, musl), where it does nothing.
-
-    A long driver loop (a window of Ray Data blocks after another) frees most of what each
-    window allocated, but glibc keeps freed pages in its heap when live allocations sit
-    above them: over 800 videos of batch prediction the driver's heap held 27 MiB free and
-    its RSS grew 41 MiB; trimmed after each window, 29 MiB (``benchmarks/predict_scale.py``).
-    Called between windows, where it costs a few milliseconds."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim  # noqa: B018 (absent outside glibc: AttributeError)
-        except (OSError, AttributeError):
-            _LIBC = False
-    return bool(_LIBC) and bool(_LIBC.malloc_trim(0))
-
-
-_LIBC = None  # glibc, once loaded; False where there is none
 
 
 def cluster_gpus() -> int:

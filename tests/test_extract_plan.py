@@ -220,7 +220,7 @@ def test_release_free_heap_gives_free_pages_back():
     """Freed blocks between live ones stay in glibc's heap (resident) until trimmed."""
     import ctypes
 
-    from reslstm.distributed.runtime import release_free_heap
+    from reslstm.memory import release_free_heap
 
     def anon() -> int:
         with open("/proc/self/status") as f:

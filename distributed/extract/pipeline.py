@@ -56,8 +56,8 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-from reslstm.distributed.runtime import release_free_heap
 from reslstm.extraction.stages import FeatureStage, StageConfig, decode_segments, flow_stage
+from reslstm.memory import release_free_heap
 
 MAX_BLOCKS = 20_000
 TASK_BASE_BYTES = 256 * 1024 ** 2    # a Ray worker with PyAV, NumPy, Arrow and OpenCV loaded
@@ -178,7 +178,7 @@ def run_windows(items: Sequence | pa.Table, size: int,
     """The output blocks of ``build(window)`` for each of ``windows(items, size)``, in order. A
     window's dataset is dropped before the next one is built, so what Ray Data keeps per block
     lives for one window (module docstring); the C heap's free pages go back to the OS after
-    each (``runtime.release_free_heap``)."""
+    each (``memory.release_free_heap``)."""
     for window in windows(items, size):
         ds = build(window)
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")

@@ -50,10 +50,11 @@ from reslstm.checkpoint import model_from_payload
 from reslstm.configs import PredictConfig
 from reslstm.configs.options import window_videos
 from reslstm.datasets.manifest import ManifestError, read_table, resolve_paths
-from reslstm.features import FAILURE_SCHEMA, release_arrow_memory, write_part
+from reslstm.features import FAILURE_SCHEMA, write_part
 from reslstm.inference.chain import PredictError, chain_settings, model_streams, stream_settings
 from reslstm.inference.assembly import Assembled, VideoAssembler
 from reslstm.inference.predictor import BATCH_SCHEMA, ModelHead, prediction_rows
+from reslstm.memory import release_arrow_memory, release_free_heap
 
 from .files import load_model, predict_files
 
@@ -248,7 +249,7 @@ def _run_stream(cfg: PredictConfig, todo: pa.Table, payload: dict, stage, stream
     from ray.data import ActorPoolStrategy
 
     from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline, windows
-    from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray, release_free_heap
+    from reslstm.distributed.runtime import cluster_cpus, cluster_gpus, init_ray
     from reslstm.flow.methods import needs_gpu
 
     log.info(init_ray(cfg.address))

@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 from reslstm.features.schema import (FAILURE_SCHEMA, SPAN_COLUMNS, SPAN_FIELDS, StreamSettings,
                                      feature_schema, features_to_arrow)
 from reslstm.features.compaction import PART_MIB
-from reslstm.features.store import FeatureStore, release_arrow_memory, write_part
+from reslstm.features.store import FeatureStore, write_part
+from reslstm.memory import release_arrow_memory
 
 from .segments import STAGES, JoinedVideo, SegmentJoiner
 

@@ -20,7 +20,7 @@ from .sampled import INDEX_COLUMNS, ReadPlan, StreamLocations, locate, plan_read
 from .schema import (COMPARED_SETTINGS, FAILURE_SCHEMA, FAILURES_DIR, METADATA_FILE, SPAN_COLUMNS,
                      STORE_FORMAT_VERSION, StoreError, StreamSettings, feature_schema,
                      features_to_arrow, features_to_numpy, span_columns)
-from .store import FeatureStore, as_store, release_arrow_memory, remove_temporaries, write_part
+from .store import FeatureStore, as_store, remove_temporaries, write_part
 
 
 def stream_dir(store, stream: str):
@@ -50,5 +50,5 @@ __all__ = [
     "StreamSettings", "VerifyReport", "failed_ids", "feature_schema", "features_to_arrow",
     "features_to_numpy", "has_stream", "read_failures", "read_index", "read_metadata",
     "read_metadata_extra", "read_stream", "remove_temporaries", "span_columns", "stream_dir", "stream_files",
-    "release_arrow_memory", "verify_store", "write_metadata", "write_part", "written_ids",
+    "verify_store", "write_metadata", "write_part", "written_ids",
 ]

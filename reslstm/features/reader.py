@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from reslstm.memory import release_memory
+
 from .sampled import StreamLocations, locate
 from .schema import METADATA_FILE, SPAN_COLUMNS, StoreError, features_to_numpy, span_columns
 from .store import FeatureStore, as_store
@@ -112,7 +114,12 @@ def read_index(store, streams: Sequence[str]) -> StoreIndex:
     on a video's label or on d_f.
     """
     streams, store = tuple(streams), as_store(store)
-    located = {s: locate(store, s) for s in streams}
+    located = {}
+    for s in streams:
+        located[s] = locate(store, s)
+        # Reading thousands of part files' small columns leaves freed pages in the allocators
+        # (about 35 MiB per stream at 128k videos in 2 560 files); give them back.
+        release_memory()
     names: dict[int, str] = {}
     for s, (table, loc) in located.items():
         dupes = np.unique(loc.ids[1:][loc.ids[1:] == loc.ids[:-1]])

@@ -87,17 +87,6 @@ def write_part(directory, table: pa.Table, name: str | None = None) -> str:
     return target.path
 
 
-def release_arrow_memory() -> None:
-    """Give the pages Arrow's memory pool keeps after its buffers are freed back to the OS.
-
-    pyarrow's default pool (mimalloc) keeps freed pages for reuse: after a part file of a few
-    hundred videos is built and written, the driver held about 50 MiB more until the next one
-    (measured on ``predict_scale.py --job extract``), and the more the bigger the part. Call
-    it in the thread that built the tables (mimalloc collects the calling thread's heap), once
-    they are dropped."""
-    pa.default_memory_pool().release_unused()
-
-
 def read_column(files: Sequence[str], column: str, filesystem, type_: pa.DataType,
                 threads: int = 16) -> pa.Array:
     """One column of Parquet ``files``, in order, read ``threads`` files at a time, each file's
