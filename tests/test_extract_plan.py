@@ -6,7 +6,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from reslstm import features as fs
-from reslstm import storage
+from reslstm import listing, storage
 from reslstm.configs import ExtractConfig
 from reslstm.datasets.manifest import MANIFEST_SCHEMA
 from reslstm.extraction.driver import plan_work
@@ -94,7 +94,7 @@ def test_sizes_come_from_one_listing_per_folder(tmp_path):
             (tmp_path / folder / f"{i}.mp4").write_bytes(b"\0" * (i + 1))
             paths.append(f"count://{tmp_path}/{folder}/{i}.mp4")
     paths.append(f"count://{tmp_path}/a/missing.mp4")
-    sizes = storage.file_sizes(paths, like=like)
+    sizes = listing.file_sizes(paths, like=like)
     assert sorted(handler.calls) == [("list", str(tmp_path / "a")), ("list", str(tmp_path / "b"))]
     assert sizes[f"count://{tmp_path}/b/9.mp4"] == 10 and sizes[paths[-1]] == 0
     assert len(sizes) == 101
@@ -120,7 +120,7 @@ def test_local_paths_are_listed_once_per_folder_too(tmp_path, monkeypatch):
         (tmp_path / f"{i}.mp4").write_bytes(b"\0" * (i + 1))
     paths = [str(tmp_path / f"{i}.mp4") for i in range(300)]
     monkeypatch.setattr(pafs, "LocalFileSystem", lambda: pafs.PyFileSystem(Disk()))
-    sizes = storage.file_sizes(paths)
+    sizes = listing.file_sizes(paths)
     monkeypatch.undo()
     assert calls == [("list", str(tmp_path))]
     assert [sizes[p] for p in paths] == list(range(1, 301))
@@ -192,7 +192,7 @@ def test_sizes_resolve_each_folder_once_and_match_per_path_resolution(tmp_path, 
     resolved = []
     real = storage.resolve
     monkeypatch.setattr(storage, "resolve", lambda p, like=None: resolved.append(p) or real(p, like))
-    sizes = storage.file_sizes(paths)
+    sizes = listing.file_sizes(paths)
     assert sorted(resolved) == sorted(["v", "top.mp4", "v/..", str(tmp_path / "v")])
     assert sizes == {p: (real(p).size() if real(p).is_file() else 0) for p in paths}
     assert [sizes[p] for p in paths[:3]] == [1, 2, 3] and sizes["v/../top.mp4"] == 7
@@ -210,10 +210,10 @@ def test_size_array_follows_the_paths_order(tmp_path, monkeypatch):
     paths = [str(tmp_path / "d" / "3.mp4"), "bare.mp4", str(tmp_path / "d" / "gone.mp4"),
              str(tmp_path / "d" / "3.mp4"), f"{tmp_path}/./d/1.mp4", str(tmp_path / "d"),
              "d/4.mp4", None]
-    sizes = storage.file_size_array(pa.array(paths, pa.string()))
+    sizes = listing.file_size_array(pa.array(paths, pa.string()))
     assert sizes.dtype == np.int64
     assert sizes.tolist() == [13, 7, 0, 13, 11, 0, 14, 0]
-    assert storage.file_sizes(paths[:-1]) == dict(zip(paths[:-1], [13, 7, 0, 13, 11, 0, 14]))
+    assert listing.file_sizes(paths[:-1]) == dict(zip(paths[:-1], [13, 7, 0, 13, 11, 0, 14]))
 
 
 def test_release_free_heap_gives_free_pages_back():

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from reslstm import storage
 from reslstm.configs import ExtractConfig
 from reslstm.features import FeatureStore, StreamSettings
+from reslstm.listing import file_size_array
 
 from .segments import STAGES
 from .settings import ExtractError, TooManyFailures, resolve_settings
@@ -154,7 +155,7 @@ def plan_work(cfg: ExtractConfig, manifest: pa.Table, store: FeatureStore | None
     rows = manifest.select(["video_id", "path", "label", "label_name", "split"])
     # One listing per folder, not a stat per video; a file that cannot be read sorts last (its
     # decode task records why).
-    sizes = storage.file_size_array(rows.column("path"), like=videos)
+    sizes = file_size_array(rows.column("path"), like=videos)
     rows = rows.take(pa.array(np.argsort(-sizes, kind="stable")))
     streams = sorted(cfg.streams, key=lambda s: s != "flow")
     return store.plan(rows, streams, cfg.retry_failed)
