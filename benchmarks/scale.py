@@ -21,13 +21,15 @@ timed in this process (the driver's side of each):
   sum, the trainer's own val pass included); ``predict``, val and test of that model through
   the Ray Data prediction pass (random features: the costs, not results).
 
-Printed per stage and N: seconds per video, the driver's peak RSS above its level before the
-stage (polled every 20 ms), and both as ratios to the smallest N. Targets (issue "scale to
-Kinetics"): time per video at the largest N at most 1.25x the smallest's; driver peak RSS growth
-at most 1.5x from the smallest to the largest N where the stage holds nothing per video (the
-write holds at most a part file per stream, compaction one merged file); a resumed plan at most
-2x a fresh one. The id sets of ``plan`` and ``index`` grow with N by design (a few dozen bytes
-per video, never the features).
+Printed per stage and N: seconds per video, the driver's peak RSS and heap (RssAnon) above
+their levels before the stage (polled every 20 ms), for stages of 5 s or more how much the heap
+rose per video from half to 90 % of the stage's time, and time and RSS as ratios to the
+smallest N. Targets (issue "scale to Kinetics"): time per video at the largest N at most 1.25x
+the smallest's; driver peak RSS growth at most 1.5x from the smallest to the largest N where
+the stage holds nothing per video (the write holds at most a part file per stream, compaction
+one merged file); a resumed plan at most 2x a fresh one. The ids of ``plan``, ``index`` and
+``train index`` grow with N by design (tens of bytes per video held, 0.5-1 KB per video at the
+peak while they are built; never the features).
 
     python benchmarks/scale.py                            # d = 1024, 1k / 4k / 16k videos
     python benchmarks/scale.py --dim 64 --videos 1000,16000,128000   # per-video overheads
