@@ -132,3 +132,42 @@ def test_prediction_writer_streams_the_rows_prediction_table_builds(tmp_path):
             w.add(ids[:3], labels[:3], {"fused": probs["fused"][:3]})
             raise RuntimeError("midway")
     assert sorted(p.name for p in target.parent.iterdir()) == ["val.parquet"]
+
+
+def test_prediction_table_rows_exactly():
+    """Every head's rows in video order, labels named, probabilities as float32 lists."""
+    probs = {"fused": np.array([[0.5, 0.25, 0.25], [0.0, 0.125, 0.875]]),
+             "rgb": np.array([[1.0, 0.0, 0.0], [0.25, 0.5, 0.25]], np.float32)}
+    table = ev.prediction_table(np.array(["x", "y"]), [2, 0], NAMES, "val", probs)
+    assert table.schema == ev.PREDICTION_SCHEMA
+    assert table.to_pylist() == [
+        {"video_id": "x", "label": 2, "label_name": "c", "split": "val", "head": "fused",
+         "probs": [0.5, 0.25, 0.25]},
+        {"video_id": "y", "label": 0, "label_name": "a", "split": "val", "head": "fused",
+         "probs": [0.0, 0.125, 0.875]},
+        {"video_id": "x", "label": 2, "label_name": "c", "split": "val", "head": "rgb",
+         "probs": [1.0, 0.0, 0.0]},
+        {"video_id": "y", "label": 0, "label_name": "a", "split": "val", "head": "rgb",
+         "probs": [0.25, 0.5, 0.25]},
+    ]
+    assert ev.prediction_table([], [], NAMES, "test", {"fused": np.zeros((0, 3))}).num_rows == 0
+    with pytest.raises(ev.PredictionError, match="label 3 is not one of the 3 classes"):
+        ev.prediction_table(["x"], [3], NAMES, "val", {"fused": probs["fused"][:1]})
+    with pytest.raises(ev.PredictionError, match="1 video ids for 2 labels"):
+        ev.prediction_table(["x"], [0, 1], NAMES, "val", probs)
+
+
+def test_prediction_writer_sizes_row_groups_by_bytes(tmp_path, monkeypatch):
+    """By default a row group holds ``GROUP_BYTES`` of probabilities (at least 64 videos): the
+    writer holds no more than that plus a batch, whatever the number of videos."""
+    monkeypatch.setattr(ev, "GROUP_BYTES", 100 * 2 * 3 * 4)  # 100 videos of 2 heads x 3 classes
+    rng = np.random.default_rng(0)
+    target = tmp_path / "test.parquet"
+    with ev.PredictionWriter(target, NAMES, "test") as w:
+        for start in range(0, 450, 50):
+            w.add([f"v{i}" for i in range(start, start + 50)], rng.integers(0, 3, 50),
+                  {h: rng.random((50, 3)).astype(np.float32) for h in ("fused", "rgb")})
+            assert w._pending_videos < 100
+    assert w.group_videos == 100 and w.videos == 450
+    meta = pq.ParquetFile(target).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [200] * 4 + [100]
