@@ -330,3 +330,39 @@ def test_manifest_round_trip_and_schema_errors(tmp_path):
     back = read_manifest(broken("loose", loose))
     assert back.schema == MANIFEST_SCHEMA
     assert back.column("path").to_pylist() == [str(tmp_path / "clips" / "x.mp4")]
+
+
+def test_validation_names_each_broken_rule_and_resolves_paths_in_order(tmp_path, monkeypatch):
+    """The manifest's checks (Arrow kernels, no Python per video) and the relative paths
+    resolved a chunk at a time, each path in its own row."""
+    from reslstm.datasets import manifest as mf
+
+    monkeypatch.setattr(mf, "CHUNK_ROWS", 2)  # several chunks
+    n = 7
+    paths = ["clips/a.mp4", "/abs/b.mp4", "s3://bucket/c.mp4", "./d.mp4", "sub/../e.mp4",
+             "f.mp4", "/abs/g.mp4"]
+    good = pa.table({"video_id": [f"v{i}" for i in range(n)], "path": paths,
+                     "label": pa.array([0, 1, 0, 1, 2, 2, 0], pa.int32()),
+                     "label_name": ["a", "b", "a", "b", "c", "c", "a"], "split": ["train"] * n})
+    path = tmp_path / "m" / "manifest.parquet"
+    path.parent.mkdir()
+    pq.write_table(good, path)
+    got = mf.read_manifest(path).column("path").to_pylist()
+    folder = str(tmp_path / "m")
+    assert got == [f"{folder}/clips/a.mp4", "/abs/b.mp4", "s3://bucket/c.mp4", f"{folder}/d.mp4",
+                   f"{folder}/e.mp4", f"{folder}/f.mp4", "/abs/g.mp4"]
+    assert mf.label_names(good) == ["a", "b", "c"]
+
+    def fails(match, **column):
+        (name, values), = column.items()
+        broken = good.set_column(good.schema.get_field_index(name), name,
+                                 pa.array(values, good.schema.field(name).type))
+        with pytest.raises(ManifestError, match=match):
+            mf.validate_manifest(broken)
+
+    fails(r"'video_id' has 1 duplicate ids:\n.*v0", video_id=["v0", "v1", "v0", "v3", "v4", "v5", "v6"])
+    fails("'video_id' or 'path' has empty strings", path=[*paths[:6], ""])
+    fails("'video_id' or 'path' has empty strings", video_id=["", *[f"v{i}" for i in range(1, n)]])
+    fails("'label' has negative values", label=[0, 1, 0, 1, -2, -2, 0])
+    fails("not one-to-one", label_name=["a", "b", "a", "b", "c", "c", "b"])
+    fails("not one-to-one", label=[0, 1, 0, 1, 2, 2, 2])

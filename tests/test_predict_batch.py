@@ -220,3 +220,27 @@ def test_the_driver_holds_copies_of_the_rows_not_views_of_ray_blocks(tmp_path):
         ours = {b.address for b in held.column(name).chunk(0).buffers() if b is not None}
         theirs = {b.address for b in block.column(name).chunk(0).buffers() if b is not None}
         assert not ours & theirs
+
+
+def test_a_manifest_of_videos_reads_ids_and_paths_column_by_column(tmp_path, monkeypatch):
+    """``read_videos`` of a manifest: relative paths beside it, ids from the column or from the
+    path without its suffix (a chunk at a time), and a clear error for repeated or missing ids."""
+    from reslstm.datasets import manifest as mf
+    from reslstm.distributed.predict.batch import read_videos
+
+    monkeypatch.setattr(mf, "CHUNK_ROWS", 2)
+    monkeypatch.setattr("reslstm.distributed.predict.batch.CHUNK_ROWS", 2)
+    m = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"path": ["a/x.mp4", "/v/y.avi", "z.mkv"]}), m)
+    got = read_videos(str(m))
+    assert got.column("video_id").to_pylist() == [f"{tmp_path}/a/x", "/v/y", f"{tmp_path}/z"]
+    assert got.column("path").to_pylist() == [f"{tmp_path}/a/x.mp4", "/v/y.avi", f"{tmp_path}/z.mkv"]
+    pq.write_table(pa.table({"video_id": [3, 4, 3], "path": ["a.mp4", "b.mp4", "c.mp4"]}), m)
+    with pytest.raises(PredictError, match=r"video_id not unique \(e.g. \['3'\]\)"):
+        read_videos(str(m))
+    pq.write_table(pa.table({"video_id": ["p", None, "q"], "path": ["a.mp4", "b.mp4", "c.mp4"]}), m)
+    with pytest.raises(PredictError, match="1 rows without a 'video_id'"):
+        read_videos(str(m))
+    pq.write_table(pa.table({"video_id": ["p", "q"], "path": ["a.mp4", None]}), m)
+    with pytest.raises(PredictError, match="1 rows without a 'path'"):
+        read_videos(str(m))

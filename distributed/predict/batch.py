@@ -49,7 +49,8 @@ from reslstm import storage
 from reslstm.checkpoint import model_from_payload
 from reslstm.configs import PredictConfig
 from reslstm.configs.options import window_videos
-from reslstm.datasets.manifest import ManifestError, read_table, resolve_paths
+from reslstm.datasets.manifest import (CHUNK_ROWS, ManifestError, duplicated, read_table,
+                                      resolve_path_column)
 from reslstm.features import FAILURE_SCHEMA, write_part
 from reslstm.inference.chain import PredictError, chain_settings, model_streams, stream_settings
 from reslstm.inference.assembly import Assembled, VideoAssembler
@@ -94,13 +95,23 @@ def read_videos(source: str) -> pa.Table:
         raise PredictError(f"--manifest {exc}") from None
     if "path" not in table.column_names:
         raise PredictError(f"--manifest {loc}: no 'path' column (columns: {table.column_names})")
-    paths = resolve_paths(table.column("path").to_pylist(), loc)
-    ids = (table.column("video_id").to_pylist() if "video_id" in table.column_names
-           else [str(PurePosixPath(p).with_suffix("")) for p in paths])
-    dup = [v for v, n in Counter(ids).items() if n > 1]
-    if dup:
-        raise PredictError(f"--manifest {loc}: video_id not unique (e.g. {dup[:3]})")
-    return pa.table({"video_id": [str(v) for v in ids], "path": paths})
+    try:
+        paths = resolve_path_column(table.column("path"), loc)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise PredictError(f"--manifest {loc}: the 'path' column is not text ({exc})") from None
+    if paths.null_count:
+        raise PredictError(f"--manifest {loc}: {paths.null_count} rows without a 'path'")
+    if "video_id" in table.column_names:
+        ids = table.column("video_id").combine_chunks().cast(pa.string())
+    else:  # the path without its suffix, CHUNK_ROWS at a time
+        ids = pa.concat_arrays([pa.array([str(PurePosixPath(p).with_suffix(""))
+                                          for p in paths.slice(a, CHUNK_ROWS).to_pylist()], pa.string())
+                                for a in range(0, len(paths), CHUNK_ROWS)] or [pa.array([], pa.string())])
+    if ids.null_count:
+        raise PredictError(f"--manifest {loc}: {ids.null_count} rows without a 'video_id'")
+    if pc.count_distinct(ids).as_py() != len(ids):
+        raise PredictError(f"--manifest {loc}: video_id not unique (e.g. {duplicated(ids)[:3]})")
+    return pa.table({"video_id": ids, "path": paths})
 
 
 def fingerprint(payload: dict) -> str:

@@ -34,15 +34,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from reslstm.errors import ReslstmError
+from reslstm.memory import release_arrow_memory
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -55,6 +57,7 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 SPLITS = ("train", "val", "test", "unused")
+CHUNK_ROWS = 65_536  # rows turned into Python strings at a time, where a column needs Python
 
 VIDEO_EXTENSIONS = frozenset(
     {".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
@@ -239,16 +242,17 @@ def validate_manifest(table: pa.Table, source: str = "manifest table") -> pa.Tab
         if col.null_count:
             raise ManifestError(f"{source}: column '{field.name}' has {col.null_count} null values")
         columns[field.name] = col
-    ids = columns["video_id"].to_pylist()
-    if len(set(ids)) != len(ids):
-        dups = sorted(v for v, n in Counter(ids).items() if n > 1)
+    # Checked with Arrow kernels: no Python object per video (a manifest may list 100k+).
+    ids = columns["video_id"]
+    if pc.count_distinct(ids).as_py() != len(ids):
+        dups = sorted(duplicated(ids))
         raise ManifestError(f"{source}: column 'video_id' has {len(dups)} duplicate ids:\n{listing(dups)}")
-    if "" in ids or "" in columns["path"].to_pylist():
+    if any(pc.any(pc.equal(columns[c], "")).as_py() for c in ("video_id", "path")):
         raise ManifestError(f"{source}: column 'video_id' or 'path' has empty strings")
-    bad_splits = sorted(set(columns["split"].to_pylist()) - set(SPLITS))
+    bad_splits = sorted(set(pc.unique(columns["split"]).to_pylist()) - set(SPLITS))
     if bad_splits:
         raise ManifestError(f"{source}: column 'split' has values {bad_splits}; allowed: {SPLITS}")
-    pairs = set(zip(columns["label"].to_pylist(), columns["label_name"].to_pylist()))
+    pairs = _label_pairs(columns["label"], columns["label_name"])
     if any(label < 0 for label, _ in pairs):
         raise ManifestError(f"{source}: column 'label' has negative values; labels are 0-based")
     if len({lab for lab, _ in pairs}) != len(pairs) or len({n for _, n in pairs}) != len(pairs):
@@ -298,6 +302,7 @@ def read_table(path):
         table = pq.read_table(loc.path, filesystem=loc.filesystem)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ManifestError(f"{loc}: not a readable Parquet manifest ({exc})") from exc
+    release_arrow_memory()  # the decoders' buffers: 4x the table's size at 128k rows, kept else
     return table, loc
 
 
@@ -309,21 +314,49 @@ def resolve_paths(paths: Sequence[str], manifest) -> list[str]:
     return [p if _absolute(p) else folder.join(p).uri for p in paths]
 
 
+def resolve_path_column(paths: pa.Array | pa.ChunkedArray, manifest) -> pa.Array:
+    """``resolve_paths`` on an Arrow column of paths: only the relative ones pass through
+    Python, ``CHUNK_ROWS`` at a time; absolute paths and URIs are kept as they are."""
+    if isinstance(paths, pa.ChunkedArray):
+        paths = paths.combine_chunks()
+    paths = paths.cast(pa.string())
+    maybe = pc.invert(pc.or_(pc.match_substring(paths, "://"), pc.starts_with(paths, "/")))
+    maybe = maybe.fill_null(False)
+    todo = np.flatnonzero(maybe.to_numpy(zero_copy_only=False))
+    if not len(todo):
+        return paths
+    pieces = [pa.array(resolve_paths(paths.take(pa.array(todo[a:a + CHUNK_ROWS])).to_pylist(),
+                                     manifest), pa.string())
+              for a in range(0, len(todo), CHUNK_ROWS)]
+    return pc.replace_with_mask(paths, maybe, pa.concat_arrays(pieces))
+
+
+def duplicated(values: pa.Array | pa.ChunkedArray) -> list:
+    """The values that occur more than once (in no particular order)."""
+    counts = pc.value_counts(values)
+    return counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist()
+
+
+def _label_pairs(labels, names) -> set[tuple[int, str]]:
+    """The distinct (label, label_name) pairs of two columns (one per class, when consistent)."""
+    t = pa.table({"label": labels, "label_name": names}).group_by(["label", "label_name"]).aggregate([])
+    return set(zip(t.column("label").to_pylist(), t.column("label_name").to_pylist()))
+
+
 def read_manifest(path) -> pa.Table:
     """Read and validate a manifest (a path, URI or ``storage.Location``); relative video paths are resolved against
     its folder (its prefix on object storage)."""
     table, loc = read_table(path)
     table = validate_manifest(table, source=str(loc))
-    paths = table.column("path").to_pylist()
-    if not all(_absolute(p) for p in paths):
-        resolved = pa.array(resolve_paths(paths, loc), pa.string())
-        table = table.set_column(1, MANIFEST_SCHEMA.field("path"), resolved)
+    table = table.set_column(1, MANIFEST_SCHEMA.field("path"),
+                             resolve_path_column(table.column("path"), loc))
+    release_arrow_memory()  # the checks' hash tables
     return table
 
 
 def label_names(table: pa.Table) -> list[str]:
     """Class names indexed by label; every label 0..C-1 must occur."""
-    pairs = dict(zip(table.column("label").to_pylist(), table.column("label_name").to_pylist()))
+    pairs = dict(sorted(_label_pairs(table.column("label"), table.column("label_name"))))
     if sorted(pairs) != list(range(len(pairs))):
         gaps = sorted(set(range(max(pairs, default=-1) + 1)) - set(pairs))
         raise ManifestError(f"labels are not contiguous from 0: no rows for labels {gaps[:MAX_LISTED]}")
