@@ -180,3 +180,24 @@ def test_a_label_named_two_ways_is_refused(tmp_path):
     with pytest.raises(fs.StoreError, match=rf"label {label} is named both '{name}' and "
                                             rf"'{name}_other'"):
         fs.read_index(tmp_path, ["rgb", "flow"])
+
+
+def test_index_ids_sort_as_numpy_across_chunks_and_streams(tmp_path, monkeypatch):
+    """Ids sorted by Arrow and turned into NumPy strings a chunk at a time are NumPy's sorted
+    ids (non-ASCII, prefixes, case), so lookups by binary search find every one; the ids one
+    stream lacks are listed under it."""
+    from reslstm.features import sampled
+
+    monkeypatch.setattr(sampled._as_str, "__defaults__", (2,))  # chunks of 2 ids
+    ids = ["b", "a", "ab", "Ä", "é1", "é", "B", "a b", "ñu/1", "z" * 30]
+    for stream, part in (("rgb", ids), ("flow", ids[2:])):
+        table, _ = _rows(part, 4, stream=stream, clips=(2,) * len(part))
+        fs.write_part(tmp_path / stream, table)
+    index = fs.read_index(tmp_path, ["rgb", "flow"])
+    want = np.sort(np.array(ids))
+    np.testing.assert_array_equal(index.locations["rgb"].ids, want)
+    np.testing.assert_array_equal(index.video_ids["train"], np.sort(np.array(ids[2:])))
+    assert index.missing["flow"].tolist() == sorted(ids[:2]) and "rgb" not in index.missing
+    for s in ("rgb", "flow"):
+        loc = index.locations[s]
+        assert (loc.ids[loc.positions(index.video_ids["train"])] == index.video_ids["train"]).all()

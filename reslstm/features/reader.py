@@ -129,10 +129,15 @@ def read_index(store, streams: Sequence[str]) -> StoreIndex:
                 f"{dupes[:3].tolist()}; remove the duplicate part files or re-extract into a new "
                 "store")
         _labels_named(store, s, table, names)
-    every = [loc.ids for _, loc in located.values()]
-    common = functools.reduce(lambda a, b: np.intersect1d(a, b, assume_unique=True), every)
-    union = functools.reduce(np.union1d, every)
-    missing = {s: np.setdiff1d(union, loc.ids, assume_unique=True) for s, (_, loc) in located.items()}
+    # Set operations on the sorted ids by binary search: no concatenated or re-sorted copies.
+    first_ids = located[streams[0]][1].ids
+    common = first_ids[np.logical_and.reduce(
+        [_member(first_ids, located[s][1].ids) for s in streams[1:]], initial=True)]
+    missing = {}
+    for s, (_, loc) in located.items():
+        lacking = [other.ids[~_member(other.ids, loc.ids)]
+                   for t, (_, other) in located.items() if t != s]
+        missing[s] = functools.reduce(np.union1d, lacking, np.zeros(0, loc.ids.dtype))
     if len(streams) > 1:
         first, second = (located[s][1] for s in streams[:2])
         bad = common[first.label[first.positions(common)] != second.label[second.positions(common)]]
@@ -150,9 +155,21 @@ def read_index(store, streams: Sequence[str]) -> StoreIndex:
     code = split.indices.to_numpy(zero_copy_only=False)[loc.positions(common)]
     by_split = {name: common[code == i] for i, name in enumerate(split.dictionary.to_pylist())
                 if (code == i).any()}
-    return StoreIndex(str(store), streams, next(iter(dims.values())), label_names, by_split,
-                      {s: m for s, m in missing.items() if len(m)},
-                      {s: where for s, (_, where) in located.items()})
+    index = StoreIndex(str(store), streams, next(iter(dims.values())), label_names, by_split,
+                       {s: m for s, m in missing.items() if len(m)},
+                       {s: where for s, (_, where) in located.items()})
+    del located, table, split, code
+    release_memory()
+    return index
+
+
+def _member(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For sorted ``a`` and sorted unique ``b``: whether each element of ``a`` is in ``b``."""
+    if not len(b):
+        return np.zeros(len(a), bool)
+    pos = np.searchsorted(b, a)
+    pos[pos == len(b)] = 0
+    return b[pos] == a
 
 # ---------------------------------------------------------------------------------------------
 # Verification

@@ -28,6 +28,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from reslstm.sampling import temporal_sample
@@ -87,21 +88,34 @@ def _empty_index() -> pa.Table:
 
 
 def locate(store: FeatureStore, stream: str) -> tuple[pa.Table, StreamLocations]:
-    """One pass over the small columns of a stream's files: (the index columns of every row,
-    where each video's row is), both in the order of the sorted ids. Raises ``StoreError`` when
-    the stream has no files."""
+    """One pass over the small columns of a stream's files: (each row's label, label_name and
+    split, where each video's row is), both in the order of the sorted ids. Raises
+    ``StoreError`` when the stream has no files."""
     files = store.stream_files(stream)
     if not files:
         store.dataset(stream)  # raises the error that names the command to run
     with ThreadPoolExecutor(min(READ_THREADS, len(files))) as pool:
         tables = list(pool.map(lambda a: _file_index(store, *a), zip(files, range(len(files)))))
     table = pa.concat_tables(tables, promote_options="permissive")
-    ids = np.asarray(table.column("video_id").to_numpy(zero_copy_only=False), dtype=str)
-    order = np.argsort(ids, kind="stable")
+    del tables
+    # Sorted by Arrow (UTF-8 byte order is code point order, as NumPy's), ids made NumPy
+    # strings a chunk at a time: no Python string per video held at once.
+    order = pc.sort_indices(table.column("video_id")).to_numpy()
+    ids = _as_str(table.column("video_id").take(order))
     col = lambda name, dtype: table.column(name).to_numpy()[order].astype(dtype)  # noqa: E731
-    return table.take(order), StreamLocations(files, ids[order], col("label", np.int64),
-                                  col("num_clips", np.int64), col("file", np.int32),
-                                  col("group", np.int32), col("row", np.int32))
+    return table.select(["label", "label_name", "split"]).take(order), StreamLocations(
+        files, ids, col("label", np.int64), col("num_clips", np.int64), col("file", np.int32),
+        col("group", np.int32), col("row", np.int32))
+
+
+def _as_str(values: pa.Array | pa.ChunkedArray, chunk: int = 65_536) -> np.ndarray:
+    """Arrow strings as a NumPy str array, ``chunk`` Python strings at a time."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    width = pc.max(pc.utf8_length(values)).as_py() or 1
+    out = np.empty(len(values), f"<U{width}")
+    for a in range(0, len(values), chunk):
+        out[a:a + chunk] = values.slice(a, chunk).to_numpy(zero_copy_only=False)
+    return out
 
 
 @dataclasses.dataclass
