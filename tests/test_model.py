@@ -389,3 +389,32 @@ def test_missing_stream_is_a_clear_error():
         model({"rgb": torch.zeros(1, 2, 6)})
     with pytest.raises(KeyError, match=r"fusion 'rgb' needs streams \['rgb'\], missing \['rgb'\]"):
         build_model(small_config(fusion="rgb"))({"flow": torch.zeros(1, 2, 6)})
+
+
+def test_pca_basis_by_chunks_is_the_svd_of_the_whole_sample(monkeypatch):
+    """The basis from the tall-skinny QR, a few rows at a time, is the one an SVD of the whole
+    centred sample gives (same mean, same signed directions), however the rows are chunked."""
+    import reslstm.pca as pca_module
+
+    rng = np.random.default_rng(4)
+    feats = (rng.normal(size=(103, 7)) @ rng.normal(size=(7, 7)) + 3).astype(np.float32)
+    x = feats.astype(np.float64)
+    mean = x.mean(axis=0)
+    _, _, want = np.linalg.svd(x - mean, full_matrices=False)
+    want *= np.sign(want[np.arange(7), np.abs(want).argmax(axis=1)])[:, None]
+    for chunk_rows in (7, 10, 50, 103, 1000):  # the rows of a chunk: max(d_f, bytes / 8 d_f)
+        monkeypatch.setattr(pca_module, "CHUNK_BYTES", chunk_rows * 8 * 7)
+        basis = pca_module.pca_basis(feats, 7)
+        np.testing.assert_allclose(basis.mean, mean, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(basis.components, want, rtol=0, atol=1e-10)
+        assert basis.samples == 103
+    few = pca_module.pca_basis(feats[:4], 7)  # N < d_f across chunks of 7 rows: N directions
+    assert few.components.shape == (4, 7)
+    np.testing.assert_allclose(few.components @ few.components.T, np.eye(4), atol=1e-12)
+    with pytest.raises(ValueError, match="at least one feature vector"):
+        pca_basis(np.zeros((0, 7), np.float32), 7)
+    bad = feats.copy()
+    bad[60, 2] = np.inf  # in a later chunk
+    monkeypatch.setattr(pca_module, "CHUNK_BYTES", 10 * 8 * 7)
+    with pytest.raises(ValueError, match="non-finite"):
+        pca_module.pca_basis(bad, 7)

@@ -188,6 +188,14 @@ def pca_sample(data: RunData, stream: str, max_vectors: int, seed: int) -> np.nd
     rank = np.concatenate([p["rank"] for p in parts]) if parts else np.zeros(0, np.int64)
     if not len(rank):
         raise fs.StoreError(f"no {stream} training features to fit PCA on")
-    j = np.concatenate([p["j"] for p in parts])
-    vectors = np.concatenate([p["vector"] for p in parts])
-    return vectors[np.lexsort((j, rank))][:max_vectors]
+    order = np.lexsort((np.concatenate([p["j"] for p in parts]), rank))[:max_vectors]
+    # Each vector copied once, straight to its place in the sample (no concatenated copy).
+    place = np.full(len(rank), -1, np.int64)
+    place[order] = np.arange(len(order))
+    sample = np.empty((len(order), parts[0]["vector"].shape[1]), parts[0]["vector"].dtype)
+    start = 0
+    for p in parts:
+        to = place[start:start + len(p["vector"])]
+        sample[to[to >= 0]] = p["vector"][to >= 0]
+        start += len(p["vector"])
+    return sample
