@@ -28,8 +28,8 @@ smallest N. Targets (issue "scale to Kinetics"): time per video at the largest N
 the smallest's; driver peak RSS growth at most 1.5x from the smallest to the largest N where
 the stage holds nothing per video (the write holds at most a part file per stream, compaction
 one merged file); a resumed plan at most 2x a fresh one. The ids of ``plan``, ``index`` and
-``train index`` grow with N by design (tens of bytes per video held, 0.5-1 KB per video at the
-peak while they are built; never the features).
+``train index`` grow with N by design (tens of bytes per video held, 0.3-0.7 KB per video at
+the peak while they are built; never the features).
 
     python benchmarks/scale.py                            # d = 1024, 1k / 4k / 16k videos
     python benchmarks/scale.py --dim 64 --videos 1000,16000,128000   # per-video overheads

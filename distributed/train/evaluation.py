@@ -6,9 +6,10 @@ worker process building the model once), and writes ``out_dir/<split>.parquet``
 (``reslstm.reports.predictions.PREDICTION_SCHEMA``): head ``fused`` = ``model.probabilities``
 (the only head of single-stream and mid models; the late fusion of the two softmaxes
 otherwise), plus ``rgb`` and ``flow`` (each network's softmax) for late fusion. The driver
-receives C probabilities per video and head, never the inputs, and holds only a batch of them:
-it writes each split's rows as they come (``PredictionWriter``) and scores them on the way
-(``metrics.RunningScore``: confusion counts and top-k hits). Reading and scoring those tables
+receives C probabilities per video and head, never the inputs, and holds at most a row group
+of them per split (``reports.predictions.GROUP_BYTES``): it writes each split's rows as they
+come (``PredictionWriter``) and scores them on the way (``metrics.RunningScore``: confusion
+counts and top-k hits). Reading and scoring those tables
 needs no Ray: ``reslstm.reports.predictions``.
 """
 
