@@ -50,7 +50,8 @@ def pca_basis(features: np.ndarray, input_dim: int) -> PCABasis:
     mean = np.mean(x, axis=0, dtype=np.float64)
     r = np.zeros((0, input_dim))
     for a in range(0, len(x), rows):
-        r = np.linalg.qr(np.vstack([r, np.asarray(x[a:a + rows], np.float64) - mean]), mode="r")
+        centred = x[a:a + rows] - mean  # float64 (the mean is), whatever the features dtype
+        r = np.linalg.qr(np.vstack([r, centred]), mode="r")
     _, _, comps = np.linalg.svd(r, full_matrices=False)  # (min(N, d_f), d_f)
     signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
     comps = comps * np.where(signs == 0, 1.0, signs)[:, None]

@@ -411,10 +411,11 @@ def test_pca_basis_by_chunks_is_the_svd_of_the_whole_sample(monkeypatch):
     few = pca_module.pca_basis(feats[:4], 7)  # N < d_f across chunks of 7 rows: N directions
     assert few.components.shape == (4, 7)
     np.testing.assert_allclose(few.components @ few.components.T, np.eye(4), atol=1e-12)
-    with pytest.raises(ValueError, match="at least one feature vector"):
+    with pytest.raises(ValueError, match="^fit_pca needs at least one feature vector$"):
         pca_basis(np.zeros((0, 7), np.float32), 7)
-    bad = feats.copy()
-    bad[60, 2] = np.inf  # in a later chunk
     monkeypatch.setattr(pca_module, "CHUNK_BYTES", 10 * 8 * 7)
-    with pytest.raises(ValueError, match="non-finite"):
-        pca_module.pca_basis(bad, 7)
+    for row in (0, 60, 102):  # the first row, a later chunk, the last row
+        bad = feats.copy()
+        bad[row, 2] = np.inf
+        with pytest.raises(ValueError, match=r"^fit_pca got non-finite feature values"):
+            pca_module.pca_basis(bad, 7)
