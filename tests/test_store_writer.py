@@ -106,6 +106,42 @@ def test_each_part_file_gives_arrow_memory_back(tmp_path, monkeypatch):
     w.close()
     assert files_then == [1, 2, 3]  # once per part file, after it was written
 
+def test_finished_ids_are_exact_after_moving_to_arrow(monkeypatch):
+    """Ids move from the set to the hash-sorted Arrow array every RECENT ids; membership stays
+    exact when hashes collide (here: the length's parity, so half the ids share each hash)."""
+    import reslstm.extraction.writer as writer
+
+    monkeypatch.setattr(writer.FinishedIds, "RECENT", 3)
+    monkeypatch.setattr(writer, "_hash", lambda s: len(s) % 2)
+    ids = writer.FinishedIds()
+    added = [f"v{i}" for i in range(11)] + ["v3", "v10", "\u00e9t\u00e9", "x1"]
+    for v in added:
+        ids.add(v)
+    assert len(ids.older) == 12 and len(ids.recent) == 1  # four moves; v3, v10 again: no-ops
+    assert len(ids) == 13 and sorted(ids.array().to_pylist()) == sorted(set(added))
+    assert all(v in ids for v in added)
+    assert not any(v in ids for v in ("v11", "v99", "w1", "", "\u00e9t\u00e8"))
+
+
+def test_late_duplicate_of_an_old_pair_is_ignored(tmp_path, monkeypatch):
+    """A retried task's duplicate of a pair finished long before (its id already in the Arrow
+    array) makes no second row, and the pairs left to do are exactly the unfinished ones."""
+    import reslstm.extraction.writer as writer
+
+    monkeypatch.setattr(writer.FinishedIds, "RECENT", 2)
+    w = StoreWriter(tmp_path, SETTINGS, run_id="r1")
+    for i in range(6):
+        w.consume(seg(0, 0, 1, is_last=True, total_frames=16, vid=f"v{i}")[0])
+    assert len(w.finished["rgb"].older) == 6
+    w.consume(seg(0, 0, 1, is_last=True, total_frames=16, vid="v0")[0])   # late duplicate
+    w.consume(seg(0, 0, 1, is_last=True, total_frames=16, vid="v4")[0])   # late duplicate
+    items = pa.Table.from_pylist([{**ITEM, "video_id": f"v{i}"} for i in range(8)])
+    assert w.unfinished(items).column("video_id").to_pylist() == ["v6", "v7"]
+    w.close()
+    assert sorted(fs.read_stream(tmp_path, "rgb").column("video_id").to_pylist()) == [
+        f"v{i}" for i in range(6)]
+
+
 @pytest.mark.parametrize("frames, k", [(16, 1), (23, 1), (24, 2), (100, 11)])
 def test_verify_accepts_consistent_rows(tmp_path, frames, k):
     fs.write_metadata(tmp_path, {"rgb": SETTINGS["rgb"]})

@@ -8,6 +8,13 @@ of about ``part_bytes`` of features (and at least every ``flush_every_s``) that 
 leaves only complete files and a rerun extracts exactly what is missing. A failure row discards that video's partial segments and is
 recorded in the failures table. ``close`` reports anything still incomplete as a failure:
 nothing is silently skipped.
+
+The writer remembers which (video, stream) pairs this run finished (``FinishedIds``, one per
+stream): a retried task's late duplicate of a finished pair is ignored, and a rerun of the
+pipeline, or ``close``, knows what was never returned. The newest few thousand ids are a
+Python set; older ones move into one Arrow array sorted by their hash, about 40 bytes an id
+(65 at the most, with the set) instead of 110 for a set entry and a string object each (which also stayed scattered through Python's
+small-object arenas among the rows' transient objects, keeping those arenas from being freed).
 """
 
 from __future__ import annotations
@@ -28,6 +35,56 @@ from reslstm.memory import release_arrow_memory
 from .segments import STAGES, JoinedVideo, SegmentJoiner
 
 
+_hash = hash  # of a str: stable within the process, which is all the set needs
+
+
+class FinishedIds:
+    """A growing set of id strings held compactly (module docstring): ``add``, ``in``, ``len``
+    and ``array()``, all of them exact (a hash only narrows where an id can be)."""
+
+    RECENT = 4096  # ids kept as a Python set (at least) before they move into the Arrow array
+
+    def __init__(self):
+        self.recent: set[str] = set()
+        self.hashes = np.zeros(0, np.int64)       # sorted: the hash of each older id
+        self.older = pa.array([], pa.string())    # the older ids, in the order of ``hashes``
+
+    def add(self, vid: str) -> None:
+        if vid in self:
+            return
+        self.recent.add(vid)
+        # The set may hold an eighth of what moved before it: a move copies the array, so the
+        # moves of a job cost about 9 copies of its ids in all, not one per RECENT ids.
+        if len(self.recent) >= max(self.RECENT, len(self.older) // 8):
+            self._move()
+
+    def _move(self) -> None:
+        new = list(self.recent)
+        hashes = np.concatenate([self.hashes, np.fromiter(map(_hash, new), np.int64, len(new))])
+        order = np.argsort(hashes, kind="stable")
+        self.hashes = hashes[order]
+        self.older = pa.concat_arrays([self.older, pa.array(new, pa.string())]).take(order)
+        self.recent = set()
+
+    def __contains__(self, vid: str) -> bool:
+        if vid in self.recent:
+            return True
+        h, hashes = _hash(vid), self.hashes
+        i = int(hashes.searchsorted(h))
+        while i < len(hashes) and hashes[i] == h:  # every id of that hash (one, in practice)
+            if self.older[i].as_py() == vid:
+                return True
+            i += 1
+        return False
+
+    def __len__(self) -> int:
+        return len(self.recent) + len(self.older)
+
+    def array(self) -> pa.Array:
+        """Every id (in no particular order)."""
+        return pa.concat_arrays([self.older, pa.array(list(self.recent), pa.string())])
+
+
 class StoreWriter:
     """Joins segment rows into store rows (module docstring); ``store`` is a path, URI or
     ``FeatureStore``; ``settings`` the stream settings the rows are checked against."""
@@ -43,9 +100,8 @@ class StoreWriter:
         self.flush_every_s = flush_every_s
         self.held = collections.Counter()          # stream -> bytes of features held
         self.joiner = SegmentJoiner()
-        # stream -> ids of the pairs committed or failed in this run (one set per stream, so a
-        # pair costs its id string, not a tuple of two new strings)
-        self.finished: dict[str, set[str]] = collections.defaultdict(set)
+        # stream -> ids of the pairs committed or failed in this run (module docstring)
+        self.finished: dict[str, FinishedIds] = collections.defaultdict(FinishedIds)
         self.rows: dict[str, list[dict]] = collections.defaultdict(list)
         self.failures: list[dict] = []
         self.last_flush = time.monotonic()
@@ -145,10 +201,10 @@ class StoreWriter:
             return items
         done = np.zeros(items.num_rows, bool)
         for stream, ids in self.finished.items():
-            if ids:
+            if len(ids):
                 done |= (pc.equal(items.column("stream"), stream).to_numpy(zero_copy_only=False)
-                         & pc.is_in(items.column("video_id"), value_set=pa.array(
-                             list(ids), pa.string())).to_numpy(zero_copy_only=False))
+                         & pc.is_in(items.column("video_id"), value_set=ids.array())
+                         .to_numpy(zero_copy_only=False))
         return items.filter(pa.array(~done))
 
     def unfinished(self, items: pa.Table) -> pa.Table:
