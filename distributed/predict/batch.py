@@ -3,7 +3,6 @@
 Python API::
 
     from reslstm.configs import PredictConfig
-from reslstm.configs.options import window_videos
     from reslstm.distributed.predict.batch import run_predict
     run_predict(PredictConfig(model="runs/late", videos=("a.mp4",)))          # in-process
     run_predict(PredictConfig(model="runs/late", manifest="m.parquet", out="predictions/"))
