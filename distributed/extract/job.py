@@ -3,7 +3,6 @@
 Python API::
 
     from reslstm.configs import ExtractConfig
-from reslstm.configs.options import window_videos
     from reslstm.distributed.extract.job import run_extraction
     summary = run_extraction(ExtractConfig(manifest="m.parquet", out="features/",
                                            extractor="i3d", weights="rgb_imagenet.pt",
