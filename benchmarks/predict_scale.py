@@ -16,6 +16,15 @@ jobs' default, 2048 on this machine).
     python benchmarks/predict_scale.py                                  # N = 100, 400, 1600
     python benchmarks/predict_scale.py --window-videos 200              # 8 pipelines at 1600
     python benchmarks/predict_scale.py --job extract --window-videos 0
+    python benchmarks/predict_scale.py --job extract,extract-null,ray --videos 400,4000
+
+What of the driver's growth is Ray's own: ``--job extract-null`` runs the same extraction job
+(plan, windows, writer, progress) with stages that only replay the rows the real stages made
+for one of the videos (its segments, with each video's id), and ``--job ray`` the same
+pipelines of null stages with the rows only counted in the driver (no writer). The three run
+the same blocks per video through the same operators and resources; what the driver's heap
+does in ``ray`` is Ray Data's and Ray Core's, the difference to ``extract-null`` the project's
+driver code, and the rest the real stages' (larger objects, longer runs).
 """
 
 from __future__ import annotations
@@ -63,6 +72,64 @@ def model_file(path: Path) -> Path:
     return path
 
 
+REPLAY: dict = {}  # stream -> the feature-stage rows of one video (``--job extract-null``, ``ray``)
+
+
+def _replay_decode(batch: pa.Table, cfg):
+    """Null decode stage: the recorded rows of the item's stream, with its id and path."""
+    vid, path = batch.column("video_id")[0], batch.column("path")[0]
+    for row in REPLAY[batch.column("stream")[0].as_py()]:
+        row = row.set_column(row.schema.get_field_index("video_id"), "video_id", pa.array([vid]))
+        yield row.set_column(row.schema.get_field_index("path"), "path", pa.array([path]))
+
+
+def _null_flow(batch: pa.Table, cfg) -> pa.Table:
+    return batch
+
+
+class _NullFeatures:
+    def __init__(self, cfg, streams):
+        pass
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch
+
+
+def record_replay(cfg, path: Path) -> None:
+    """The rows the real stages make for one video, per stream, into ``REPLAY``; the pipeline's
+    stages replaced by null ones that replay them (module docstring)."""
+    from reslstm.distributed.extract import pipeline
+    from reslstm.extraction.settings import resolve_settings
+    from reslstm.extraction.stages import FeatureStage, decode_segments, flow_stage
+
+    stage, _ = resolve_settings(cfg)
+    features = FeatureStage(stage, cfg.streams)
+    for s in cfg.streams:
+        item = pa.Table.from_pylist([{"video_id": "one", "stream": s, "path": str(path),
+                                      "label": 0, "label_name": CLASSES[0], "split": "test"}])
+        REPLAY[s] = [features(flow_stage(seg, stage)) for seg in decode_segments(item, stage)]
+        assert all(r.column("kind")[0].as_py() == "segment" for r in REPLAY[s]), REPLAY[s]
+    pipeline.decode_segments, pipeline.flow_stage = _replay_decode, _null_flow
+    pipeline.FeatureStage = _NullFeatures
+
+
+def ray_only(cfg) -> int:
+    """The job's pipelines over its windows, rows counted, nothing written (``--job ray``)."""
+    import ray
+
+    from reslstm.configs.options import window_videos
+    from reslstm.distributed.extract.pipeline import PipelinePlan, build_pipeline, run_windows
+    from reslstm.distributed.runtime import cluster_cpus, cluster_gpus
+    from reslstm.extraction.driver import start
+
+    with start(cfg) as run:
+        plan = PipelinePlan.make(run.stage, cfg.streams, cluster_cpus(), cluster_gpus(),
+                                 ray.cluster_resources().get("object_store_memory", 0))
+        window = window_videos(cfg.window_videos, cluster_cpus()) * len(cfg.streams)
+        return sum(b.num_rows for b in run_windows(run.items, window,
+                                                   lambda w: build_pipeline(w, plan)))
+
+
 def run(n: int, root: Path, results: dict, job: str, window: int | None) -> None:
     import ray
 
@@ -89,6 +156,8 @@ def run(n: int, root: Path, results: dict, job: str, window: int | None) -> None
     else:
         cfg = ExtractConfig(manifest=str(manifest), out=str(root / "store"), extractor="tiny3d",
                             flow="dis", crops=1, window_videos=window, experiment="none")
+    if job in ("extract-null", "ray"):
+        record_replay(cfg, one)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     for name in ("ray.data", "reslstm"):
@@ -97,8 +166,12 @@ def run(n: int, root: Path, results: dict, job: str, window: int | None) -> None
         if job == "predict":
             summary = timed("batch predict", results, n, lambda: run_batch(cfg))
             done, failed = summary.predicted, summary.failed
+        elif job == "ray":
+            rows = timed(job, results, n, lambda: ray_only(cfg))
+            per_video = sum(len(r) for r in REPLAY.values())
+            done, failed = rows // per_video, f"{rows} rows of {n * per_video}"
         else:
-            summary = timed("extract", results, n, lambda: run_extraction(cfg))
+            summary = timed(job, results, n, lambda: run_extraction(cfg))
             done, failed = min(summary.written.values()), summary.failed
     finally:
         ray.shutdown()
@@ -110,7 +183,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", default="100,400,1600", help="comma list of N")
-    p.add_argument("--job", choices=("predict", "extract"), default="predict")
+    p.add_argument("--job", default="predict",
+                   help="predict, extract, extract-null or ray, or a comma list of them (module "
+                        "docstring)")
     p.add_argument("--window-videos", type=int, default=None,
                    help="videos per Ray Data pipeline (0: one for the whole job)")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one N in this process
@@ -125,19 +200,32 @@ def main() -> None:
         print("RESULT " + json.dumps({k: v[a.one] for k, v in results.items()}), flush=True)
         return
     sizes = [int(v) for v in a.videos.split(",")]
-    args = ["--job", a.job] + ([] if a.window_videos is None
-                               else ["--window-videos", str(a.window_videos)])
-    results = each_in_a_process(__file__, sizes, args,
-                                f"{a.job}, --window-videos {a.window_videos}")
+    jobs = a.job.split(",")
+    if set(jobs) - set(JOBS):
+        p.error(f"--job: {', '.join(sorted(set(jobs) - set(JOBS)))} unknown; one of {JOBS}")
     small, large = sizes[0], sizes[-1]
-    stage = "batch predict" if a.job == "predict" else "extract"
-    (t0, m0, o0, _), (t1, m1, o1, c1) = results[stage][small], results[stage][large]
-    print(f"\nN = {large:,} against N = {small:,}: time per video "
-          f"{(t1 / large) / (t0 / small):.2f}x, driver peak RSS growth {m1 / max(m0, 1):.2f}x "
-          f"({m0 / 2**20:.0f} -> {m1 / 2**20:.0f} MiB), of its heap (RssAnon: without libraries "
-          f"and object-store pages) {o1 / max(o0, 1):.2f}x ({o0 / 2**20:.0f} -> "
-          f"{o1 / 2**20:.0f} MiB); from 50 to 90 % of the run at N = {large:,} the heap rose "
-          f"{c1 / 1024:+.1f} KB per video")
+    creep = {}
+    for job in jobs:
+        args = ["--job", job] + ([] if a.window_videos is None
+                                 else ["--window-videos", str(a.window_videos)])
+        results = each_in_a_process(__file__, sizes, args,
+                                    f"{job}, --window-videos {a.window_videos}")
+        stage = "batch predict" if job == "predict" else job
+        (t0, m0, o0, _), (t1, m1, o1, c1) = results[stage][small], results[stage][large]
+        creep[job] = c1
+        print(f"\n{job}: N = {large:,} against N = {small:,}: time per video "
+              f"{(t1 / large) / (t0 / small):.2f}x, driver peak RSS growth {m1 / max(m0, 1):.2f}x "
+              f"({m0 / 2**20:.0f} -> {m1 / 2**20:.0f} MiB), of its heap (RssAnon: without "
+              f"libraries and object-store pages) {o1 / max(o0, 1):.2f}x ({o0 / 2**20:.0f} -> "
+              f"{o1 / 2**20:.0f} MiB); from 50 to 90 % of the run at N = {large:,} the heap rose "
+              f"{c1 / 1024:+.1f} KB per video ({1e3 * t1 / large:.0f} ms per video)\n",
+              flush=True)
+    if len(creep) > 1:
+        print(f"heap rise per video from 50 to 90 % of the run at N = {large:,}: " + ", ".join(
+            f"{job} {c / 1024:+.1f} KB" for job, c in creep.items()))
+
+
+JOBS = ("predict", "extract", "extract-null", "ray")
 
 
 if __name__ == "__main__":
