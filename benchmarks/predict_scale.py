@@ -211,7 +211,7 @@ def main() -> None:
         results = each_in_a_process(__file__, sizes, args,
                                     f"{job}, --window-videos {a.window_videos}")
         stage = "batch predict" if job == "predict" else job
-        (t0, m0, o0, _), (t1, m1, o1, c1) = results[stage][small], results[stage][large]
+        (t0, m0, o0, _), (t1, m1, o1, c1) = results[stage][small][:4], results[stage][large][:4]
         creep[job] = c1
         print(f"\n{job}: N = {large:,} against N = {small:,}: time per video "
               f"{(t1 / large) / (t0 / small):.2f}x, driver peak RSS growth {m1 / max(m0, 1):.2f}x "
