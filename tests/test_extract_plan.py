@@ -10,6 +10,7 @@ from reslstm import listing, storage
 from reslstm.configs import ExtractConfig
 from reslstm.datasets.manifest import MANIFEST_SCHEMA
 from reslstm.extraction.driver import plan_work
+from reslstm.extraction.segments import SEGMENT_SCHEMA
 
 
 def _manifest(tmp_path, sizes):
@@ -236,3 +237,40 @@ def test_release_free_heap_gives_free_pages_back():
     assert release_free_heap()
     assert before - anon() > 32 * 2**20
     del blocks
+
+
+def test_while_a_job_runs_the_driver_holds_its_work_items_only(tmp_path):
+    """Once planned, the job holds its items: not the manifest nor the store's ids (here half
+    the videos written, long paths and ids so each copy would show)."""
+    from reslstm.datasets.manifest import write_manifest
+    from reslstm.extraction.driver import start
+    from reslstm.extraction.settings import resolve_settings
+    from reslstm.extraction.writer import StoreWriter
+
+    n, long = 3000, "x" * 120
+    rows = [{"video_id": f"{long}{i:05d}", "path": str(tmp_path / f"{long}{i:05d}.mp4"),
+             "label": 0, "label_name": "a", "split": "train"} for i in range(n)]
+    write_manifest(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp_path / "m.parquet")
+    cfg = ExtractConfig(manifest=str(tmp_path / "m.parquet"), out=str(tmp_path / "store"),
+                        extractor="tiny3d", streams=("rgb",))
+    _, settings = resolve_settings(cfg)
+    store = fs.FeatureStore(cfg.out)
+    store.prepare(settings)
+    w = StoreWriter(store, settings, run_id="r0")
+    dim = settings["rgb"].feature_dim
+    for r in rows[: n // 2]:
+        w.consume(pa.Table.from_pylist([{
+            **r, "stream": "rgb", "kind": "segment", "seg_index": 0, "first_clip": 0,
+            "num_clips": 1, "is_last": True, "total_frames": 16, "padded": False, "fps": 25.0,
+            "warning": None, "data": np.zeros(dim, np.float32).tobytes(), "shape": [1, dim]}],
+            schema=SEGMENT_SCHEMA))
+    w.close()
+    del w, rows
+    before = pa.total_allocated_bytes()
+    with start(cfg) as run:
+        held = pa.total_allocated_bytes() - before
+        assert len(run.items) == n // 2
+        assert run.store._written is None and run.store._failures is None
+        # The items' buffers and a few KiB; the manifest would add about 2x, the ids 0.5x.
+        assert held < 1.1 * run.items.get_total_buffer_size() + 64 * 1024, (
+            held, run.items.get_total_buffer_size())

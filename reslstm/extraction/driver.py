@@ -27,6 +27,7 @@ from reslstm import storage
 from reslstm.configs import ExtractConfig
 from reslstm.features import FeatureStore, StreamSettings
 from reslstm.listing import file_size_array
+from reslstm.memory import release_memory
 
 from .segments import STAGES
 from .settings import ExtractError, TooManyFailures, resolve_settings
@@ -183,6 +184,10 @@ def start(cfg: ExtractConfig, check: Callable[[StageConfig], None] = lambda stag
         store.prepare(settings, overwrite=cfg.overwrite, manifest=str(storage.resolve(cfg.manifest)),
                       **({"extraction_runs": runs} if runs else {}))
         items, done, failed = plan_work(cfg, manifest, store, stage.videos)
+        # The job holds its work items only: not the manifest, nor the store's ids it planned with.
+        del manifest
+        store.forget_ids()
+        release_memory()
         yield Run(cfg, store, stage, settings, items, done, failed)
 
 

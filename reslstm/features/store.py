@@ -207,6 +207,11 @@ class FeatureStore:
                                                 self.root.filesystem, pa.string())
         return self._written[stream]
 
+    def forget_ids(self) -> None:
+        """Drop the ids and failures read so far; they are read again when next asked for (a
+        job plans with them once and should not hold them while it runs)."""
+        self._written, self._failures = None, None
+
     def written_ids(self, stream: str) -> set[str]:
         """video_ids that have a row in ``stream``."""
         return set(self.written_id_array(stream).to_pylist())
@@ -292,7 +297,7 @@ class FeatureStore:
             compaction.finish(d)
         self.write_metadata({**{s: v for s, v in old.items() if s not in settings}, **settings},
                             **extra)
-        self._written, self._failures = None, None
+        self.forget_ids()
 
     def _holds(self, stream: str) -> bool:
         return len(self.written_id_array(stream)) > 0 or stream in set(
@@ -320,7 +325,7 @@ class FeatureStore:
         names = [s for s in STREAMS if self.stream_dir(s).exists()] + [FAILURES_DIR]
         done = {name: compaction.compact(self.root.join(name), target_bytes, self.check_lock)
                 for name in names}
-        self._written, self._failures = None, None
+        self.forget_ids()
         return done
 
     # -- one writer at a time -----------------------------------------------------------------
