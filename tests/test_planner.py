@@ -17,7 +17,8 @@ from reslstm import features as fs
 from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest
 from reslstm.datasets.synthetic import generate_synthetic
 from reslstm.extraction.driver import run_local
-from reslstm.extraction.planner import (FACTS_SCHEMA, DryRun, Estimate, frames_of, header_facts)
+from reslstm.extraction.planner import (COUNT_SCHEMA, FACTS_SCHEMA, DryRun, Estimate, Layout,
+                                        count_video, frames_of, header_facts)
 from reslstm.sampling import num_clips
 from reslstm.video.decoding import probe
 
@@ -35,15 +36,25 @@ def test_frames_from_the_headers():
     assert frames_of(fact("a", frames=100, duration=4.01), 10) == 41  # the grid point at 4.0 s
 
 
+def counted(facts: list[dict], todo: dict, layout: Layout) -> pa.Table:
+    """Facts with their counts, as ``facts_batch`` makes them in the tasks."""
+    schema = pa.schema(list(FACTS_SCHEMA) + list(COUNT_SCHEMA))
+    return pa.Table.from_pylist([{**f, **count_video(f, {s: f["video_id"] in todo.get(s, ())
+                                                         for s in ("rgb", "flow")}, layout)}
+                                 for f in facts], schema=schema)
+
+
 def test_the_dry_run_counts_by_hand():
     report = DryRun(streams=("rgb", "flow"), clip_len=16, clip_stride=8, feature_dim=4, fps=None,
-                    todo={"rgb": {"a", "b", "bad"}, "flow": {"a", "bad"}}, in_store=1)
-    facts = pa.Table.from_pylist([
-        fact("a", frames=100), fact("b", frames=40), fact("done", frames=1000),
-        fact("bad", ok=False, error_type="VideoDecodeError:truncated", message="cut short")],
-        schema=FACTS_SCHEMA)
-    bad = report.add(facts)
-    assert [b["video_id"] for b in bad] == ["bad"]
+                    in_store=1)
+    todo = {"rgb": {"a", "b", "bad"}, "flow": {"a", "bad"}}
+    facts = [fact("a", frames=100), fact("b", frames=40), fact("done", frames=1000),
+             fact("bad", ok=False, error_type="VideoDecodeError:truncated", message="cut short")]
+    half = report.add(counted(facts[:2], todo, report.layout))  # two batches add up
+    bad = report.add(counted(facts[2:], todo, report.layout))
+    assert half.num_rows == 0 and bad.to_pylist() == [
+        {"video_id": "bad", "path": "/v/bad.mp4", "error_type": "VideoDecodeError:truncated",
+         "message": "cut short"}]
     assert report.videos == 3 and report.readable == 2 and report.unreadable_count == 1
     assert report.clips == {"rgb": num_clips(100, 16, 8) + num_clips(40, 16, 8),
                             "flow": num_clips(99, 16, 8)}
@@ -52,9 +63,36 @@ def test_the_dry_run_counts_by_hand():
     assert report.flow_pairs == 99
     assert report.feature_bytes == (15 + 11) * 4 * 4
     assert report.seconds == 8.0
+    assert report.frames_table().to_pylist() == [
+        {"video_id": "a", "frames": 100, "work_frames": 200},
+        {"video_id": "b", "frames": 40, "work_frames": 40}]
     text = report.text()
     assert "cannot be opened: 1" in text and "/v/bad.mp4: VideoDecodeError:truncated: cut short" in text
     assert "the store already has 1" in text
+
+
+def test_a_video_counts_its_streams_to_do_only_and_fps_sets_its_frames():
+    layout = Layout(16, 8, fps=10)
+    c = count_video(fact("a", frames=100, duration=4.0), {"flow": True}, layout)
+    assert c == {"todo_rgb": False, "todo_flow": True, "frames": 40, "work_frames": 40,
+                 "flow_pairs": 39, "clips_rgb": 0, "clips_flow": num_clips(39, 16, 8)}
+    assert count_video(fact("b", ok=False), {"rgb": True}, layout)["work_frames"] == 0
+
+
+def test_calibration_picks_spread_from_the_fewest_frames_to_the_most():
+    from reslstm.distributed.extract.plan import sample
+
+    report = DryRun(streams=("rgb",), clip_len=16, clip_stride=8, feature_dim=4, fps=None)
+    frames = {f"v{i}": f for i, f in enumerate([50, 10, 90, 30, 70, 10, 20, 80, 60])}
+    todo = {"rgb": set(frames)}
+    facts = [fact(v, frames=f) for v, f in frames.items()]
+    for lo in range(0, len(facts), 4):
+        report.add(counted(facts[lo:lo + 4], todo, report.layout))
+    # By frames, then id: v1 v5 (10) v6 v3 v0 v8 v4 v7 v2; 3 picks: the first, middle, last.
+    assert sample(report, 3) == ["v0", "v1", "v2"]
+    assert sample(report, 100) == sorted(frames)
+    with pytest.raises(Exception, match="no readable video"):
+        sample(DryRun(streams=("rgb",), clip_len=16, clip_stride=8, feature_dim=4, fps=None), 2)
 
 
 def test_the_estimate_by_hand():

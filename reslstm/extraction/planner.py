@@ -1,11 +1,16 @@
 """What an extraction will cost, before it runs: ``jobs/extract.py --dry-run`` and ``--calibrate``.
 
 ``header_facts`` reads one video's container headers (no decoding: ``probe(decode_first=False)``)
-and ``facts_batch`` does it for a batch of manifest rows (Ray Data runs it across the cluster).
-``DryRun`` adds the facts up, one batch at a time: videos, hours, frames after ``--fps``, clips
-per stream, flow pairs, the bytes of features the job will write, and every file it cannot
-open, with why. Counts are of the work still to do: (video, stream) pairs the store already
-has, or recorded as failed, are counted apart and left out.
+and ``facts_batch`` does it for a batch of manifest rows (Ray Data runs it across the cluster),
+counting each video's work there too: the rows carry, per stream, whether that stream is still
+to do (``todo_rgb``, ``todo_flow``: not in the store, not recorded as failed), and get its RGB
+frames, the frames to decode over the streams to do, its clips per stream and flow pairs.
+``DryRun`` adds those columns up in the driver, one batch at a time with Arrow kernels (no
+Python object per video): videos, hours, frames after ``--fps``, clips per stream, flow pairs,
+the bytes of features the job will write, and every file it cannot open, with why; it keeps
+(video_id, frames, work frames) of the readable videos to do as Arrow columns, from which
+``--calibrate`` picks its sample. Counts are of the work still to do: (video, stream) pairs the
+store already has, or recorded as failed, are counted apart and left out.
 
 Frames of a video: with ``--fps F``, ceil(duration x F), the grid points before its end
 (``reslstm.video.timing``); without, the frame count the container declares, or duration x its
@@ -26,7 +31,9 @@ import dataclasses
 import math
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from reslstm.fusion import STREAMS
 from reslstm.sampling import num_clips
 
 FACTS_SCHEMA = pa.schema([
@@ -58,11 +65,54 @@ def header_facts(video_id: str, path: str, videos=None) -> dict:
     return row
 
 
-def facts_batch(batch: pa.Table, videos=None) -> pa.Table:
-    """Ray Data stage: manifest rows (video_id, path) -> ``FACTS_SCHEMA`` rows."""
+COUNT_SCHEMA = pa.schema(
+    [(f"todo_{s}", pa.bool_()) for s in STREAMS]
+    + [("frames", pa.int64()),          # RGB frames extraction will read (0: unreadable)
+       ("work_frames", pa.int64()),     # ... summed over the streams to do
+       ("flow_pairs", pa.int64())]
+    + [(f"clips_{s}", pa.int64()) for s in STREAMS])
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What the counts depend on: the clips' length and stride and ``--fps``."""
+
+    clip_len: int
+    clip_stride: int
+    fps: float | None = None
+
+
+def facts_batch(batch: pa.Table, videos=None, layout: Layout | None = None) -> pa.Table:
+    """Ray Data stage: manifest rows (video_id, path, and ``todo_<stream>`` when counting) ->
+    ``FACTS_SCHEMA`` rows, with the ``COUNT_SCHEMA`` columns when ``layout`` is given."""
     rows = [header_facts(v, p, videos) for v, p in zip(batch.column("video_id").to_pylist(),
                                                       batch.column("path").to_pylist())]
-    return pa.Table.from_pylist(rows, schema=FACTS_SCHEMA)
+    facts = pa.Table.from_pylist(rows, schema=FACTS_SCHEMA)
+    if layout is None:
+        return facts
+    todo = {s: (batch.column(f"todo_{s}").to_pylist() if f"todo_{s}" in batch.column_names
+                else [False] * batch.num_rows) for s in STREAMS}
+    counts = [count_video(fact, {s: todo[s][i] for s in STREAMS}, layout)
+              for i, fact in enumerate(rows)]
+    for field in COUNT_SCHEMA:
+        facts = facts.append_column(field, pa.array([c[field.name] for c in counts], field.type))
+    return facts
+
+
+def count_video(fact: dict, todo: dict, layout: Layout) -> dict:
+    """One video's ``COUNT_SCHEMA`` values from its facts; ``todo``: {stream: still to do}."""
+    out = {f"todo_{s}": bool(todo.get(s)) for s in STREAMS}
+    out.update(frames=0, work_frames=0, flow_pairs=0, **{f"clips_{s}": 0 for s in STREAMS})
+    if not fact["ok"]:
+        return out
+    rgb = out["frames"] = frames_of(fact, layout.fps)
+    for s in STREAMS:
+        if todo.get(s):
+            n = rgb - 1 if s == "flow" else rgb
+            out[f"clips_{s}"] = num_clips(max(n, 1), layout.clip_len, layout.clip_stride)
+            out["work_frames"] += rgb
+            out["flow_pairs"] += max(n, 0) if s == "flow" else 0
+    return out
 
 
 def frames_of(fact: dict, fps: float | None) -> int:
@@ -75,18 +125,20 @@ def frames_of(fact: dict, fps: float | None) -> int:
     return max(1, round(duration * (fact["fps"] or 0.0)))
 
 
+FRAMES_SCHEMA = pa.schema([("video_id", pa.string()), ("frames", pa.int64()),
+                           ("work_frames", pa.int64())])
+
+
 @dataclasses.dataclass
 class DryRun:
-    """The dry run's totals (module docstring), added up one batch of facts at a time.
-    ``todo``: {stream: video_ids still to extract for that stream} (not in the store, not
-    recorded as failed)."""
+    """The dry run's totals (module docstring), added up one batch of counted facts at a
+    time (``facts_batch`` with a layout)."""
 
     streams: tuple[str, ...]
     clip_len: int
     clip_stride: int
     feature_dim: int
     fps: float | None
-    todo: dict
     in_store: int = 0              # (video, stream) pairs the store has
     recorded_failed: int = 0       # pairs recorded as failed (retried with --retry-failed)
     videos: int = 0
@@ -98,34 +150,42 @@ class DryRun:
     feature_bytes: int = 0
     unreadable: list = dataclasses.field(default_factory=list)   # the first few (path, error)
     unreadable_count: int = 0
-    frames_per_video: dict = dataclasses.field(default_factory=dict)  # video_id -> frames
+    readable_frames: list = dataclasses.field(default_factory=list)  # FRAMES_SCHEMA tables
 
-    def add(self, facts: pa.Table) -> list[dict]:
-        """Count a batch of facts; returns its unreadable rows (for the list file)."""
-        bad = []
-        for fact in facts.to_pylist():
-            streams = [s for s in self.streams if fact["video_id"] in self.todo.get(s, ())]
-            if not streams:
-                continue
-            self.videos += 1
-            if not fact["ok"]:
-                self.unreadable_count += 1
-                bad.append(fact)
-                if len(self.unreadable) < SHOWN_UNREADABLE:
-                    self.unreadable.append((fact["path"], f"{fact['error_type']}: {fact['message']}"))
-                continue
-            self.readable += 1
-            self.seconds += fact["duration_s"] or 0.0
-            rgb = frames_of(fact, self.fps)
-            self.frames_per_video[fact["video_id"]] = rgb
-            for s in streams:
-                n = rgb - 1 if s == "flow" else rgb
-                k = num_clips(max(n, 1), self.clip_len, self.clip_stride)
-                self.clips[s] = self.clips.get(s, 0) + k
-                self.frames += rgb
-                self.flow_pairs += max(n, 0) if s == "flow" else 0
-                self.feature_bytes += k * self.feature_dim * 4
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.clip_len, self.clip_stride, self.fps)
+
+    def add(self, facts: pa.Table) -> pa.Table:
+        """Count a batch of counted facts; returns its unreadable rows to do (for the list
+        file): video_id, path, error_type, message."""
+        todo = facts.column(f"todo_{self.streams[0]}")
+        for s in self.streams[1:]:
+            todo = pc.or_(todo, facts.column(f"todo_{s}"))
+        facts = facts.filter(todo)
+        ok = facts.column("ok")
+        bad = facts.filter(pc.invert(ok)).select(["video_id", "path", "error_type", "message"])
+        good = facts.filter(ok)
+        self.videos += facts.num_rows
+        self.unreadable_count += bad.num_rows
+        for row in bad.slice(0, max(0, SHOWN_UNREADABLE - len(self.unreadable))).to_pylist():
+            self.unreadable.append((row["path"], f"{row['error_type']}: {row['message']}"))
+        self.readable += good.num_rows
+        total = lambda name: pc.sum(good.column(name)).as_py() or 0  # noqa: E731
+        self.seconds += total("duration_s")
+        self.frames += total("work_frames")
+        self.flow_pairs += total("flow_pairs")
+        for s in self.streams:
+            k = total(f"clips_{s}")
+            self.clips[s] = self.clips.get(s, 0) + k
+            self.feature_bytes += k * self.feature_dim * 4
+        self.readable_frames.append(good.select(FRAMES_SCHEMA.names).cast(FRAMES_SCHEMA))
         return bad
+
+    def frames_table(self) -> pa.Table:
+        """(video_id, frames, work_frames) of every readable video to do."""
+        return (pa.concat_tables(self.readable_frames) if self.readable_frames
+                else FRAMES_SCHEMA.empty_table())
 
     def text(self) -> str:
         per = ", ".join(f"{s} {self.clips.get(s, 0):,}" for s in self.streams)
