@@ -3,7 +3,8 @@ the ETA of ``--calibrate N`` against the measured time of the real run.
 
 1. Dry run: a manifest of ``--links`` entries (default 10 000), hard links to one synthetic
    video (every entry is its own file to open), read with ``--dry-run`` on a local Ray. Target:
-   under a minute on 2 cores. Printed: the wall time of the command and of the header reading.
+   under a minute on 2 cores. Printed: the wall time of the command and of the header reading,
+   and the peak RSS of the command's own process (the driver).
 2. ETA: a synthetic set of ``--videos-per-class`` x 11 videos (default 18: 198) extracted with
    tiny3d, one crop and ``--flow`` (default tvl1, the slow CPU stage); first ``--dry-run
    --calibrate N`` (default 8) prints the estimated time, then the real run prints its own
@@ -15,6 +16,7 @@ own local Ray.
 
     python benchmarks/plan_eta.py
     python benchmarks/plan_eta.py --links 2000 --videos-per-class 6 --calibrate 4   # quicker
+    python benchmarks/plan_eta.py --no-eta                                          # 1. only
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,15 +40,39 @@ from reslstm.datasets.synthetic import generate_synthetic
 REPO = Path(__file__).resolve().parents[1]
 
 
+PEAK_RSS = {"last": 0}  # the last command's peak RSS (its own process: the driver), bytes
+
+
 def extract(*args: str) -> tuple[str, float]:
-    """Run jobs/extract.py; (its output, wall seconds)."""
+    """Run jobs/extract.py; (its output, wall seconds). Its driver's peak RSS, polled every
+    20 ms, goes to ``PEAK_RSS["last"]``."""
+    import psutil
+
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "extract.py"), *args],
-                          capture_output=True, text=True, cwd=tempfile.gettempdir())
+    proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "extract.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tempfile.gettempdir())
+    peak, me = 0, psutil.Process(proc.pid)
+    stop = threading.Event()
+
+    def poll():
+        nonlocal peak
+        while not stop.wait(0.02):
+            try:
+                peak = max(peak, me.memory_info().rss)
+            except psutil.Error:
+                return
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    stdout, stderr = proc.communicate()
+    stop.set()
+    watcher.join()
     wall = time.monotonic() - start
+    PEAK_RSS["last"] = peak
     if proc.returncode:
-        sys.exit(f"jobs/extract.py {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout, wall
+        sys.exit(f"jobs/extract.py {' '.join(args)} failed:\n{stdout}\n{stderr}")
+    return stdout, wall
 
 
 def number(pattern: str, text: str) -> float:
@@ -61,6 +88,7 @@ def main() -> None:
     p.add_argument("--videos-per-class", type=int, default=18, help="x 11 videos for the ETA")
     p.add_argument("--calibrate", type=int, default=8, help="videos the calibration extracts")
     p.add_argument("--flow", default="tvl1", help="flow method of the ETA runs")
+    p.add_argument("--no-eta", action="store_true", help="only the dry run (1.)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -80,8 +108,11 @@ def main() -> None:
                             "--extractor", "tiny3d", "--dry-run")
         headers = number(r"headers read in ([\d.]+) s", out)
         print(f"dry run, {a.links:,} files: {wall:.1f} s for the command, {headers:.1f} s reading "
-              f"headers ({a.links / headers:,.0f} files/s); target under 60 s: "
+              f"headers ({a.links / headers:,.0f} files/s), the driver's peak RSS "
+              f"{PEAK_RSS['last'] / 2**20:,.0f} MiB; target under 60 s: "
               f"{'met' if wall < 60 else 'MISSED'}")
+        if a.no_eta:
+            return
         # 2. the ETA against the real run
         manifest = generate_synthetic(tmp / "set", videos_per_class=a.videos_per_class, seed=1)
         n = pq.read_table(manifest).num_rows

@@ -43,7 +43,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import each_in_a_process, timed  # noqa: E402
+import psutil  # noqa: E402  (a core dependency)
+from scale import each_in_a_process, memory_now, timed  # noqa: E402
 
 from reslstm.datasets.manifest import MANIFEST_SCHEMA, write_manifest  # noqa: E402
 
@@ -114,7 +115,8 @@ def record_replay(cfg, path: Path) -> None:
 
 
 def ray_only(cfg) -> int:
-    """The job's pipelines over its windows, rows counted, nothing written (``--job ray``)."""
+    """The job's pipelines over its windows, rows counted, nothing written (``--job ray``);
+    the driver's heap printed at every fifth window's end."""
     import ray
 
     from reslstm.configs.options import window_videos
@@ -122,12 +124,20 @@ def ray_only(cfg) -> int:
     from reslstm.distributed.runtime import cluster_cpus, cluster_gpus
     from reslstm.extraction.driver import start
 
+    me, ends = psutil.Process(), []
+
+    def build(items):  # a window's pipeline is built when the one before has ended
+        ends.append(memory_now(me)[1])
+        if len(ends) % 5 == 0:
+            print(f"    after {len(ends) - 1} windows: heap {ends[-1] / 2**20:,.0f} MiB "
+                  f"(lowest of the last 5: {min(ends[-5:]) / 2**20:,.0f})", flush=True)
+        return build_pipeline(items, plan)
+
     with start(cfg) as run:
         plan = PipelinePlan.make(run.stage, cfg.streams, cluster_cpus(), cluster_gpus(),
                                  ray.cluster_resources().get("object_store_memory", 0))
         window = window_videos(cfg.window_videos, cluster_cpus()) * len(cfg.streams)
-        return sum(b.num_rows for b in run_windows(run.items, window,
-                                                   lambda w: build_pipeline(w, plan)))
+        return sum(b.num_rows for b in run_windows(run.items, window, build))
 
 
 def run(n: int, root: Path, results: dict, job: str, window: int | None) -> None:

@@ -57,6 +57,30 @@ def test_write_part_is_atomic_and_readable_by_plain_pyarrow(tmp_path):
     assert only_val.num_rows == 0
 
 
+def test_ids_are_read_in_file_order_with_threads_by_filesystem(tmp_path, monkeypatch):
+    """A stream's ids come back in file order; a local disk is read one thread per CPU, object
+    storage 16 at a time (each read waits on a request)."""
+    import pyarrow.fs as pafs
+
+    from reslstm.features import store as store_mod
+
+    d = tmp_path / "store" / "rgb"
+    for i in range(5):
+        fs.write_part(d, _rows([f"v{i}a", f"v{i}b"], 4)[0])
+    files = sorted(str(p) for p in d.glob("*.parquet"))
+    sizes = []
+    real = store_mod.ThreadPoolExecutor
+    monkeypatch.setattr(store_mod, "ThreadPoolExecutor", lambda n: sizes.append(n) or real(n))
+    monkeypatch.setattr(store_mod.os, "cpu_count", lambda: 3)
+    local = store_mod.read_column(files, "video_id", pafs.LocalFileSystem(), pa.string())
+    other = store_mod.read_column([p.rsplit("/", 1)[1] for p in files], "video_id",
+                                  pafs.SubTreeFileSystem(str(d), pafs.LocalFileSystem()),
+                                  pa.string())  # not the local one, as S3's is not
+    expected = [f"v{i}{c}" for i in range(5) for c in "ab"]
+    assert local.to_pylist() == expected and other.to_pylist() == expected
+    assert sizes == [3, 16]
+
+
 def test_read_stream_missing_says_what_to_run(tmp_path):
     with pytest.raises(fs.StoreError, match="jobs/extract.py --streams flow"):
         fs.read_stream(tmp_path, "flow")

@@ -60,6 +60,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from reslstm import storage
@@ -88,14 +89,21 @@ def write_part(directory, table: pa.Table, name: str | None = None) -> str:
 
 
 def read_column(files: Sequence[str], column: str, filesystem, type_: pa.DataType,
-                threads: int = 16) -> pa.Array:
+                threads: int | None = None) -> pa.Array:
     """One column of Parquet ``files``, in order, read ``threads`` files at a time, each file's
     metadata dropped once read. A pyarrow dataset over the same files keeps every file's
     metadata until the scan ends: 5 120 part files of a killed job's store took +238 MiB to
-    read their ids that way, +32 MiB this way."""
+    read their ids that way, +32 MiB this way. Threads: by default 16 on object storage (each
+    read waits on a request), one per CPU on a local disk, where each read is CPU work and more
+    threads only contend (2 561 files of 50 rows on 2 CPUs: 1.0 s with 16 threads, 0.5-0.65 s
+    with 2); each file is decoded on its own thread alone."""
+    if threads is None:
+        local = isinstance(filesystem, pafs.LocalFileSystem)
+        threads = max(1, min(16, os.cpu_count() or 1)) if local else 16
+
     def one(path: str) -> pa.ChunkedArray:
         with filesystem.open_input_file(path) as f:
-            return pq.ParquetFile(f).read(columns=[column]).column(column)
+            return pq.ParquetFile(f).read(columns=[column], use_threads=False).column(column)
 
     with ThreadPoolExecutor(threads) as pool:
         chunks = [c for col in pool.map(one, files) for c in col.chunks]
