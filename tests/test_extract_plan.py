@@ -274,3 +274,24 @@ def test_while_a_job_runs_the_driver_holds_its_work_items_only(tmp_path):
         # The items' buffers and a few KiB; the manifest would add about 2x, the ids 0.5x.
         assert held < 1.1 * run.items.get_total_buffer_size() + 64 * 1024, (
             held, run.items.get_total_buffer_size())
+
+
+def test_a_local_folder_is_listed_a_chunk_at_a_time_as_pyarrow_lists_it(tmp_path, monkeypatch):
+    """``os.scandir`` in chunks of 2 gives the files pyarrow's listing gives: files and links
+    to files with their sizes; no folders, no dangling links; a missing folder is empty."""
+    import os
+
+    for i in range(6):  # 7 files with the link: 3 chunks of 2 and the rest
+        (tmp_path / f"v{i}.mp4").write_bytes(b"\0" * (10 + i))
+    (tmp_path / "sub").mkdir()
+    os.symlink(tmp_path / "v1.mp4", tmp_path / "link.mp4")
+    os.symlink(tmp_path / "gone.mp4", tmp_path / "dangling.mp4")
+    monkeypatch.setattr(listing, "CHUNK", 2)
+    names, sizes = listing._listing(pafs.LocalFileSystem(), str(tmp_path))
+    got = sorted(zip(names.to_pylist(), sizes.tolist()))
+    assert got == sorted([(f"v{i}.mp4", 10 + i) for i in range(6)] + [("link.mp4", 11)])
+    wrapped = pafs.SubTreeFileSystem("/", pafs.LocalFileSystem())  # pyarrow's listing
+    ref_names, ref_sizes = listing._listing(wrapped, str(tmp_path).lstrip("/"))
+    assert got == sorted(zip(ref_names.to_pylist(), ref_sizes.tolist()))
+    empty = listing._listing(pafs.LocalFileSystem(), str(tmp_path / "missing"))
+    assert len(empty[0]) == 0 and len(empty[1]) == 0
