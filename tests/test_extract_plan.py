@@ -35,7 +35,8 @@ def test_largest_files_first_streams_of_a_video_together_flow_first(tmp_path):
 
 
 def test_written_and_failed_pairs_are_skipped_per_stream(tmp_path, monkeypatch):
-    manifest = _manifest(tmp_path, {"a": 30, "b": 20, "c": 10})
+    """Skipped pairs are found in the manifest's order, the rest come largest first."""
+    manifest = _manifest(tmp_path, {"c": 10, "a": 30, "b": 20})
     out = tmp_path / "store"
     ids = lambda values: pa.array(values, pa.string())  # noqa: E731
     monkeypatch.setattr(fs.FeatureStore, "written_id_array",
@@ -178,6 +179,38 @@ def test_a_job_runs_as_one_dataset_per_window_in_order(monkeypatch):
     assert list(run_windows([], 3, build)) == [] and len(built) == 1
     assert (window_videos(None, 2), window_videos(None, 100), window_videos(5, 100),
             window_videos(0, 100)) == (2048, 3200, 5, 0)
+
+
+def test_items_go_to_ray_as_consecutive_arrow_slices():
+    """At most MAX_BLOCKS slices of near-equal size, in order, every item once; one empty slice
+    for no items."""
+    from reslstm.distributed.extract import pipeline
+
+    items = pa.table({"i": list(range(10))})
+    for limit, sizes in ((4, [2, 3, 2, 3]), (20, [1] * 10), (1, [10])):
+        pipeline.MAX_BLOCKS, saved = limit, pipeline.MAX_BLOCKS
+        try:
+            blocks = pipeline.item_blocks(items)
+        finally:
+            pipeline.MAX_BLOCKS = saved
+        assert [b.num_rows for b in blocks] == sizes
+        assert pa.concat_tables(blocks).equals(items)
+    empty = pipeline.item_blocks(items.slice(0, 0))
+    assert [b.num_rows for b in empty] == [0]
+
+
+def test_block_stats_are_trimmed_to_the_last_ones_in_amortized_steps():
+    from reslstm.distributed.extract.pipeline import BLOCK_STATS_ATTR, trim_block_stats
+
+    class Op:
+        pass
+
+    op = Op()
+    setattr(op, BLOCK_STATS_ATTR, list(range(8)))
+    assert trim_block_stats(op, 4) == 0 and getattr(op, BLOCK_STATS_ATTR) == list(range(8))
+    getattr(op, BLOCK_STATS_ATTR).append(8)
+    assert trim_block_stats(op, 4) == 5 and getattr(op, BLOCK_STATS_ATTR) == [5, 6, 7, 8]
+    assert trim_block_stats(Op(), 4) == 0  # an operator without the list is left alone
 
 
 def test_sizes_resolve_each_folder_once_and_match_per_path_resolution(tmp_path, monkeypatch):

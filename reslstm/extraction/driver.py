@@ -157,9 +157,9 @@ def plan_work(cfg: ExtractConfig, manifest: pa.Table, store: FeatureStore | None
     # One listing per folder, not a stat per video; a file that cannot be read sorts last (its
     # decode task records why).
     sizes = file_size_array(rows.column("path"), like=videos)
-    rows = rows.take(pa.array(np.argsort(-sizes, kind="stable")))
     streams = sorted(cfg.streams, key=lambda s: s != "flow")
-    return store.plan(rows, streams, cfg.retry_failed)
+    # The items are taken from the manifest once, in this order (no sorted copy of it first).
+    return store.plan(rows, streams, cfg.retry_failed, order=np.argsort(-sizes, kind="stable"))
 
 
 @contextlib.contextmanager

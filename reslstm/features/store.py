@@ -255,12 +255,14 @@ class FeatureStore:
         return set(self.failed_id_array(stream).to_pylist())
 
     def plan(self, rows: pa.Table | Sequence[dict], streams: Iterable[str],
-             retry_failed: bool = False) -> tuple[pa.Table, int, int]:
+             retry_failed: bool = False, order: np.ndarray | None = None
+             ) -> tuple[pa.Table, int, int]:
         """Work items, the rows of ``rows`` (a table with ``video_id``) with a ``stream`` column,
-        for the (video, stream) pairs not written yet, in the order of ``rows`` and ``streams``;
-        plus how many pairs were skipped as written and as failed before (retried only with
-        ``retry_failed``). Arrow throughout: the plan of a Kinetics-size manifest costs about
-        the manifest's own bytes, not a Python object per pair."""
+        for the (video, stream) pairs not written yet, in the order of ``rows`` (or of the row
+        indices ``order``) and ``streams``; plus how many pairs were skipped as written and as
+        failed before (retried only with ``retry_failed``). Arrow throughout, and the items
+        taken from ``rows`` in one pass: the plan of a Kinetics-size manifest costs about the
+        manifest's own bytes, not a Python object per pair."""
         streams = list(streams)
         if not isinstance(rows, pa.Table):
             rows = pa.Table.from_pylist(list(rows))
@@ -274,8 +276,12 @@ class FeatureStore:
             done_n += int(written.sum())
             failed_n += int(failed.sum())
             keep.append(~(written | failed))
-        video, stream = (np.nonzero(np.stack(keep, axis=1)) if streams and len(ids)
-                         else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        todo = np.stack(keep, axis=1) if streams and len(ids) else np.zeros((0, 1), bool)
+        if order is not None:
+            todo = todo[order]
+        video, stream = np.nonzero(todo)
+        if order is not None:
+            video = np.asarray(order)[video]
         names = pa.DictionaryArray.from_arrays(pa.array(stream, pa.int32()),
                                                pa.array(streams, pa.string()))
         items = rows.take(pa.array(video, pa.int64())).append_column(
