@@ -9,12 +9,15 @@ late-product Res-LSTM: the costs, not results) hard-linked N times into a folder
 them. The per-video work (decode, flow, CNN) is the same for every video, so the time per video
 should stay flat and the driver's memory should not follow N (it holds the manifest's rows and
 the ids it has seen, never features). Ray Data keeps statistics of every block in the driver
-until its dataset ends, so one pipeline over the whole job grows the driver with N;
-``--window-videos`` sets the videos per pipeline (0: one pipeline for the job; default: the
-jobs' default, 2048 on this machine).
+until its dataset ends; the pipeline keeps the last ones of each operator only
+(``BoundedBlockStats``; ``--keep-block-stats`` turns that off, Ray Data's own behaviour, to
+compare). Ray Core's own state for a dataset still grows in the driver until the dataset ends,
+so a job runs as one pipeline per window of videos; ``--window-videos`` sets the videos per
+pipeline (0: one pipeline for the job; default: the jobs' default, 2048 on this machine).
 
     python benchmarks/predict_scale.py                                  # N = 100, 400, 1600
     python benchmarks/predict_scale.py --window-videos 200              # 8 pipelines at 1600
+    python benchmarks/predict_scale.py --job ray --videos 2000 --keep-block-stats
     python benchmarks/predict_scale.py --job extract --window-videos 0
     python benchmarks/predict_scale.py --job extract,extract-null,ray --videos 400,4000
 
@@ -140,12 +143,14 @@ def ray_only(cfg) -> int:
         return sum(b.num_rows for b in run_windows(run.items, window, build))
 
 
-def run(n: int, root: Path, results: dict, job: str, window: int | None) -> None:
+def run(n: int, root: Path, results: dict, job: str, window: int | None,
+        keep_stats: bool) -> None:
     import ray
 
     from reslstm.configs import ExtractConfig, PredictConfig
     from reslstm.datasets.synthetic import synthesize_video, write_mp4
     from reslstm.distributed.extract.job import run_extraction
+    from reslstm.distributed.extract.pipeline import BoundedBlockStats
     from reslstm.distributed.predict.batch import run_batch
 
     videos = root / "videos"
@@ -168,6 +173,8 @@ def run(n: int, root: Path, results: dict, job: str, window: int | None) -> None
                             flow="dis", crops=1, window_videos=window, experiment="none")
     if job in ("extract-null", "ray"):
         record_replay(cfg, one)
+    if keep_stats:
+        BoundedBlockStats.keep = 2 ** 62
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     for name in ("ray.data", "reslstm"):
@@ -198,13 +205,15 @@ def main() -> None:
                         "docstring)")
     p.add_argument("--window-videos", type=int, default=None,
                    help="videos per Ray Data pipeline (0: one for the whole job)")
+    p.add_argument("--keep-block-stats", action="store_true",
+                   help="keep every block's statistics, as Ray Data does (module docstring)")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one N in this process
     a = p.parse_args()
     if a.one:
         root = Path(tempfile.mkdtemp(prefix="predict-scale-"))
         results: dict = {}
         try:
-            run(a.one, root, results, a.job, a.window_videos)
+            run(a.one, root, results, a.job, a.window_videos, a.keep_block_stats)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         print("RESULT " + json.dumps({k: v[a.one] for k, v in results.items()}), flush=True)
@@ -216,10 +225,10 @@ def main() -> None:
     small, large = sizes[0], sizes[-1]
     creep = {}
     for job in jobs:
-        args = ["--job", job] + ([] if a.window_videos is None
-                                 else ["--window-videos", str(a.window_videos)])
-        results = each_in_a_process(__file__, sizes, args,
-                                    f"{job}, --window-videos {a.window_videos}")
+        args = ["--job", job] + ([] if a.window_videos is None else [
+            "--window-videos", str(a.window_videos)]) + (
+            ["--keep-block-stats"] if a.keep_block_stats else [])
+        results = each_in_a_process(__file__, sizes, args, " ".join([job] + args[2:]))
         stage = "batch predict" if job == "predict" else job
         (t0, m0, o0, _), (t1, m1, o1, c1) = results[stage][small][:4], results[stage][large][:4]
         creep[job] = c1

@@ -5,9 +5,11 @@ Ray pipeline against the same stages run in one plain loop."""
 import io
 from contextlib import redirect_stdout
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -218,3 +220,29 @@ def test_raft_flow_runs_in_the_feature_stage_and_is_recorded(tmp_path):
     assert (row["num_frames"], row["num_clips"]) == (17, 1)
     with pytest.raises(fs.StoreError, match="flow_method: store has 'raft-small:random-init'"):
         run_local(ExtractConfig(**{**cfg.__dict__, "flow": "dis"}))
+
+
+def test_a_pipeline_keeps_the_last_block_stats_of_each_operator(ray_local, monkeypatch):
+    """A dataset made in the pipeline's context trims its operators' block statistics as it
+    runs (``BoundedBlockStats``), and still yields every row and its stats summary. This also
+    pins where Ray Data keeps them: if they move, nothing is dropped and this fails."""
+    import ray
+
+    from reslstm.distributed.extract import pipeline
+
+    monkeypatch.setattr(pipeline.BoundedBlockStats, "keep", 3)
+    plan = SimpleNamespace(block_bytes=2 ** 20, object_store_bytes=0)  # what the context reads
+    with pipeline._pipeline_context(plan):
+        ds = ray.data.from_arrow(pipeline.item_blocks(pa.table({"i": list(range(60))})))
+    assert pipeline.BoundedBlockStats not in ray.data.DataContext.get_current() \
+        .custom_execution_callback_classes  # the caller's context is left as it was
+    ds = ds.map_batches(lambda b: b.append_column("j", pc.multiply(b.column("i"), 2)),
+                        batch_size=1, batch_format="pyarrow")
+    before = pipeline.BoundedBlockStats.dropped
+    rows = [r for b in ds.iter_batches(batch_size=None, batch_format="pyarrow")
+            for r in b.to_pylist()]
+    assert sorted(r["i"] for r in rows) == list(range(60))
+    assert all(r["j"] == 2 * r["i"] for r in rows)
+    assert pipeline.BoundedBlockStats.dropped - before >= 60 - 2 * 3
+    assert "MapBatches" in ds.stats()
+

@@ -12,15 +12,18 @@ lazy dataset of feature-stage output rows; ``run_windows(items, size, build)`` r
 such dataset per window of its items.
 
 Windows: Ray Data keeps statistics of every block a dataset has produced in the driver until the
-dataset is gone (ray#66016: here 8 ``BlockStats`` per video, each segment being a block), so one
-dataset over a whole job grows the driver with the job. A job therefore runs as consecutive
-datasets over windows of ``--window-videos`` videos (by default
-``reslstm.configs.options.window_videos``: 2048, or 32 per CPU on larger clusters, so a window
-lasts long next to the few seconds its actor pool takes to start); each window's dataset is
-dropped, with its statistics, before the next starts. Measured with ``benchmarks/predict_scale.py
---window-videos``: 27 KB per video less for extraction, 13 KB for batch prediction; the driver
-still grows in native memory for a reason not found yet (README: "The driver's memory during
-extraction and batch prediction").
+dataset is gone (ray#66016; here 8 ``BlockStats`` per video, each segment being a block, about
+1.2 KB each): an operator appends each output block's to a list read only for
+``Dataset.stats()``. ``BoundedBlockStats``, an execution callback the pipeline's context
+registers, keeps the last ``KEEP_BLOCK_STATS`` of each operator's, which leaves the driver's
+Python heap flat over a dataset of any length. Ray Core's own state for a dataset (native, in
+the driver) still grows until the dataset ends: measured with ``benchmarks/predict_scale.py
+--job ray``, one dataset over 8 000 videos raised the driver's heap 20 KB per video, datasets
+of 400 videos 3 KB. A job therefore runs as consecutive datasets over windows of
+``--window-videos`` videos (by default ``reslstm.configs.options.window_videos``: 2048, or 32
+per CPU on larger clusters, so a window lasts long next to the few seconds its actor pool
+takes to start); each window's dataset is dropped before the next starts, and its actors (and
+their models) are built again for it.
 
 Resources: only the flow tasks reserve a CPU (one each, one thread). Decoding is cheap next to
 optical flow (under 1 % of TV-L1's time), and the feature actor on a CPU-only cluster is idle
@@ -55,6 +58,7 @@ from typing import Callable, Iterator, Sequence
 import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, TaskPoolStrategy
+from ray.data._internal.execution.execution_callback import ExecutionCallback
 
 from reslstm.extraction.stages import FeatureStage, StageConfig, decode_segments, flow_stage
 from reslstm.memory import release_free_heap
@@ -63,6 +67,34 @@ MAX_BLOCKS = 20_000
 TASK_BASE_BYTES = 256 * 1024 ** 2    # a Ray worker with PyAV, NumPy, Arrow and OpenCV loaded
 ACTOR_BASE_BYTES = 1024 ** 3         # ... with torch and an extractor
 SEGMENTS_IN_FLIGHT = 8               # object-store budget per worker, in segments
+KEEP_BLOCK_STATS = 1000              # block statistics kept per operator (module docstring)
+# Where a Ray Data operator keeps its output blocks' statistics (ray/data/_internal/execution/
+# operators/map_operator.py in Ray 2.60); a test in tests/test_extract.py fails if it moves.
+BLOCK_STATS_ATTR = "_output_blocks_stats"
+
+
+def trim_block_stats(op, keep: int) -> int:
+    """Drop all but the last ``keep`` block statistics of a Ray Data operator once it holds
+    twice as many (so trimming costs O(1) per block); how many were dropped."""
+    stats = getattr(op, BLOCK_STATS_ATTR, None)
+    if not isinstance(stats, list) or len(stats) <= 2 * keep:
+        return 0
+    drop = len(stats) - keep
+    del stats[:drop]
+    return drop
+
+
+class BoundedBlockStats(ExecutionCallback):
+    """Ray Data execution callback: after each scheduling step, every operator of the dataset
+    keeps the statistics of its last ``KEEP_BLOCK_STATS`` output blocks (module docstring).
+    ``Dataset.stats()`` then describes those blocks, not the whole job."""
+
+    keep = KEEP_BLOCK_STATS
+    dropped = 0   # statistics dropped in this process (for tests and benchmarks)
+
+    def on_execution_step(self, executor) -> None:
+        for op in executor._topology or ():
+            BoundedBlockStats.dropped += trim_block_stats(op, self.keep)
 
 
 def segment_bytes(stage: StageConfig, stream: str) -> int:
@@ -126,8 +158,9 @@ def _pipeline_context(plan: PipelinePlan):
     copies the current context then, and every stage after it keeps that copy); the caller's
     context is restored afterwards."""
     ctx = ray.data.DataContext.get_current()
-    saved = ctx.target_max_block_size, ctx.execution_options
+    saved = ctx.target_max_block_size, ctx.execution_options, ctx.custom_execution_callback_classes
     try:
+        ctx.custom_execution_callback_classes = [*saved[2], BoundedBlockStats]
         # Ray Data packs the rows a task emits into blocks of up to target_max_block_size
         # before yielding them: a decode task would hold 128 MiB of a long video's segments in
         # its output buffer, and the feature actor receive them as one block.
@@ -140,16 +173,19 @@ def _pipeline_context(plan: PipelinePlan):
                 object_store_memory=plan.object_store_bytes)
         yield
     finally:
-        ctx.target_max_block_size, ctx.execution_options = saved
+        (ctx.target_max_block_size, ctx.execution_options,
+         ctx.custom_execution_callback_classes) = saved
 
 
 def build_pipeline(items: pa.Table | list[dict], plan: PipelinePlan) -> "ray.data.Dataset":
     """The lazy Ray Dataset of feature-stage output rows (segments and failures) of the work
-    items (one per (video, stream): a table or dicts, with the manifest's columns and stream)."""
+    items (one per (video, stream): a table or dicts, with the manifest's columns and stream).
+    The items go to the object store in up to ``MAX_BLOCKS`` Arrow blocks, one item each where
+    there are fewer; the driver makes no Python object per item."""
     stage, seg = plan.stage, plan.segment_bytes
-    rows = items.to_pylist() if isinstance(items, pa.Table) else list(items)
+    table = items if isinstance(items, pa.Table) else pa.Table.from_pylist(list(items))
     with _pipeline_context(plan):
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), MAX_BLOCKS)))
+        ds = ray.data.from_arrow(item_blocks(table))
     # `memory` is what a worker holds at most: the process itself plus the segments in hand
     # (decode: the segment being filled, the next one, and the one being sent; flow: the RGB
     # segment in and the flow segment out, with their copies; features: two queued inputs).
@@ -164,6 +200,14 @@ def build_pipeline(items: pa.Table | list[dict], plan: PipelinePlan) -> "ray.dat
     return ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": stage, "streams": plan.streams},
                           compute=pool, batch_size=1, batch_format="pyarrow",
                           memory=ACTOR_BASE_BYTES + 3 * seg, **plan.actor_resources)
+
+
+def item_blocks(items: pa.Table) -> list[pa.Table]:
+    """``items`` cut into ``min(len, MAX_BLOCKS)`` consecutive slices of near-equal size (one
+    empty slice for no items), in order."""
+    n = max(1, min(items.num_rows, MAX_BLOCKS))
+    bounds = [items.num_rows * i // n for i in range(n + 1)]
+    return [items.slice(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:])]
 
 
 def windows(items: Sequence | pa.Table, size: int) -> Iterator:
