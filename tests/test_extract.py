@@ -233,7 +233,7 @@ def test_a_pipeline_keeps_the_last_block_stats_of_each_operator(ray_local, monke
     monkeypatch.setattr(pipeline.BoundedBlockStats, "keep", 3)
     plan = SimpleNamespace(block_bytes=2 ** 20, object_store_bytes=0)  # what the context reads
     with pipeline._pipeline_context(plan):
-        ds = ray.data.from_arrow(pipeline.item_blocks(pa.table({"i": list(range(60))})))
+        ds = ray.data.from_items([{"i": i} for i in range(60)], override_num_blocks=60)
     assert pipeline.BoundedBlockStats not in ray.data.DataContext.get_current() \
         .custom_execution_callback_classes  # the caller's context is left as it was
     ds = ds.map_batches(lambda b: b.append_column("j", pc.multiply(b.column("i"), 2)),

@@ -181,24 +181,6 @@ def test_a_job_runs_as_one_dataset_per_window_in_order(monkeypatch):
             window_videos(0, 100)) == (2048, 3200, 5, 0)
 
 
-def test_items_go_to_ray_as_consecutive_arrow_slices():
-    """At most MAX_BLOCKS slices of near-equal size, in order, every item once; one empty slice
-    for no items."""
-    from reslstm.distributed.extract import pipeline
-
-    items = pa.table({"i": list(range(10))})
-    for limit, sizes in ((4, [2, 3, 2, 3]), (20, [1] * 10), (1, [10])):
-        pipeline.MAX_BLOCKS, saved = limit, pipeline.MAX_BLOCKS
-        try:
-            blocks = pipeline.item_blocks(items)
-        finally:
-            pipeline.MAX_BLOCKS = saved
-        assert [b.num_rows for b in blocks] == sizes
-        assert pa.concat_tables(blocks).equals(items)
-    empty = pipeline.item_blocks(items.slice(0, 0))
-    assert [b.num_rows for b in empty] == [0]
-
-
 def test_block_stats_are_trimmed_to_the_last_ones_in_amortized_steps():
     from reslstm.distributed.extract.pipeline import BLOCK_STATS_ATTR, trim_block_stats
 

@@ -222,23 +222,6 @@ def test_the_driver_holds_copies_of_the_rows_not_views_of_ray_blocks(tmp_path):
         assert not ours & theirs
 
 
-def test_work_items_pair_each_videos_streams_in_order_and_lost_videos_fail():
-    """One item per (video, stream), a video's streams next to each other in the order given
-    (flow first), with the manifest's columns; a video that got no row in its pipeline becomes
-    a failure."""
-    from reslstm.distributed.predict.batch import _missing, stream_pairs
-
-    videos = pa.table({"video_id": ["a", "b", "c"], "path": ["/a", "/b", "/c"],
-                       "label": pa.array([0, 1, None], pa.int32())})
-    pairs = stream_pairs(videos, ["flow", "rgb"])
-    assert pairs.to_pylist() == [{**v, "stream": s} for v in videos.to_pylist()
-                                 for s in ("flow", "rgb")]
-    assert pairs.schema.field("label").type == pa.int32()
-    lost = _missing(videos.append_column("split", pa.array(["test"] * 3)), {"a", "c"})
-    assert sorted(set(lost.column("video_id").to_pylist())) == ["b"]
-    assert set(lost.column("kind").to_pylist()) == {"failure"}
-
-
 def test_a_manifest_of_videos_reads_ids_and_paths_column_by_column(tmp_path, monkeypatch):
     """``read_videos`` of a manifest: relative paths beside it, ids from the column or from the
     path without its suffix (a chunk at a time), and a clear error for repeated or missing ids."""

@@ -180,12 +180,12 @@ def _pipeline_context(plan: PipelinePlan):
 def build_pipeline(items: pa.Table | list[dict], plan: PipelinePlan) -> "ray.data.Dataset":
     """The lazy Ray Dataset of feature-stage output rows (segments and failures) of the work
     items (one per (video, stream): a table or dicts, with the manifest's columns and stream).
-    The items go to the object store in up to ``MAX_BLOCKS`` Arrow blocks, one item each where
-    there are fewer; the driver makes no Python object per item."""
+    ``from_items``, not ``from_arrow``: that runs a Ray task per block to read its metadata and
+    keeps what they return (measured: +380 MiB in the driver for 8 000 one-item blocks)."""
     stage, seg = plan.stage, plan.segment_bytes
-    table = items if isinstance(items, pa.Table) else pa.Table.from_pylist(list(items))
+    rows = items.to_pylist() if isinstance(items, pa.Table) else list(items)
     with _pipeline_context(plan):
-        ds = ray.data.from_arrow(item_blocks(table))
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), MAX_BLOCKS)))
     # `memory` is what a worker holds at most: the process itself plus the segments in hand
     # (decode: the segment being filled, the next one, and the one being sent; flow: the RGB
     # segment in and the flow segment out, with their copies; features: two queued inputs).
@@ -200,14 +200,6 @@ def build_pipeline(items: pa.Table | list[dict], plan: PipelinePlan) -> "ray.dat
     return ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": stage, "streams": plan.streams},
                           compute=pool, batch_size=1, batch_format="pyarrow",
                           memory=ACTOR_BASE_BYTES + 3 * seg, **plan.actor_resources)
-
-
-def item_blocks(items: pa.Table) -> list[pa.Table]:
-    """``items`` cut into ``min(len, MAX_BLOCKS)`` consecutive slices of near-equal size (one
-    empty slice for no items), in order."""
-    n = max(1, min(items.num_rows, MAX_BLOCKS))
-    bounds = [items.num_rows * i // n for i in range(n + 1)]
-    return [items.slice(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:])]
 
 
 def windows(items: Sequence | pa.Table, size: int) -> Iterator:

@@ -276,8 +276,9 @@ def _run_stream(cfg: PredictConfig, todo: pa.Table, payload: dict, stage, stream
     order = sorted(streams, key=lambda s: s != "flow")
     model_ref = {"ref": ray.put(payload)}
 
-    def pipeline(videos: pa.Table) -> "ray.data.Dataset":
-        return build_pipeline(stream_pairs(videos, order), plan).map_batches(
+    def pipeline(videos: pa.Table) -> "ray.data.Dataset":  # both streams of a video in one
+        pairs = [{**r, "stream": s} for r in videos.to_pylist() for s in order]
+        return build_pipeline(pairs, plan).map_batches(
             ModelStage, fn_constructor_kwargs={"payload": model_ref, "top_k": cfg.top_k},
             compute=ActorPoolStrategy(min_size=1, max_size=1), batch_format="pyarrow",
             batch_size=None, num_cpus=0)
@@ -291,16 +292,6 @@ def _run_stream(cfg: PredictConfig, todo: pa.Table, payload: dict, stage, stream
         writer.end_window(videos)
         release_free_heap()
     writer.flush()
-
-
-def stream_pairs(videos: pa.Table, order) -> pa.Table:
-    """A work item per (video, stream), the streams of a video next to each other in ``order``:
-    the manifest's columns and ``stream``, built in Arrow."""
-    both = pa.concat_tables([videos.append_column("stream", pa.repeat(s, len(videos))
-                                                  .cast(pa.string())) for s in order])
-    n = len(videos)
-    return both.take(pa.array((np.arange(len(order))[None, :] * n + np.arange(n)[:, None])
-                              .ravel()))
 
 
 class _Rows:
