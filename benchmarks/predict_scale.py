@@ -11,8 +11,9 @@ should stay flat and the driver's memory should not follow N (it holds the manif
 the ids it has seen, never features). Ray Data keeps statistics of every block in the driver
 until its dataset ends; the pipeline keeps the last ones of each operator only
 (``BoundedBlockStats``; ``--keep-block-stats`` turns that off, Ray Data's own behaviour, to
-compare). Ray Core's own state for a dataset still grows in the driver until the dataset ends,
-so a job runs as one pipeline per window of videos; ``--window-videos`` sets the videos per
+compare). The rest of what Ray holds for a dataset (its input blocks, made up front, and what
+else still rises along it) lives until the dataset ends, so a job runs as one pipeline per
+window of videos; ``--window-videos`` sets the videos per
 pipeline (0: one pipeline for the job; default: the jobs' default, 2048 on this machine).
 
     python benchmarks/predict_scale.py                                  # N = 100, 400, 1600

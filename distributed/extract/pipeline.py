@@ -16,14 +16,15 @@ dataset is gone (ray#66016; here 8 ``BlockStats`` per video, each segment being 
 1.2 KB each): an operator appends each output block's to a list read only for
 ``Dataset.stats()``. ``BoundedBlockStats``, an execution callback the pipeline's context
 registers, keeps the last ``KEEP_BLOCK_STATS`` of each operator's, which leaves the driver's
-Python heap flat over a dataset of any length. Ray Core's own state for a dataset (native, in
-the driver) still grows until the dataset ends: measured with ``benchmarks/predict_scale.py
---job ray``, one dataset over 8 000 videos raised the driver's heap 20 KB per video, datasets
-of 400 videos 3 KB. A job therefore runs as consecutive datasets over windows of
-``--window-videos`` videos (by default ``reslstm.configs.options.window_videos``: 2048, or 32
-per CPU on larger clusters, so a window lasts long next to the few seconds its actor pool
-takes to start); each window's dataset is dropped before the next starts, and its actors (and
-their models) are built again for it.
+Python heap flat along a dataset of any length. What still follows a dataset's length: its
+input, a block per work item made up front (about 5 KB of the driver's heap each), and a rise
+``benchmarks/predict_scale.py --job ray --window-videos 0`` still shows over one long dataset
+of null stages (14 KB per video over 4 000 videos, 21 without the bound; README: "The driver's
+memory during extraction and batch prediction"). A job therefore runs as consecutive datasets
+over windows of ``--window-videos`` videos (by default ``reslstm.configs.options.window_videos``:
+2048, or 32 per CPU on larger clusters, so a window lasts long next to the few seconds its
+actor pool takes to start); each window's dataset is dropped before the next starts, and its
+actors (and their models) are built again for it.
 
 Resources: only the flow tasks reserve a CPU (one each, one thread). Decoding is cheap next to
 optical flow (under 1 % of TV-L1's time), and the feature actor on a CPU-only cluster is idle
