@@ -245,4 +245,3 @@ def test_a_pipeline_keeps_the_last_block_stats_of_each_operator(ray_local, monke
     assert all(r["j"] == 2 * r["i"] for r in rows)
     assert pipeline.BoundedBlockStats.dropped - before >= 60 - 2 * 3
     assert "MapBatches" in ds.stats()
-

@@ -94,7 +94,7 @@ class BoundedBlockStats(ExecutionCallback):
     dropped = 0   # statistics dropped in this process (for tests and benchmarks)
 
     def on_execution_step(self, executor) -> None:
-        for op in executor._topology or ():
+        for op in getattr(executor, "_topology", None) or ():  # Ray's private field, too
             BoundedBlockStats.dropped += trim_block_stats(op, self.keep)
 
 
